@@ -1,0 +1,1 @@
+"""Model preparation: export Keras / SavedModel models with serialized-tf.Example signatures."""

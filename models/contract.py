@@ -1,0 +1,87 @@
+"""Static checks of a SavedModel against tfx-bsl's contract, read from saved_model.pb alone.
+
+tfx-bsl accepts a signature with exactly one DT_STRING input and restores variables with the TF1
+saver. A Keras 3 model wrapped in a tf.Module + @tf.function exports signatures that read
+variable handles the saver never restores ("Could not find variable ..." at run time); here that
+shows as VarHandleOps reachable from the signature outputs but not from the saver's restore op.
+"""
+
+from typing import Dict, List, Set
+
+import tensorflow as tf
+from tensorflow.python.saved_model import loader_impl
+
+SUPPORTED_METHODS = (
+    tf.saved_model.PREDICT_METHOD_NAME,
+    tf.saved_model.CLASSIFY_METHOD_NAME,
+    tf.saved_model.REGRESS_METHOD_NAME,
+)
+
+
+def serving_meta_graph(export_dir: str):
+    saved_model = loader_impl.parse_saved_model(export_dir)
+    for meta_graph in saved_model.meta_graphs:
+        if set(meta_graph.meta_info_def.tags) == {tf.saved_model.SERVING}:
+            return meta_graph
+    raise ValueError(f"{export_dir} has no meta graph tagged exactly {{'serve'}}")
+
+
+def _node_name(tensor_or_input: str) -> str:
+    return tensor_or_input.lstrip("^").split(":")[0]
+
+
+def _reachable(nodes: Dict[str, object], start: List[str]) -> Set[str]:
+    seen, stack = set(), [_node_name(s) for s in start]
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in nodes:
+            continue
+        seen.add(name)
+        stack.extend(_node_name(i) for i in nodes[name].input)
+    return seen
+
+
+def unrestored_variables(meta_graph, signature_name: str) -> List[str]:
+    """Variables the signature reads that the TF1 saver does not restore (empty when all are)."""
+    nodes = {n.name: n for n in meta_graph.graph_def.node}
+    handles = {name for name, n in nodes.items() if n.op == "VarHandleOp"}
+    if not handles:
+        return []
+    signature = meta_graph.signature_def[signature_name]
+    read = _reachable(nodes, [t.name for t in signature.outputs.values()]) & handles
+    restore_op = meta_graph.saver_def.restore_op_name
+    restored = _reachable(nodes, [restore_op]) & handles if restore_op else set()
+    return sorted(nodes[h].attr["shared_name"].s.decode() or h for h in read - restored)
+
+
+def contract_problems(export_dir: str, signature_name: str = "serving_default") -> List[str]:
+    """Everything that stops tfx-bsl from running this signature; empty when it can."""
+    try:
+        meta_graph = serving_meta_graph(export_dir)
+    except Exception as e:
+        return [f"cannot read {export_dir}: {e}"]
+    if signature_name not in meta_graph.signature_def:
+        return [f"no signature {signature_name!r}; the model has {sorted(meta_graph.signature_def)}"]
+    signature = meta_graph.signature_def[signature_name]
+    problems = []
+    inputs = dict(signature.inputs)
+    if len(inputs) != 1:
+        problems.append(
+            f"signature {signature_name!r} takes {len(inputs)} inputs {sorted(inputs)}; tfx-bsl needs "
+            "exactly one DT_STRING input of serialized tf.Example (re-export with models.prepare)")
+    elif next(iter(inputs.values())).dtype != tf.string.as_datatype_enum:
+        name, info = next(iter(inputs.items()))
+        problems.append(
+            f"signature {signature_name!r} input {name!r} is {tf.as_dtype(info.dtype).name}; "
+            "tfx-bsl needs a DT_STRING input of serialized tf.Example (re-export with models.prepare)")
+    if signature.method_name not in SUPPORTED_METHODS:
+        problems.append(f"signature method {signature.method_name!r} is not predict, classify or regress")
+    missing = unrestored_variables(meta_graph, signature_name)
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        problems.append(
+            f"signature {signature_name!r} reads {len(missing)} variable(s) that the TF1 saver does "
+            f"not restore ({shown}): tfx-bsl will fail with 'Could not find variable'. This is what a "
+            "Keras 3 model wrapped in a tf.Module + @tf.function exports; export with models.prepare "
+            "(keras.export.ExportArchive) instead")
+    return problems

@@ -1,0 +1,141 @@
+"""Pure conversions between Python values, tf.Example protos and a feature spec.
+
+validate_example is the per-record gate in front of inference: a record it accepts is one that
+tf.io.parse_example with the spec accepts (tests/test_examples.py checks that equivalence), so a
+bad record becomes a dead letter instead of failing a whole batch inside the model.
+"""
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+from tensorflow.core.example import example_pb2
+
+from models.feature_spec import Feature, flatten_default
+
+_KIND_BY_DTYPE = {"float32": "float_list", "int64": "int64_list", "string": "bytes_list"}
+
+
+class RecordError(ValueError):
+    """A record that cannot go to the model. stage is 'decode' or 'validate'."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def make_example(values: Mapping[str, Any], spec: Optional[Sequence[Feature]] = None
+                 ) -> example_pb2.Example:
+    """Builds a tf.Example from {name: scalar | list | ndarray}.
+
+    With a spec, each value is stored by the spec's dtype; without one, by the Python type
+    (float -> float_list, int/bool -> int64_list, str/bytes -> bytes_list).
+    """
+    dtypes = {f.name: f.dtype for f in spec or ()}
+    example = example_pb2.Example()
+    for name, value in values.items():
+        flat = np.asarray(value, dtype=object).reshape(-1).tolist()
+        dtype = dtypes.get(name) or _infer_dtype(flat, name)
+        feature = example.features.feature[name]
+        if dtype == "float32":
+            feature.float_list.value.extend(float(v) for v in flat)
+        elif dtype == "int64":
+            feature.int64_list.value.extend(int(v) for v in flat)
+        else:
+            feature.bytes_list.value.extend(_as_bytes(v) for v in flat)
+    return example
+
+
+def _infer_dtype(flat: List[Any], name: str) -> str:
+    if not flat:
+        raise ValueError(f"feature {name!r}: cannot infer the dtype of an empty value")
+    first = flat[0]
+    if isinstance(first, (str, bytes)):
+        return "string"
+    if isinstance(first, (bool, int, np.integer)):
+        return "int64"
+    return "float32"
+
+
+def parse_example(serialized: bytes) -> example_pb2.Example:
+    try:
+        return example_pb2.Example.FromString(serialized)
+    except Exception as e:  # protobuf raises DecodeError, or others on odd input types
+        raise RecordError("decode", f"not a serialized tf.Example: {e}") from e
+
+
+def check_example(example: example_pb2.Example, spec: Sequence[Feature]) -> None:
+    """Raises RecordError('validate') when the example does not fit the spec."""
+    features = example.features.feature
+    problems = []
+    for f in spec:
+        if f.name not in features:
+            if f.required:
+                problems.append(f"missing required feature {f.name!r}")
+            continue
+        kind = features[f.name].WhichOneof("kind")
+        expected = _KIND_BY_DTYPE[f.dtype]
+        if kind is None:  # a feature with no list set parses as empty
+            count = 0
+        elif kind != expected:
+            problems.append(f"feature {f.name!r} is {kind[:-5]}, expected {expected[:-5]} ({f.dtype})")
+            continue
+        else:
+            count = len(getattr(features[f.name], kind).value)
+        if count == 0 and not f.required:
+            continue  # tf.io.parse_example fills an empty feature from its default
+        if count != f.size:
+            problems.append(
+                f"feature {f.name!r} has {count} values, shape {list(f.shape)} needs {f.size}")
+    if problems:
+        raise RecordError("validate", "; ".join(problems))
+
+
+def validate_example(serialized: bytes, spec: Sequence[Feature]) -> example_pb2.Example:
+    """Parses and checks one serialized record; returns the parsed example or raises RecordError."""
+    example = parse_example(serialized)
+    check_example(example, spec)
+    return example
+
+
+def feature_values(example: example_pb2.Example, name: str) -> List[Any]:
+    feature = example.features.feature.get(name)
+    if feature is None:
+        return []
+    kind = feature.WhichOneof("kind")
+    return list(getattr(feature, kind).value) if kind else []
+
+
+def golden_values(spec: Sequence[Feature], count: int, seed: int = 0) -> List[Dict[str, Any]]:
+    """Deterministic, varied values for every feature: the inputs verification runs on."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        row = {}
+        for f in spec:
+            if f.dtype == "float32":
+                values = rng.normal(size=f.size).astype(np.float32)
+                if f.model_dtype and (f.model_dtype.startswith("int") or f.model_dtype.startswith("uint")):
+                    values = np.round(np.abs(values) * 3)
+                row[f.name] = values.tolist()
+            elif f.dtype == "int64":
+                # 0 and 1 only: valid for bools, embeddings and lookups of any size
+                row[f.name] = rng.integers(0, 2, size=f.size).tolist()
+            else:
+                row[f.name] = [f"{f.name}-{i}-{j}".encode() for j in range(f.size)]
+        rows.append(row)
+    return rows
+
+
+def dense_batch(rows: Sequence[Mapping[str, Any]], spec: Sequence[Feature]) -> Dict[str, np.ndarray]:
+    """Stacks per-record values into the model's dense inputs (shape [batch, *feature.shape])."""
+    batch = {}
+    for f in spec:
+        values = [row.get(f.name, f.default) for row in rows]
+        dtype = object if f.input_dtype == "string" else f.input_dtype
+        batch[f.name] = np.asarray(
+            [flatten_default(v) for v in values], dtype=dtype).reshape((len(rows),) + f.shape)
+    return batch

@@ -1,0 +1,181 @@
+"""The feature spec: which tf.Example features a model reads, with storage dtype and fixed shape.
+
+A spec is the one description shared by export (parsing inside the signature), validation of
+records before inference, golden examples for verification and, later, conversion of rows and
+JSON payloads. It is plain data, serialisable to JSON, with no TensorFlow import at module level.
+"""
+
+import dataclasses
+import json
+import math
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+# tf.Example stores three kinds of lists; every feature is stored as one of them.
+STORAGE_DTYPES = ("float32", "int64", "string")
+SPEC_FILE = "assets.extra/feature_spec.json"
+
+_MODEL_DTYPE_TO_STORAGE = {
+    "float16": "float32", "bfloat16": "float32", "float32": "float32", "float64": "float32",
+    "int8": "int64", "int16": "int64", "int32": "int64", "int64": "int64",
+    "uint8": "int64", "uint16": "int64", "uint32": "int64", "uint64": "int64", "bool": "int64",
+    "string": "string",
+}
+
+
+class FeatureSpecError(ValueError):
+    """A feature spec that cannot be used: unsupported dtype, unknown shape, bad JSON."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    """One fixed-length tf.Example feature.
+
+    dtype is how the value is stored in the tf.Example (float32, int64 or string); model_dtype is
+    what the model input expects, reached by a cast inside the serving signature. default, when
+    set, fills the feature for records that lack it; otherwise the feature is required.
+    """
+
+    name: str
+    dtype: str
+    shape: Tuple[int, ...] = ()
+    model_dtype: Optional[str] = None
+    default: Any = None
+
+    def __post_init__(self):
+        if self.dtype not in STORAGE_DTYPES:
+            raise FeatureSpecError(
+                f"feature {self.name!r}: dtype {self.dtype!r} is not one of {STORAGE_DTYPES}")
+        if any((not isinstance(d, int)) or d < 1 for d in self.shape):
+            raise FeatureSpecError(
+                f"feature {self.name!r}: shape {list(self.shape)} must be fixed positive sizes "
+                "(variable-length features are not supported)")
+        if self.model_dtype is not None and self.model_dtype not in _MODEL_DTYPE_TO_STORAGE:
+            raise FeatureSpecError(f"feature {self.name!r}: model_dtype {self.model_dtype!r} unsupported")
+        if self.default is not None and len(flatten_default(self.default)) != self.size:
+            raise FeatureSpecError(
+                f"feature {self.name!r}: default has {len(flatten_default(self.default))} values, "
+                f"shape {list(self.shape)} needs {self.size}")
+
+    @property
+    def size(self) -> int:
+        """Number of values one record holds for this feature."""
+        return math.prod(self.shape)
+
+    @property
+    def input_dtype(self) -> str:
+        return self.model_dtype or self.dtype
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+    def to_json(self) -> Dict[str, Any]:
+        out = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.model_dtype and self.model_dtype != self.dtype:
+            out["model_dtype"] = self.model_dtype
+        if self.default is not None:
+            out["default"] = self.default
+        return out
+
+
+def flatten_default(value: Any) -> List[Any]:
+    if isinstance(value, (list, tuple)):
+        return [v for item in value for v in flatten_default(item)]
+    return [value]
+
+
+FeatureSpec = Tuple[Feature, ...]
+
+
+def storage_dtype_for(model_dtype: str) -> str:
+    try:
+        return _MODEL_DTYPE_TO_STORAGE[model_dtype]
+    except KeyError:
+        raise FeatureSpecError(f"model input dtype {model_dtype!r} cannot be fed from a tf.Example")
+
+
+def feature_from_json(name: Optional[str], obj: Mapping[str, Any]) -> Feature:
+    name = obj.get("name", name)
+    if not name:
+        raise FeatureSpecError(f"feature without a name: {obj}")
+    unknown = set(obj) - {"name", "dtype", "shape", "model_dtype", "default"}
+    if unknown:
+        raise FeatureSpecError(f"feature {name!r}: unknown fields {sorted(unknown)}")
+    dtype = obj.get("dtype")
+    if dtype is None:
+        raise FeatureSpecError(f"feature {name!r}: dtype is required")
+    model_dtype = obj.get("model_dtype")
+    if dtype not in STORAGE_DTYPES:  # a model dtype given as dtype: store it the tf.Example way
+        model_dtype, dtype = dtype, storage_dtype_for(dtype)
+    return Feature(name=name, dtype=dtype, shape=tuple(obj.get("shape", ())),
+                   model_dtype=model_dtype, default=obj.get("default"))
+
+
+def spec_from_json(obj: Any) -> FeatureSpec:
+    """Accepts {"features": [{name, dtype, shape, ...}]}, a bare list of those, or {name: {...}}."""
+    if isinstance(obj, Mapping) and "features" in obj:
+        obj = obj["features"]
+    if isinstance(obj, Mapping):
+        features = [feature_from_json(name, value) for name, value in obj.items()]
+    elif isinstance(obj, list):
+        features = [feature_from_json(None, value) for value in obj]
+    else:
+        raise FeatureSpecError("a feature spec is a list of features or a mapping name -> feature")
+    return make_spec(features)
+
+
+def make_spec(features: Iterable[Feature]) -> FeatureSpec:
+    features = tuple(features)
+    names = [f.name for f in features]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise FeatureSpecError(f"duplicate features in spec: {duplicates}")
+    if not features:
+        raise FeatureSpecError("a feature spec needs at least one feature")
+    return features
+
+
+def spec_to_json(spec: FeatureSpec) -> Dict[str, Any]:
+    return {"features": [f.to_json() for f in spec]}
+
+
+def load_spec_file(path: str) -> FeatureSpec:
+    from apache_beam.io.filesystems import FileSystems  # gs:// as well as local paths
+
+    try:
+        with FileSystems.open(path) as f:
+            obj = json.loads(f.read().decode("utf-8"))
+    except json.JSONDecodeError as e:
+        raise FeatureSpecError(f"feature spec {path}: not valid JSON ({e})") from e
+    return spec_from_json(obj)
+
+
+def override_spec(derived: FeatureSpec, overrides: FeatureSpec) -> FeatureSpec:
+    """Features named in overrides replace the derived ones; overrides must name model inputs."""
+    derived_names = {f.name for f in derived}
+    unknown = [f.name for f in overrides if f.name not in derived_names]
+    if unknown:
+        raise FeatureSpecError(
+            f"feature spec names {unknown}, which are not model inputs {sorted(derived_names)}")
+    by_name = {f.name: f for f in overrides}
+    merged = []
+    for f in derived:
+        o = by_name.get(f.name)
+        if o is None:
+            merged.append(f)
+        else:
+            if o.shape != f.shape:
+                raise FeatureSpecError(
+                    f"feature {f.name!r}: spec shape {list(o.shape)} does not match the model "
+                    f"input shape {list(f.shape)}")
+            merged.append(dataclasses.replace(o, model_dtype=o.model_dtype or f.input_dtype))
+    return tuple(merged)
+
+
+def describe(spec: Sequence[Feature]) -> str:
+    lines = []
+    for f in spec:
+        cast = f" -> {f.model_dtype}" if f.model_dtype and f.model_dtype != f.dtype else ""
+        default = "required" if f.required else f"default={f.default!r}"
+        lines.append(f"  {f.name}: {f.dtype}{list(f.shape)}{cast} ({default})")
+    return "\n".join(lines)

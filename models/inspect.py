@@ -1,0 +1,65 @@
+"""python -m models.inspect DIR: signatures, feature spec and tfx-bsl contract of a SavedModel."""
+
+import argparse
+import sys
+from typing import List, Optional, Sequence
+
+import tensorflow as tf
+
+
+def _tensor_line(name: str, info) -> str:
+    dims = [d.size if d.size >= 0 else None for d in info.tensor_shape.dim]
+    shape = "unknown" if info.tensor_shape.unknown_rank else str(dims)
+    return f"      {name}: {tf.as_dtype(info.dtype).name} {shape}"
+
+
+def inspect_report(path: str, signature: str = "serving_default") -> (str, bool):
+    """Returns the report text and whether the model meets tfx-bsl's contract."""
+    from models import layout
+    from models.contract import contract_problems, serving_meta_graph
+    from models.feature_spec import describe
+    from models.serving_model import read_feature_spec
+
+    version_dir = layout.resolve_version_dir(path)
+    meta_graph = serving_meta_graph(version_dir)
+    lines: List[str] = [f"SavedModel: {version_dir}", "signatures:"]
+    for name, sig in sorted(meta_graph.signature_def.items()):
+        if name.startswith("__"):
+            continue
+        lines.append(f"  {name} ({sig.method_name})")
+        lines.append("    inputs:")
+        lines += [_tensor_line(k, v) for k, v in sorted(sig.inputs.items())]
+        lines.append("    outputs:")
+        lines += [_tensor_line(k, v) for k, v in sorted(sig.outputs.items())]
+    try:
+        spec, source = read_feature_spec(version_dir, signature)
+        lines.append(f"feature spec (from {source}):")
+        lines.append(describe(spec))
+    except Exception as e:
+        lines.append(f"feature spec: unavailable ({e})")
+    problems = contract_problems(version_dir, signature)
+    if problems:
+        lines.append(f"tfx-bsl contract ({signature}): FAILS")
+        lines += [f"  - {p}" for p in problems]
+    else:
+        lines.append(f"tfx-bsl contract ({signature}): OK (one DT_STRING input; every variable the "
+                     "signature reads is restored by the TF1 saver)")
+    return "\n".join(lines), not problems
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.inspect", description=__doc__)
+    parser.add_argument("model_dir", help="version directory or base directory (highest version)")
+    parser.add_argument("--signature", default="serving_default")
+    args = parser.parse_args(argv)
+    try:
+        report, ok = inspect_report(args.model_dir, args.signature)
+    except Exception as e:
+        print(f"models.inspect: error: {e}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

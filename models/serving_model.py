@@ -1,0 +1,78 @@
+"""A prepared model as the pipelines see it: resolved version, checked contract, feature spec."""
+
+import dataclasses
+import json
+import os
+from typing import List, Optional, Tuple
+
+import tensorflow as tf
+
+from models import layout
+from models.contract import contract_problems, serving_meta_graph
+from models.feature_spec import SPEC_FILE, FeatureSpec, spec_from_json
+from models.signature_spec import spec_from_signature
+
+DEFAULT_MODEL_NAME = "model"
+
+
+class ModelContractError(ValueError):
+    """A model directory the pipeline cannot run; raised before the pipeline starts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingModel:
+    name: str
+    path: str  # the version directory
+    signature: str
+    feature_spec: FeatureSpec
+    spec_source: str  # "feature_spec.json" or "signature"
+    outputs: Tuple[str, ...]
+    method: str
+
+    @property
+    def version(self) -> Optional[int]:
+        return layout.version_of(self.path)
+
+
+def parse_model_arg(arg: str) -> Tuple[str, str]:
+    """'NAME=DIR' or 'DIR' -> (name, dir). A '=' inside a gs:// path is not a name separator."""
+    name, sep, path = arg.partition("=")
+    if sep and name and "/" not in name and ":" not in name:
+        return name, path
+    return DEFAULT_MODEL_NAME, arg
+
+
+def read_feature_spec(export_dir: str, signature: str) -> Tuple[FeatureSpec, str]:
+    spec_path = os.path.join(export_dir, SPEC_FILE)
+    if tf.io.gfile.exists(spec_path):
+        with tf.io.gfile.GFile(spec_path) as f:
+            return spec_from_json(json.load(f)), "feature_spec.json"
+    return spec_from_signature(export_dir, signature), "signature"
+
+
+def load_serving_model(path: str, name: str = DEFAULT_MODEL_NAME,
+                       signature: str = "serving_default") -> ServingModel:
+    try:
+        version_dir = layout.resolve_version_dir(path)
+    except layout.ModelNotFoundError as e:
+        raise ModelContractError(str(e)) from e
+    problems = contract_problems(version_dir, signature)
+    if problems:
+        raise ModelContractError(
+            f"model {name!r} at {version_dir} cannot run:\n  - " + "\n  - ".join(problems))
+    try:
+        spec, source = read_feature_spec(version_dir, signature)
+    except ValueError as e:
+        raise ModelContractError(f"model {name!r} at {version_dir}: {e}") from e
+    sig = serving_meta_graph(version_dir).signature_def[signature]
+    return ServingModel(name=name, path=version_dir, signature=signature, feature_spec=spec,
+                        spec_source=source, outputs=tuple(sorted(sig.outputs)),
+                        method=sig.method_name)
+
+
+def load_serving_models(args: List[str]) -> List[ServingModel]:
+    models = [load_serving_model(path, name) for name, path in map(parse_model_arg, args)]
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ModelContractError(f"model names must be unique, got {names}: use --model NAME=DIR")
+    return models

@@ -1,0 +1,106 @@
+"""Reading the feature spec back from the parsing op inside a serving signature.
+
+For SavedModels we did not export (a TFX Trainer's, or hand-written as in TF tutorials) there is
+no feature_spec.json beside the model: the spec is in the ParseExample(V2) op the signature runs,
+possibly nested in functions (TF2 exports call the graph through StatefulPartitionedCall).
+"""
+
+from typing import Dict, List, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from models.contract import serving_meta_graph
+from models.feature_spec import Feature, FeatureSpec, FeatureSpecError, make_spec, storage_dtype_for
+
+_PARSE_OPS = ("ParseExampleV2", "ParseExample")
+_FUNCTION_ATTRS = ("f", "then_branch", "else_branch", "body", "cond")
+
+
+def _function_calls(node) -> List[str]:
+    names = []
+    for attr in _FUNCTION_ATTRS:
+        if attr in node.attr and node.attr[attr].func.name:
+            names.append(node.attr[attr].func.name)
+    return names
+
+
+def _const_value(nodes: Dict[str, object], ref: str) -> np.ndarray:
+    node = nodes.get(ref.lstrip("^").split(":")[0])
+    if node is None or node.op != "Const":
+        raise FeatureSpecError(f"parse op argument {ref} is not a constant")
+    return tf.make_ndarray(node.attr["value"].tensor)
+
+
+def _features_of(node, nodes) -> List[Feature]:
+    """Dense features of one ParseExample(V2) node; sparse and ragged ones are not supported."""
+    attr = node.attr
+    dtypes = [tf.as_dtype(t).name for t in attr["Tdense"].list.type]
+    shapes = [tuple(d.size for d in s.dim) for s in attr["dense_shapes"].list.shape]
+    if node.op == "ParseExampleV2":
+        keys = [k.decode() for k in np.atleast_1d(_const_value(nodes, node.input[3]))]
+        default_refs = list(node.input[5:5 + len(keys)])
+        n_sparse = attr["num_sparse"].i
+    else:
+        n_sparse = attr["Nsparse"].i
+        n_dense = attr["Ndense"].i
+        key_refs = node.input[2 + n_sparse: 2 + n_sparse + n_dense]
+        keys = [_const_value(nodes, r).item().decode() for r in key_refs]
+        default_refs = list(node.input[2 + n_sparse + n_dense: 2 + n_sparse + 2 * n_dense])
+    if n_sparse:
+        raise FeatureSpecError(
+            "the signature parses variable-length (sparse) features; pass --feature_spec with the "
+            "dense features, or re-export the model with fixed-length inputs")
+    features = []
+    for key, dtype, shape, default_ref in zip(keys, dtypes, shapes, default_refs):
+        default = _const_value(nodes, default_ref)
+        default_value = None
+        if default.size:
+            default_value = [v.decode() if isinstance(v, bytes) else v for v in default.reshape(-1).tolist()]
+            if not shape:
+                default_value = default_value[0]
+        features.append(Feature(name=key, dtype=storage_dtype_for(dtype), shape=shape,
+                                default=default_value))
+    return features
+
+
+def spec_from_signature(export_dir: str, signature_name: str = "serving_default") -> FeatureSpec:
+    meta_graph = serving_meta_graph(export_dir)
+    if signature_name not in meta_graph.signature_def:
+        raise FeatureSpecError(f"{export_dir} has no signature {signature_name!r}")
+    graph_nodes = {n.name: n for n in meta_graph.graph_def.node}
+    library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+    signature = meta_graph.signature_def[signature_name]
+
+    found: List[Tuple[object, Dict[str, object]]] = []
+    seen_functions = set()
+
+    def visit(nodes: Dict[str, object], start: List[str]):
+        stack, seen = list(start), set()
+        while stack:
+            name = stack.pop().lstrip("^").split(":")[0]
+            if name in seen or name not in nodes:
+                continue
+            seen.add(name)
+            node = nodes[name]
+            if node.op in _PARSE_OPS:
+                found.append((node, nodes))
+            for fname in _function_calls(node) + ([node.op] if node.op in library else []):
+                if fname not in seen_functions and fname in library:
+                    seen_functions.add(fname)
+                    fn = library[fname]
+                    fn_nodes = {n.name: n for n in fn.node_def}
+                    visit(fn_nodes, list(fn.ret.values()))
+            stack.extend(node.input)
+
+    visit(graph_nodes, [t.name for t in signature.outputs.values()])
+    if not found:
+        raise FeatureSpecError(
+            f"signature {signature_name!r} of {export_dir} parses no tf.Example (no ParseExample op); "
+            "pass --feature_spec")
+    features = []
+    for node, nodes in found:
+        for feature in _features_of(node, nodes):
+            if feature.name not in {f.name for f in features}:
+                features.append(feature)
+    return make_spec(features)

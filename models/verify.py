@@ -1,0 +1,107 @@
+"""Post-export verification: the export, loaded both ways, must reproduce the in-memory model.
+
+Golden examples are generated from the feature spec; the reference is the in-memory model called
+on the same values as dense tensors. The export is run through tfx-bsl's own model handler (its TF1
+session loader and its PredictionLog building) and through tf.saved_model.load.
+"""
+
+import dataclasses
+from typing import Dict, List, Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from models import examples as ex
+from models.feature_spec import FeatureSpec
+
+RELATIVE_TOLERANCE = 1e-6
+
+
+@dataclasses.dataclass
+class VerificationResult:
+    problems: List[str]
+    checked_examples: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def golden_serialized(spec: FeatureSpec, count: int = 8, seed: int = 0):
+    rows = ex.golden_values(spec, count, seed)
+    return rows, [ex.make_example(r, spec).SerializeToString() for r in rows]
+
+
+def run_tf2(export_dir: str, serialized: List[bytes], signature: str = "serving_default"
+            ) -> Dict[str, np.ndarray]:
+    fn = tf.saved_model.load(export_dir).signatures[signature]
+    (input_name,) = fn.structured_input_signature[1]
+    return {k: v.numpy() for k, v in fn(**{input_name: tf.constant(serialized)}).items()}
+
+
+def run_tfx_bsl(export_dir: str, serialized: List[bytes], signature: str = "serving_default"
+                ) -> Dict[str, np.ndarray]:
+    """Runs the batch through tfx-bsl's in-process model handler, as RunInference would."""
+    from tfx_bsl.beam import run_inference as tfx_run_inference
+    from tfx_bsl.public.proto import model_spec_pb2
+
+    from models.prediction_log import outputs_from_log
+
+    spec = model_spec_pb2.InferenceSpecType(saved_model_spec=model_spec_pb2.SavedModelSpec(
+        model_path=export_dir, signature_name=[signature]))
+    handler = tfx_run_inference.create_model_handler(spec, None, None)
+    logs = list(handler.run_inference(serialized, handler.load_model()))
+    per_example = [outputs_from_log(log) for log in logs]
+    return {name: np.stack([o[name] for o in per_example]) for name in per_example[0]}
+
+
+def compare_outputs(reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray],
+                    label: str, rtol: float = RELATIVE_TOLERANCE) -> List[str]:
+    problems = []
+    if set(reference) != set(actual):
+        return [f"{label}: outputs {sorted(actual)} differ from the model's {sorted(reference)}"]
+    for name in sorted(reference):
+        ref, got = np.asarray(reference[name]), np.asarray(actual[name])
+        if ref.shape != got.shape:
+            problems.append(f"{label}: output {name!r} has shape {got.shape}, expected {ref.shape}")
+        elif ref.dtype.kind in "fc":
+            # relative to the output's scale, so values near zero do not demand exact equality
+            scale = max(float(np.max(np.abs(ref))) if ref.size else 0.0, 1e-30)
+            worst = float(np.max(np.abs(got.astype(np.float64) - ref))) / scale if ref.size else 0.0
+            if worst > rtol:
+                problems.append(
+                    f"{label}: output {name!r} differs from the in-memory model by {worst:.2e} "
+                    f"relative (tolerance {rtol:.0e})")
+        elif not np.array_equal(ref, got):
+            problems.append(f"{label}: output {name!r} differs from the in-memory model")
+    return problems
+
+
+def verify_export(export_dir: str, spec: FeatureSpec, reference_call, count: int = 8,
+                  seed: int = 0) -> VerificationResult:
+    """reference_call maps dense inputs {name: array} to {output: tensor} (the in-memory model)."""
+    rows, serialized = golden_serialized(spec, count, seed)
+    try:
+        reference = {k: np.asarray(v) for k, v in reference_call(
+            {k: tf.constant(v) for k, v in ex.dense_batch(rows, spec).items()}).items()}
+    except Exception as e:
+        return VerificationResult(problems=[
+            f"the in-memory model fails on golden examples generated from the feature spec: "
+            f"{type(e).__name__}: {_first_line(e)}"], checked_examples=0)
+    problems = []
+    for label, runner in (("tf.saved_model.load", run_tf2), ("tfx-bsl TF1 session loader", run_tfx_bsl)):
+        try:
+            actual = runner(export_dir, serialized)
+        except Exception as e:  # a load failure is a finding, reported with the loader's words
+            problems.append(f"{label}: {type(e).__name__}: {_first_line(e)}")
+            continue
+        problems += compare_outputs(reference, actual, label)
+    return VerificationResult(problems=problems, checked_examples=count)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    for line in text.splitlines():
+        if line.strip() and "Graph execution error" not in line:
+            return line.strip()[:500]
+    return text[:500]

@@ -1,0 +1,127 @@
+"""python -m pipelines.batch_infer: score TFRecord files of tf.Example with a SavedModel.
+
+    python -m pipelines.batch_infer --input 'data/*.tfrecord.gz' --model models/clf \
+        --output out/predictions [--key_feature id] [--errors out/errors] [--runner ...]
+
+With no arguments it runs the embedded demo (pipelines/demo.py) on the DirectRunner.
+"""
+
+import dataclasses
+import logging
+import sys
+import time
+from typing import List, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+
+from models.serving_model import ModelContractError, ServingModel, load_serving_models
+from pipelines.options import BatchInferOptions, OptionsError, check_options
+from transforms import metrics
+from transforms.score import DEAD_LETTERS, OUTPUTS, ROWS, ScoreKeyedExamples
+from transforms.sinks import WriteJsonLines, WritePredictionLogs
+from transforms.tfrecord_source import NoInputFilesError, ReadKeyedTFRecords
+
+LOCAL_RUNNERS = ("DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner", "PrismRunner")
+
+
+@dataclasses.dataclass
+class BatchJob:
+    inputs: List[str]
+    model: ServingModel
+    output: str
+    errors: str
+    key_feature: Optional[str] = None
+    output_format: str = "jsonl"
+    engine: str = "tfx-bsl"
+    min_batch_size: Optional[int] = None
+    max_batch_size: Optional[int] = None
+    num_shards: int = 0
+
+
+def job_from_options(opts: BatchInferOptions) -> BatchJob:
+    check_options(opts)
+    (model,) = load_serving_models(opts.model)
+    if opts.output_format == "tfrecord" and opts.engine != "tfx-bsl":
+        raise OptionsError("--output_format tfrecord writes tfx-bsl PredictionLogs: use --engine tfx-bsl")
+    return BatchJob(inputs=list(opts.input), model=model, output=opts.output,
+                    errors=opts.errors or f"{opts.output}.errors", key_feature=opts.key_feature,
+                    output_format=opts.output_format, engine=opts.engine,
+                    min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
+                    num_shards=opts.num_shards)
+
+
+def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
+    records, unreadable = p | "ReadTFRecords" >> ReadKeyedTFRecords(job.inputs)
+    scored = records | "Score" >> ScoreKeyedExamples(
+        job.model, job.engine, job.key_feature, job.min_batch_size, job.max_batch_size)
+    if job.output_format == "tfrecord":
+        scored[OUTPUTS] | "WritePredictionLogs" >> WritePredictionLogs(job.output, job.num_shards)
+    else:
+        scored[ROWS] | "WritePredictions" >> WriteJsonLines(job.output, job.num_shards)
+    ((unreadable, scored[DEAD_LETTERS])
+     | "AllDeadLetters" >> beam.Flatten()
+     | "WriteDeadLetters" >> WriteJsonLines(job.errors))
+
+
+def _is_local(options: PipelineOptions) -> bool:
+    runner = options.view_as(StandardOptions).runner
+    return runner is None or (isinstance(runner, str) and runner in LOCAL_RUNNERS)
+
+
+def summarize(job: BatchJob, counters: dict, seconds: float) -> str:
+    read = counters.get(metrics.RECORDS_READ, 0)
+    written = counters.get(metrics.PREDICTIONS_WRITTEN, 0)
+    dead = sum(v for k, v in counters.items() if k.startswith(metrics.DEAD_LETTER_PREFIX))
+    ext = "tfrecord" if job.output_format == "tfrecord" else "jsonl"
+    return "\n".join([
+        f"model:        {job.model.name} = {job.model.path} ({job.engine} engine)",
+        f"predictions:  {job.output}-*.{ext}",
+        f"dead letters: {job.errors}-*.jsonl",
+        f"records in {read + counters.get(metrics.DEAD_LETTER_PREFIX + 'read', 0):,}; "
+        f"predictions out {written:,}; dead letters {dead:,}",
+        f"wall time {seconds:.1f} s; {read / max(seconds, 1e-9):,.0f} records/s end to end",
+        "counters:",
+        metrics.format_counters(counters),
+    ])
+
+
+def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
+        test_pipeline: Optional[beam.Pipeline] = None):
+    """Builds and runs the job; returns (PipelineResult, counters). Raises on bad flags or models."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = PipelineOptions(argv)
+    opts = options.view_as(BatchInferOptions)
+    if not (opts.input or opts.model or opts.output) and test_pipeline is None:
+        from pipelines import demo
+
+        argv = argv + demo.demo_args()
+        options = PipelineOptions(argv)
+        opts = options.view_as(BatchInferOptions)
+        print(f"No --input/--model/--output given: running the embedded demo\n  {' '.join(demo.demo_args())}")
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    job = job_from_options(opts)
+
+    started = time.monotonic()
+    p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
+    build_pipeline(p, job)
+    result = p.run()
+    result.wait_until_finish()
+    counters = metrics.query_counters(result)
+    if test_pipeline is None and _is_local(options):
+        print(summarize(job, counters, time.monotonic() - started))
+    return result, counters
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        run(argv)
+    except (OptionsError, ModelContractError, NoInputFilesError) as e:
+        print(f"batch_infer: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

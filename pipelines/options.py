@@ -1,0 +1,52 @@
+"""BatchInferOptions: the job's own flags, parsed with Beam's PipelineOptions so runner flags pass through."""
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.inference import DEFAULT_ENGINE, ENGINES
+from transforms.sinks import OUTPUT_FORMATS
+
+
+class OptionsError(ValueError):
+    """A flag combination the job cannot run; reported as a CLI error before the pipeline starts."""
+
+
+class BatchInferOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--input", action="append", default=None,
+                            help="TFRecord file glob of tf.Example (gzip by .gz/.gzip); repeatable")
+        parser.add_argument("--model", action="append", default=None,
+                            help="[NAME=]DIR: a SavedModel version dir or a base dir (highest version)")
+        parser.add_argument("--output", help="output prefix; files are PREFIX-SSSSS-of-NNNNN.<ext>")
+        parser.add_argument("--errors", help="dead-letter prefix (default: OUTPUT.errors)")
+        parser.add_argument("--key_feature", help="feature holding each record's key (default: file:index)")
+        parser.add_argument("--output_format", default="jsonl",
+                            help=f"one of {', '.join(OUTPUT_FORMATS)}")
+        parser.add_argument("--engine", default=DEFAULT_ENGINE, help=f"one of {', '.join(ENGINES)}")
+        parser.add_argument("--signature", default="serving_default", help="signature to run")
+        parser.add_argument("--min_batch_size", type=int, default=None)
+        parser.add_argument("--max_batch_size", type=int, default=None)
+        parser.add_argument("--num_shards", type=int, default=0,
+                            help="output shards (0: let the runner choose)")
+
+
+def check_options(opts: BatchInferOptions) -> None:
+    """Raises OptionsError naming every missing or invalid flag."""
+    problems = []
+    for flag in ("input", "model", "output"):
+        if not getattr(opts, flag):
+            problems.append(f"--{flag} is required")
+    if opts.output_format not in OUTPUT_FORMATS:
+        problems.append(f"--output_format {opts.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+    if opts.engine not in ENGINES:
+        problems.append(f"--engine {opts.engine!r} is not one of {', '.join(ENGINES)}")
+    for flag in ("min_batch_size", "max_batch_size"):
+        value = getattr(opts, flag)
+        if value is not None and value < 1:
+            problems.append(f"--{flag} must be a positive integer")
+    if (opts.min_batch_size and opts.max_batch_size and opts.min_batch_size > opts.max_batch_size):
+        problems.append("--min_batch_size is larger than --max_batch_size")
+    if opts.model and len(opts.model) > 1:
+        problems.append("one --model per job for now (multi-model graphs are a later feature)")
+    if problems:
+        raise OptionsError("; ".join(problems))

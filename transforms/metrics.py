@@ -1,0 +1,67 @@
+"""Beam counters shared by every stage, and the end-of-run table built from them."""
+
+import sys
+import threading
+import time
+from typing import Dict
+
+import apache_beam as beam
+
+NAMESPACE = "tfinfer"
+RECORDS_READ = "records_read"
+PREDICTIONS_WRITTEN = "predictions_written"
+DEAD_LETTER_PREFIX = "dead_letters_"
+
+_counters: Dict[str, "beam.metrics.metric.Metrics.DelegatingCounter"] = {}
+
+
+def counter(name: str):
+    if name not in _counters:
+        _counters[name] = beam.metrics.Metrics.counter(NAMESPACE, name)
+    return _counters[name]
+
+
+def dead_letter_counter(stage: str):
+    return counter(DEAD_LETTER_PREFIX + stage)
+
+
+def query_counters(result) -> Dict[str, int]:
+    """Committed (or, where a runner has none, attempted) counter values of a finished run."""
+    totals: Dict[str, int] = {}
+    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
+    for c in query["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + (value or 0)
+    return totals
+
+
+def format_counters(totals: Dict[str, int]) -> str:
+    width = max([len(k) for k in totals] + [10])
+    return "\n".join(f"  {name:<{width}}  {totals[name]:>12,}" for name in sorted(totals))
+
+
+class Progress:
+    """A throttled progress line on stderr for long local runs (one per worker process)."""
+
+    def __init__(self, interval_s: float = 10.0, clock=time.monotonic):
+        self._interval = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._counts: Dict[str, int] = {}
+        self._start = None
+        self._last = None
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            now = self._clock()
+            if self._start is None:
+                self._start = self._last = now
+            self._counts[name] = self._counts.get(name, 0) + n
+            if now - self._last >= self._interval:
+                self._last = now
+                rate = self._counts.get(RECORDS_READ, 0) / max(now - self._start, 1e-9)
+                parts = ", ".join(f"{k} {v:,}" for k, v in sorted(self._counts.items()))
+                print(f"progress: {parts} ({rate:,.0f} records/s)", file=sys.stderr, flush=True)
+
+
+PROGRESS = Progress()

@@ -1,0 +1,47 @@
+"""ToPredictionRows: keyed engine outputs -> prediction rows; a record that fails here is a dead letter."""
+
+import apache_beam as beam
+from tensorflow_serving.apis import prediction_log_pb2
+
+from models.prediction_log import outputs_from_log
+from transforms import metrics
+from transforms.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, dead_letter
+from transforms.rows import outputs_to_json, prediction_row
+
+
+def engine_outputs(value):
+    """A PredictionLog (tfx-bsl engine) or a {name: array} mapping -> {name: array}."""
+    if isinstance(value, prediction_log_pb2.PredictionLog):
+        return outputs_from_log(value)
+    return value
+
+
+class ToRowFn(beam.DoFn):
+    def __init__(self, model_name: str):
+        self._model_name = model_name
+
+    def process(self, element):
+        key, value = element
+        try:
+            row = prediction_row(key, {self._model_name: outputs_to_json(engine_outputs(value))})
+        except Exception as e:  # any conversion failure is this record's, not the job's
+            metrics.dead_letter_counter(POSTPROCESS).inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+                POSTPROCESS, e, key=key, model=self._model_name))
+            return
+        metrics.counter(metrics.PREDICTIONS_WRITTEN).inc()
+        metrics.PROGRESS.add(metrics.PREDICTIONS_WRITTEN)
+        yield row
+
+
+class ToPredictionRows(beam.PTransform):
+    """(key, outputs) of one model -> ({"key": k, model_name: {...}} rows, dead letters)."""
+
+    def __init__(self, model_name: str):
+        super().__init__()
+        self._model_name = model_name
+
+    def expand(self, keyed_outputs):
+        result = keyed_outputs | beam.ParDo(ToRowFn(self._model_name)).with_outputs(
+            DEAD_LETTER_TAG, main="rows")
+        return result.rows, result[DEAD_LETTER_TAG]

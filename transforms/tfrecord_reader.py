@@ -1,0 +1,84 @@
+"""Pure TFRecord framing: read records from a byte stream, reporting corruption precisely.
+
+Framing per record: uint64 length, masked crc32c of the length, data, masked crc32c of the data.
+A bad data CRC spoils one record but keeps the framing, so reading goes on after it; a bad or
+truncated length loses the framing, so reading stops there. Either way the caller learns the
+byte offset (in the uncompressed stream) and can emit a dead letter instead of failing.
+"""
+
+import dataclasses
+import struct
+from typing import BinaryIO, Iterator, Optional, Union
+
+import google_crc32c
+
+_HEADER = struct.Struct("<QI")
+_FOOTER = struct.Struct("<I")
+# A length beyond this is garbage that happened to match its CRC; refuse to allocate it.
+MAX_RECORD_BYTES = 1 << 31
+
+
+def masked_crc32c(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def encode_record(data: bytes) -> bytes:
+    header = struct.pack("<Q", len(data))
+    return header + _FOOTER.pack(masked_crc32c(header)) + data + _FOOTER.pack(masked_crc32c(data))
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    index: int   # position of the record in the file, counting corrupt ones
+    offset: int  # byte offset of its header in the (uncompressed) stream
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Corruption:
+    index: int
+    offset: int
+    reason: str
+    fatal: bool  # True: framing lost, nothing after this offset can be read
+    data: Optional[bytes] = None  # the payload when only its CRC was wrong
+
+
+def read_records(stream: BinaryIO) -> Iterator[Union[Record, Corruption]]:
+    """Yields every record, and a Corruption for each unreadable one (the last, if fatal)."""
+    offset = index = 0
+    while True:
+        try:
+            header = stream.read(_HEADER.size)
+        except (EOFError, OSError, ValueError) as e:  # gzip: truncated or corrupt stream
+            yield Corruption(index, offset, f"compressed stream unreadable: {e}", fatal=True)
+            return
+        if not header:
+            return
+        if len(header) < _HEADER.size:
+            yield Corruption(index, offset, f"truncated record header ({len(header)} of 12 bytes)", True)
+            return
+        length, length_crc = _HEADER.unpack(header)
+        if masked_crc32c(header[:8]) != length_crc:
+            yield Corruption(index, offset, "length CRC mismatch (framing lost)", fatal=True)
+            return
+        if length > MAX_RECORD_BYTES:
+            yield Corruption(index, offset, f"implausible record length {length}", fatal=True)
+            return
+        try:
+            body = stream.read(length + _FOOTER.size)
+        except (EOFError, OSError, ValueError) as e:
+            yield Corruption(index, offset, f"compressed stream unreadable: {e}", fatal=True)
+            return
+        if len(body) < length + _FOOTER.size:
+            yield Corruption(index, offset,
+                             f"truncated record ({len(body)} of {length + 4} bytes after the header)", True)
+            return
+        data = body[:length]
+        (data_crc,) = _FOOTER.unpack_from(body, length)
+        if masked_crc32c(data) != data_crc:
+            yield Corruption(index, offset, "data CRC mismatch", fatal=False, data=data)
+        else:
+            yield Record(index, offset, data)
+        offset += _HEADER.size + length + _FOOTER.size
+        index += 1
