@@ -1,0 +1,31 @@
+"""Shared fixtures: real models exported through models.prepare, real TFRecord files."""
+
+import os
+
+# Before TensorFlow or google-auth load: quiet TF, and keep google-auth off the metadata server.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("NO_GCE_CHECK", "true")
+os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:1")
+
+import pytest  # noqa: E402
+
+from tests import helpers  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def penguin_model(tmp_path_factory):
+    """The demo classifier exported and verified by models.prepare: (version dir, keras model)."""
+    from models.prepare import prepare_model
+    from pipelines.demo import build_demo_model
+
+    keras_model = build_demo_model()
+    version_dir = prepare_model(keras_model, str(tmp_path_factory.mktemp("models") / "penguins"))
+    return version_dir, keras_model
+
+
+@pytest.fixture
+def write_tfrecords(tmp_path):
+    """write_tfrecords(name, [bytes, ...], gzip=False, tail=b'') -> path of a real TFRecord file."""
+    def write(name, records, gzip=False, tail=b""):
+        return helpers.write_tfrecord_file(str(tmp_path / name), records, gzip=gzip, tail=tail)
+    return write

@@ -1,0 +1,34 @@
+"""Test helpers: writing real TFRecord files and reading pipeline outputs back."""
+
+import glob
+import gzip as gzip_module
+import json
+from typing import Iterable, List
+
+
+def write_tfrecord_file(path: str, records: Iterable[bytes], gzip: bool = False, tail: bytes = b"") -> str:
+    """Writes records with TensorFlow's own writer (so our reader is tested against the real format)."""
+    import tensorflow as tf
+
+    options = tf.io.TFRecordOptions(compression_type="GZIP" if gzip else "")
+    with tf.io.TFRecordWriter(path, options) as writer:
+        for record in records:
+            writer.write(record)
+    if tail:
+        if gzip:
+            with gzip_module.open(path, "rb") as f:
+                body = f.read()
+            with gzip_module.open(path, "wb") as f:
+                f.write(body + tail)
+        else:
+            with open(path, "ab") as f:
+                f.write(tail)
+    return path
+
+
+def read_jsonl(pattern: str) -> List[dict]:
+    rows = []
+    for path in sorted(glob.glob(pattern)):
+        with open(path) as f:
+            rows.extend(json.loads(line) for line in f if line.strip())
+    return rows
