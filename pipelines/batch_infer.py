@@ -18,6 +18,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from models.serving_model import ModelContractError, ServingModel, load_serving_models
 from pipelines.options import BatchInferOptions, OptionsError, check_options
 from transforms import metrics
+from transforms.chunked import DEFAULT_CHUNK_SIZE, ChunkToJsonLinesFn, ChunkToPredictionLogsFn, ScoreChunks
+from transforms.dead_letters import DEAD_LETTER_TAG
 from transforms.score import DEAD_LETTERS, OUTPUTS, ROWS, ScoreKeyedExamples
 from transforms.sinks import WriteJsonLines, WritePredictionLogs
 from transforms.tfrecord_source import NoInputFilesError, ReadKeyedTFRecords
@@ -33,7 +35,7 @@ class BatchJob:
     errors: str
     key_feature: Optional[str] = None
     output_format: str = "jsonl"
-    engine: str = "tfx-bsl"
+    engine: str = "fast"
     min_batch_size: Optional[int] = None
     max_batch_size: Optional[int] = None
     num_shards: int = 0
@@ -42,8 +44,9 @@ class BatchJob:
 def job_from_options(opts: BatchInferOptions) -> BatchJob:
     check_options(opts)
     (model,) = load_serving_models(opts.model)
-    if opts.output_format == "tfrecord" and opts.engine != "tfx-bsl":
-        raise OptionsError("--output_format tfrecord writes tfx-bsl PredictionLogs: use --engine tfx-bsl")
+    if opts.output_format == "tfrecord" and opts.engine == "fast" and model.method != "tensorflow/serving/predict":
+        raise OptionsError(f"--output_format tfrecord with the fast engine writes predict logs; the "
+                           f"signature's method is {model.method}: use --engine tfx-bsl")
     return BatchJob(inputs=list(opts.input), model=model, output=opts.output,
                     errors=opts.errors or f"{opts.output}.errors", key_feature=opts.key_feature,
                     output_format=opts.output_format, engine=opts.engine,
@@ -51,7 +54,8 @@ def job_from_options(opts: BatchInferOptions) -> BatchJob:
                     num_shards=opts.num_shards)
 
 
-def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
+def build_record_pipeline(p: beam.Pipeline, job: BatchJob):
+    """One record per element (tfx-bsl engine): read -> validate -> RunInference -> rows."""
     records, unreadable = p | "ReadTFRecords" >> ReadKeyedTFRecords(job.inputs)
     scored = records | "Score" >> ScoreKeyedExamples(
         job.model, job.engine, job.key_feature, job.min_batch_size, job.max_batch_size)
@@ -59,7 +63,29 @@ def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
         scored[OUTPUTS] | "WritePredictionLogs" >> WritePredictionLogs(job.output, job.num_shards)
     else:
         scored[ROWS] | "WritePredictions" >> WriteJsonLines(job.output, job.num_shards)
-    ((unreadable, scored[DEAD_LETTERS])
+    return [unreadable, scored[DEAD_LETTERS]]
+
+
+def build_chunked_pipeline(p: beam.Pipeline, job: BatchJob):
+    """A chunk of records per element (fast engine): read chunks -> score -> write chunk text."""
+    chunk_size = job.max_batch_size or DEFAULT_CHUNK_SIZE
+    chunks, unreadable = p | "ReadTFRecordChunks" >> ReadKeyedTFRecords(job.inputs, chunk_size)
+    scored, unscored = chunks | "Score" >> ScoreChunks(job.model, job.key_feature)
+    if job.output_format == "tfrecord":
+        (scored
+         | "ToPredictionLogs" >> beam.ParDo(ChunkToPredictionLogsFn(job.model.signature))
+         | "WritePredictionLogs" >> WritePredictionLogs(job.output, job.num_shards))
+        return [unreadable, unscored]
+    text = scored | "ToJsonLines" >> beam.ParDo(ChunkToJsonLinesFn(job.model.name)).with_outputs(
+        DEAD_LETTER_TAG, main="text")
+    text.text | "WritePredictions" >> WriteJsonLines(job.output, job.num_shards, preformatted=True)
+    return [unreadable, unscored, text[DEAD_LETTER_TAG]]
+
+
+def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
+    build = build_chunked_pipeline if job.engine == "fast" else build_record_pipeline
+    dead_letters = build(p, job)
+    (dead_letters
      | "AllDeadLetters" >> beam.Flatten()
      | "WriteDeadLetters" >> WriteJsonLines(job.errors))
 

@@ -38,3 +38,17 @@ def dead_letter(stage: str, error: Any, key: Optional[str] = None, raw: Optional
     if model is not None:
         row["model"] = model
     return row
+
+
+_TF_NOISE = ("Graph execution error:", "Detected at node", "<stack traces unavailable>")
+
+
+def error_text(error: BaseException) -> str:
+    """One line of what went wrong; TensorFlow's own messages without their stack-trace preamble."""
+    message = getattr(error, "message", None) or str(error) or repr(error)
+    return clean_message(message)
+
+
+def clean_message(message: str) -> str:
+    lines = [line for line in message.splitlines() if not line.strip().startswith(_TF_NOISE)]
+    return " ".join(" ".join(lines).split())

@@ -1,7 +1,8 @@
 """Pure conversion of per-example model outputs into JSON-ready prediction rows.
 
 Shapes: an output of per-example shape [] becomes a scalar, [k] a list, [k, m] nested lists.
-Types: floats stay floats (float32 widened exactly to float64), ints stay ints, bools stay bools;
+Types: a float32 (or float16) value becomes the shortest decimal that reads back as the same
+float32 (0.6369617, not 0.6369616985321045); float64 stays as it is; ints and bools stay;
 byte strings become text when they are UTF-8, else {"b64": "<base64>"}. NaN and +/-inf, which
 JSON cannot hold, become the strings "NaN", "Infinity", "-Infinity" (what BigQuery accepts).
 """
@@ -11,14 +12,25 @@ import math
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
+import orjson
 
 KEY_FIELD = "key"
 
 
+def _shortest_floats(value: np.ndarray) -> Any:
+    """float32/float16 -> Python floats printing as the shortest decimal of the narrow float."""
+    if value.dtype in (np.float32, np.float16):
+        value = value[()] if value.ndim == 0 else np.ascontiguousarray(value)
+        return orjson.loads(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+    return value.tolist()
+
+
 def to_json_value(value: Any) -> Any:
     if isinstance(value, np.ndarray):
-        if value.dtype.kind in "iub" or (value.dtype.kind == "f" and np.isfinite(value).all()):
+        if value.dtype.kind in "iub":
             return value.tolist()
+        if value.dtype.kind == "f" and np.isfinite(value).all():
+            return _shortest_floats(value)
         return [to_json_value(v) for v in value]
     if isinstance(value, (list, tuple)):
         return [to_json_value(v) for v in value]
@@ -28,6 +40,8 @@ def to_json_value(value: Any) -> Any:
         except UnicodeDecodeError:
             return {"b64": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, (float, np.floating)):
+        if isinstance(value, (np.float32, np.float16)) and np.isfinite(value):
+            return _shortest_floats(np.asarray(value))
         value = float(value)
         if math.isnan(value):
             return "NaN"

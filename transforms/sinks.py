@@ -1,28 +1,28 @@
 """Sinks: prediction rows as JSON Lines, PredictionLogs as TFRecord, dead letters as JSON Lines."""
 
-import json
-
 import apache_beam as beam
 from tensorflow_serving.apis import prediction_log_pb2
+
+from transforms.jsonl import to_json_line
 
 OUTPUT_FORMATS = ("jsonl", "tfrecord")
 
 
-def to_json_line(row) -> str:
-    return json.dumps(row, separators=(",", ":"), allow_nan=False)
-
-
 class WriteJsonLines(beam.PTransform):
-    def __init__(self, prefix: str, num_shards: int = 0):
+    """Rows (dicts) -> PREFIX-SSSSS-of-NNNNN.jsonl. With preformatted, elements are already JSON
+    Lines text (one or many lines each, as the chunked path writes them)."""
+
+    def __init__(self, prefix: str, num_shards: int = 0, preformatted: bool = False):
         super().__init__()
         self._prefix = prefix
         self._num_shards = num_shards
+        self._preformatted = preformatted
 
     def expand(self, rows):
-        return (rows
-                | "ToJson" >> beam.Map(to_json_line)
-                | "Write" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl",
-                                                 num_shards=self._num_shards))
+        if not self._preformatted:
+            rows = rows | "ToJson" >> beam.Map(to_json_line)
+        return rows | "Write" >> beam.io.WriteToText(
+            self._prefix, file_name_suffix=".jsonl", num_shards=self._num_shards)
 
 
 class WritePredictionLogs(beam.PTransform):

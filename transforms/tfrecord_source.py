@@ -8,7 +8,7 @@ sync markers, so a file cannot be split by offset); a Reshuffle spreads them ove
 import gzip
 import io
 import os
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -16,6 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import metrics
 from transforms.dead_letters import DEAD_LETTER_TAG, READ, dead_letter
+from transforms.record_chunks import RecordChunk
 from transforms.tfrecord_reader import Corruption, read_records
 
 GZIP_SUFFIXES = (".gz", ".gzip")
@@ -59,40 +60,61 @@ def open_records_stream(path: str):
     return raw
 
 
-class ReadRecordsFn(beam.DoFn):
-    """(path, key name) -> (key, bytes) per record; a dead letter per corrupt region."""
+def corruption_dead_letter(path: str, key: str, item: Corruption):
+    detail = "" if not item.fatal else "; the rest of the file is unreadable"
+    return dead_letter(READ, f"{path} at byte {item.offset}: {item.reason}{detail}",
+                       key=key, raw=item.data, source=f"{path}@{item.offset}")
 
-    def __init__(self):
-        self._read = metrics.counter(metrics.RECORDS_READ)
-        self._dead = metrics.dead_letter_counter(READ)
+
+class ReadRecordsFn(beam.DoFn):
+    """(path, key name) -> (key, bytes) per record, or RecordChunks of up to chunk_size records.
+
+    A corrupt region becomes one dead letter (stage read) and reading goes on where it can.
+    """
+
+    def __init__(self, chunk_size: Optional[int] = None):
+        self._chunk_size = chunk_size
 
     def process(self, element):
         path, name = element
+        keys, records = [], []
         with open_records_stream(path) as stream:
             for item in read_records(stream):
                 key = f"{name}:{item.index}"
                 if isinstance(item, Corruption):
-                    self._dead.inc()
-                    detail = "" if not item.fatal else "; the rest of the file is unreadable"
-                    yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-                        READ, f"{path} at byte {item.offset}: {item.reason}{detail}",
-                        key=key, raw=item.data, source=f"{path}@{item.offset}"))
-                    continue
-                self._read.inc()
-                metrics.PROGRESS.add(metrics.RECORDS_READ)
-                yield key, item.data
+                    metrics.dead_letter_counter(READ).inc()
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, corruption_dead_letter(path, key, item))
+                elif self._chunk_size is None:
+                    self._count(1)
+                    yield key, item.data
+                else:
+                    keys.append(key)
+                    records.append(item.data)
+                    if len(records) >= self._chunk_size:
+                        self._count(len(records))
+                        yield RecordChunk(keys, records)
+                        keys, records = [], []
+        if records:
+            self._count(len(records))
+            yield RecordChunk(keys, records)
+
+    @staticmethod
+    def _count(n: int) -> None:
+        metrics.counter(metrics.RECORDS_READ).inc(n)
+        metrics.PROGRESS.add(metrics.RECORDS_READ, n)
 
 
 class ReadKeyedTFRecords(beam.PTransform):
     """Reads TFRecord files matching the patterns (gzip by extension) as keyed records.
 
-    Returns (records, dead_letters). The patterns are expanded at construction so an empty glob
+    Returns (records, dead_letters): records are (key, bytes), or RecordChunks with chunk_size. The patterns are expanded at construction so an empty glob
     fails before the pipeline starts.
     """
 
-    def __init__(self, patterns: Iterable[str]):
+    def __init__(self, patterns: Iterable[str], chunk_size: Optional[int] = None):
         super().__init__()
         self._paths = expand_patterns(list(patterns))
+        self._chunk_size = chunk_size
 
     @property
     def paths(self) -> List[str]:
@@ -104,5 +126,6 @@ class ReadKeyedTFRecords(beam.PTransform):
             pbegin
             | "Files" >> beam.Create([(p, names[p]) for p in self._paths])
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadRecords" >> beam.ParDo(ReadRecordsFn()).with_outputs(DEAD_LETTER_TAG, main="records"))
+            | "ReadRecords" >> beam.ParDo(ReadRecordsFn(self._chunk_size)).with_outputs(
+                DEAD_LETTER_TAG, main="records"))
         return result.records, result[DEAD_LETTER_TAG]

@@ -28,6 +28,17 @@ def key_from_feature(example, key_feature: str) -> str:
     return str(value)
 
 
+def checked_key(key: str, serialized: bytes, spec: Sequence[Feature],
+                key_feature: Optional[str] = None) -> str:
+    """The record's final key if it fits the spec; raises RecordError (decode or validate) if not."""
+    example = validate_example(serialized, spec)
+    return key_from_feature(example, key_feature) if key_feature else key
+
+
+def record_dead_letter(error: RecordError, key: str, serialized: bytes):
+    return dead_letter(error.stage, error, key=key, raw=serialized, source=key)
+
+
 class ValidateRecordsFn(beam.DoFn):
     def __init__(self, spec: Sequence[Feature], key_feature: Optional[str] = None):
         self._spec = tuple(spec)
@@ -36,15 +47,10 @@ class ValidateRecordsFn(beam.DoFn):
     def process(self, element):
         key, serialized = element
         try:
-            example = validate_example(serialized, self._spec)
-            if self._key_feature:
-                key = key_from_feature(example, self._key_feature)
+            yield checked_key(key, serialized, self._spec, self._key_feature), serialized
         except RecordError as e:
             metrics.dead_letter_counter(e.stage).inc()
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER_TAG, dead_letter(e.stage, e, key=key, raw=serialized, source=key))
-            return
-        yield key, serialized
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, record_dead_letter(e, key, serialized))
 
 
 class ValidateRecords(beam.PTransform):

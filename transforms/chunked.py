@@ -1,0 +1,93 @@
+"""The chunked path of the fast engine: a RecordChunk, not a record, is the pipeline element.
+
+Read TFRecord shards in chunks -> score each chunk with one signature call -> write each chunk's
+rows as one text element. Keys stay aligned with outputs inside the chunk; every record that
+cannot be scored leaves as a dead letter (transforms.record_chunks.score_chunk).
+"""
+
+from typing import Optional
+
+import apache_beam as beam
+
+from models.serving_model import ServingModel
+from transforms import metrics
+from transforms.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, dead_letter
+from transforms.fast_engine import shared_signature
+from transforms.jsonl import scored_chunk_text
+from transforms.prediction_logs import predict_log
+from transforms.record_chunks import score_chunk
+
+DEFAULT_CHUNK_SIZE = 1024
+
+
+def count_dead_letters(rows) -> None:
+    for row in rows:
+        metrics.dead_letter_counter(row["stage"]).inc()
+
+
+class ScoreChunksFn(beam.DoFn):
+    """RecordChunk -> ScoredChunk (+ dead letters); the model is loaded once per process."""
+
+    def __init__(self, model: ServingModel, key_feature: Optional[str] = None):
+        self._model = model
+        self._key_feature = key_feature
+        self._call = None
+
+    def setup(self):
+        self._call = shared_signature(self._model.path, self._model.signature)
+
+    def process(self, chunk):
+        scored, dead = score_chunk(self._call, chunk, self._model.feature_spec, self._model.name,
+                                   self._key_feature)
+        count_dead_letters(dead)
+        for row in dead:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)
+        if scored is not None:
+            yield scored
+
+
+class ChunkToJsonLinesFn(beam.DoFn):
+    """ScoredChunk -> one text element holding all its JSON lines (WriteToText adds the last \\n)."""
+
+    def __init__(self, model_name: str):
+        self._model_name = model_name
+
+    def process(self, scored):
+        try:
+            text = scored_chunk_text(self._model_name, scored.keys, scored.outputs)
+        except Exception as e:  # pylint: disable=broad-except  # each row of the chunk is accounted for
+            for key in scored.keys:
+                metrics.dead_letter_counter(POSTPROCESS).inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+                    POSTPROCESS, e, key=key, model=self._model_name))
+            return
+        metrics.counter(metrics.PREDICTIONS_WRITTEN).inc(len(scored.keys))
+        metrics.PROGRESS.add(metrics.PREDICTIONS_WRITTEN, len(scored.keys))
+        yield text
+
+
+class ChunkToPredictionLogsFn(beam.DoFn):
+    """ScoredChunk -> (key, PredictionLog) per record, as the tfx-bsl engine emits them."""
+
+    def __init__(self, signature: str):
+        self._signature = signature
+
+    def process(self, scored):
+        names = list(scored.outputs)
+        for i, (key, record) in enumerate(zip(scored.keys, scored.records)):
+            metrics.counter(metrics.PREDICTIONS_WRITTEN).inc()
+            yield key, predict_log(record, {n: scored.outputs[n][i] for n in names}, self._signature)
+
+
+class ScoreChunks(beam.PTransform):
+    """RecordChunks -> (ScoredChunks, dead letters at stages decode, validate, infer)."""
+
+    def __init__(self, model: ServingModel, key_feature: Optional[str] = None):
+        super().__init__()
+        self._model = model
+        self._key_feature = key_feature
+
+    def expand(self, chunks):
+        result = chunks | f"ScoreChunks[{self._model.name}]" >> beam.ParDo(
+            ScoreChunksFn(self._model, self._key_feature)).with_outputs(DEAD_LETTER_TAG, main="scored")
+        return result.scored, result[DEAD_LETTER_TAG]

@@ -1,0 +1,113 @@
+"""The fast engine: tf.saved_model.load once per process, the signature called on whole batches.
+
+Outputs stay columnar ({name: array [batch, ...]}); no per-example proto is built unless
+PredictionLog output is asked for (transforms.prediction_logs). Two entry points:
+- FastKeyedHandler: a Beam ModelHandler for keyed records, so RunKeyedInference composes as usual;
+- score_chunk: a whole RecordChunk scored in one call, used by the chunked batch path, where a
+  batch of records (not one record) is the pipeline element.
+"""
+
+import threading
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from apache_beam.ml.inference import base
+
+_CACHE: Dict[Tuple[str, str], "LoadedSignature"] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+class LoadedSignature:
+    """One signature of a SavedModel, callable on a list of serialized tf.Examples."""
+
+    def __init__(self, path: str, signature: str):
+        import tensorflow as tf
+
+        self._tf = tf
+        self.path = path
+        self.signature = signature
+        self._loaded = tf.saved_model.load(path)
+        if signature not in self._loaded.signatures:
+            raise ValueError(f"{path} has no signature {signature!r}")
+        self._fn = self._loaded.signatures[signature]
+        (self.input_name,) = self._fn.structured_input_signature[1]
+        self.output_names = tuple(sorted(self._fn.structured_outputs))
+
+    def __call__(self, serialized: Sequence[bytes]) -> Dict[str, np.ndarray]:
+        outputs = self._fn(**{self.input_name: self._tf.constant(list(serialized), self._tf.string)})
+        arrays = {name: value.numpy() for name, value in outputs.items()}
+        for name, value in arrays.items():
+            if value.ndim == 0 or value.shape[0] != len(serialized):
+                raise ValueError(f"output {name!r} has shape {value.shape}; expected a leading "
+                                 f"batch axis of {len(serialized)}")
+        return arrays
+
+
+def shared_signature(path: str, signature: str) -> LoadedSignature:
+    """The process-wide instance for (path, signature): loaded once, shared by every thread."""
+    with _CACHE_LOCK:
+        key = (path, signature)
+        if key not in _CACHE:
+            _CACHE[key] = LoadedSignature(path, signature)
+        return _CACHE[key]
+
+
+def split_rows(outputs: Mapping[str, np.ndarray], count: int) -> List[Dict[str, np.ndarray]]:
+    return [{name: value[i] for name, value in outputs.items()} for i in range(count)]
+
+
+class FastKeyedHandler(base.ModelHandler):
+    """(key, serialized example) batches -> (key, {output: per-example array})."""
+
+    def __init__(self, path: str, signature: str, batching: Mapping[str, int]):
+        super().__init__()
+        self._path = path
+        self._signature = signature
+        self._batching = dict(batching)
+
+    def load_model(self) -> LoadedSignature:
+        return shared_signature(self._path, self._signature)
+
+    def run_inference(self, batch, model, inference_args=None):
+        keys = [key for key, _ in batch]
+        outputs = model([record for _, record in batch])
+        return list(zip(keys, split_rows(outputs, len(keys))))
+
+    def get_num_bytes(self, batch) -> int:
+        return sum(len(record) for _, record in batch)
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return self._batching
+
+    def get_metrics_namespace(self) -> str:
+        return "tfinfer_fast_engine"
+
+
+def infer_isolating(call, records: Sequence[bytes], indices: Sequence[int]
+                    ) -> Tuple[List[Tuple[List[int], Dict[str, np.ndarray]]], List[Tuple[int, BaseException]]]:
+    """Runs call on records[indices]; on failure halves the batch until each failing record is alone.
+
+    Returns the (indices, outputs) parts that succeeded, in index order, and (index, error) per
+    record the model rejects. A batch without bad records costs one call.
+    """
+    indices = list(indices)
+    try:
+        return [(indices, call([records[i] for i in indices]))], []
+    except Exception as e:  # pylint: disable=broad-except  # isolated below, then a dead letter
+        if len(indices) == 1:
+            return [], [(indices[0], e)]
+        middle = len(indices) // 2
+        left_ok, left_bad = infer_isolating(call, records, indices[:middle])
+        right_ok, right_bad = infer_isolating(call, records, indices[middle:])
+        return left_ok + right_ok, left_bad + right_bad
+
+
+def concat_parts(parts: Sequence[Tuple[List[int], Dict[str, np.ndarray]]]
+                 ) -> Tuple[List[int], Optional[Dict[str, np.ndarray]]]:
+    if not parts:
+        return [], None
+    if len(parts) == 1:
+        return parts[0]
+    indices = [i for part_indices, _ in parts for i in part_indices]
+    names = parts[0][1].keys()
+    return indices, {n: np.concatenate([outputs[n] for _, outputs in parts]) for n in names}
