@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from tensorflow.core.example import example_pb2
 
-from models.feature_spec import Feature, flatten_default
+from models.feature_spec import RAW, Feature, flatten_default
 
 _KIND_BY_DTYPE = {"float32": "float_list", "int64": "int64_list", "string": "bytes_list"}
 
@@ -35,8 +35,11 @@ def make_example(values: Mapping[str, Any], spec: Optional[Sequence[Feature]] = 
     (float -> float_list, int/bool -> int64_list, str/bytes -> bytes_list).
     """
     dtypes = {f.name: f.dtype for f in spec or ()}
+    raw = {f.name: f for f in spec or () if f.encoding == RAW}
     example = example_pb2.Example()
     for name, value in values.items():
+        if name in raw and not isinstance(value, bytes):
+            value = np.asarray(value, dtype=raw[name].model_dtype).tobytes()
         flat = np.asarray(value, dtype=object).reshape(-1).tolist()
         dtype = dtypes.get(name) or _infer_dtype(flat, name)
         feature = example.features.feature[name]
@@ -78,18 +81,22 @@ def check_example(example: example_pb2.Example, spec: Sequence[Feature]) -> None
             continue
         kind = features[f.name].WhichOneof("kind")
         expected = _KIND_BY_DTYPE[f.dtype]
-        if kind is None:  # a feature with no list set parses as empty
-            count = 0
-        elif kind != expected:
+        if kind is None:  # no list set: TensorFlow treats it as absent
+            if f.required:
+                problems.append(f"feature {f.name!r} has no values")
+            continue
+        if kind != expected:
             problems.append(f"feature {f.name!r} is {kind[:-5]}, expected {expected[:-5]} ({f.dtype})")
             continue
-        else:
-            count = len(getattr(features[f.name], kind).value)
-        if count == 0 and not f.required:
-            continue  # tf.io.parse_example fills an empty feature from its default
+        # an empty list of the right kind is not absent: TensorFlow rejects it, default or not
+        count = len(getattr(features[f.name], kind).value)
         if count != f.size:
             problems.append(
-                f"feature {f.name!r} has {count} values, shape {list(f.shape)} needs {f.size}")
+                f"feature {f.name!r} has {count} values, shape {list(f.stored_shape)} needs {f.size}")
+        elif f.encoding == RAW and len(features[f.name].bytes_list.value[0]) != f.raw_nbytes:
+            problems.append(
+                f"feature {f.name!r} holds {len(features[f.name].bytes_list.value[0])} bytes, raw "
+                f"{f.model_dtype}{list(f.shape)} needs {f.raw_nbytes}")
     if problems:
         raise RecordError("validate", "; ".join(problems))
 
@@ -116,7 +123,12 @@ def golden_values(spec: Sequence[Feature], count: int, seed: int = 0) -> List[Di
     for i in range(count):
         row = {}
         for f in spec:
-            if f.dtype == "float32":
+            if f.encoding == RAW:
+                values = rng.normal(size=f.shape) * 3
+                if not f.model_dtype.startswith("float"):
+                    values = np.abs(values)
+                row[f.name] = values.astype(f.model_dtype)
+            elif f.dtype == "float32":
                 values = rng.normal(size=f.size).astype(np.float32)
                 if f.model_dtype and (f.model_dtype.startswith("int") or f.model_dtype.startswith("uint")):
                     values = np.round(np.abs(values) * 3)
@@ -135,6 +147,11 @@ def dense_batch(rows: Sequence[Mapping[str, Any]], spec: Sequence[Feature]) -> D
     batch = {}
     for f in spec:
         values = [row.get(f.name, f.default) for row in rows]
+        if f.encoding == RAW:
+            batch[f.name] = np.stack([
+                np.frombuffer(v, f.model_dtype).reshape(f.shape) if isinstance(v, bytes)
+                else np.asarray(v, f.model_dtype).reshape(f.shape) for v in values])
+            continue
         dtype = object if f.input_dtype == "string" else f.input_dtype
         batch[f.name] = np.asarray(
             [flatten_default(v) for v in values], dtype=dtype).reshape((len(rows),) + f.shape)

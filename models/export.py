@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from models import layout
 from models.feature_spec import (
-    SPEC_FILE, Feature, FeatureSpec, FeatureSpecError, make_spec, spec_to_json, storage_dtype_for)
+    RAW, SPEC_FILE, Feature, FeatureSpec, FeatureSpecError, make_spec, spec_to_json, storage_dtype_for)
 
 EXAMPLES_INPUT = "examples"
 DENSE_SIGNATURE = "serving_dense"
@@ -108,8 +108,22 @@ def parse_features(spec: FeatureSpec) -> Dict[str, tf.io.FixedLenFeature]:
     features = {}
     for f in spec:
         dtype = tf.string if f.dtype == "string" else tf.as_dtype(f.dtype)
-        features[f.name] = tf.io.FixedLenFeature(list(f.shape), dtype, default_value=f.default)
+        features[f.name] = tf.io.FixedLenFeature(list(f.stored_shape), dtype, default_value=f.default)
     return features
+
+
+def parse_error(serialized: bytes, spec: FeatureSpec) -> Optional[str]:
+    """TensorFlow's own verdict on one record: its parse error message, or None when it parses.
+
+    Python's protobuf is more lenient than TensorFlow's Example parser on some malformed bytes
+    (unknown fields, group wire types); when the model fails on a record that passed
+    validate_example, this tells a decode failure from a model failure.
+    """
+    try:
+        tf.io.parse_example(tf.constant([serialized]), parse_features(spec))
+    except (tf.errors.InvalidArgumentError, UnicodeDecodeError, ValueError) as e:
+        return " ".join(getattr(e, "message", str(e)).split())
+    return None
 
 
 def parse_to_dense(examples: tf.Tensor, spec: FeatureSpec) -> Dict[str, tf.Tensor]:
@@ -118,7 +132,9 @@ def parse_to_dense(examples: tf.Tensor, spec: FeatureSpec) -> Dict[str, tf.Tenso
     dense = {}
     for f in spec:
         value = parsed[f.name]
-        if f.input_dtype != f.dtype:
+        if f.encoding == RAW:
+            value = tf.reshape(tf.io.decode_raw(value, f.model_dtype), [-1, *f.shape])
+        elif f.input_dtype != f.dtype:
             value = tf.cast(value, f.input_dtype)
         dense[f.name] = value
     return dense

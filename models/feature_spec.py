@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 # tf.Example stores three kinds of lists; every feature is stored as one of them.
 STORAGE_DTYPES = ("float32", "int64", "string")
 SPEC_FILE = "assets.extra/feature_spec.json"
+RAW = "raw"
 
 _MODEL_DTYPE_TO_STORAGE = {
     "float16": "float32", "bfloat16": "float32", "float32": "float32", "float64": "float32",
@@ -33,6 +34,9 @@ class Feature:
     dtype is how the value is stored in the tf.Example (float32, int64 or string); model_dtype is
     what the model input expects, reached by a cast inside the serving signature. default, when
     set, fills the feature for records that lack it; otherwise the feature is required.
+
+    encoding "raw" stores the whole tensor as one bytes value (tf.io.decode_raw of model_dtype,
+    reshaped to shape): the compact way to ship images and other dense numeric blocks.
     """
 
     name: str
@@ -40,6 +44,7 @@ class Feature:
     shape: Tuple[int, ...] = ()
     model_dtype: Optional[str] = None
     default: Any = None
+    encoding: Optional[str] = None
 
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
@@ -51,15 +56,41 @@ class Feature:
                 "(variable-length features are not supported)")
         if self.model_dtype is not None and self.model_dtype not in _MODEL_DTYPE_TO_STORAGE:
             raise FeatureSpecError(f"feature {self.name!r}: model_dtype {self.model_dtype!r} unsupported")
-        if self.default is not None and len(flatten_default(self.default)) != self.size:
-            raise FeatureSpecError(
-                f"feature {self.name!r}: default has {len(flatten_default(self.default))} values, "
-                f"shape {list(self.shape)} needs {self.size}")
+        if self.encoding not in (None, RAW):
+            raise FeatureSpecError(f"feature {self.name!r}: encoding {self.encoding!r} is not 'raw'")
+        if self.encoding == RAW:
+            if self.dtype != "string" or self.model_dtype in (None, "string", "bool"):
+                raise FeatureSpecError(
+                    f"feature {self.name!r}: raw encoding needs dtype string and a numeric model_dtype")
+            if self.default is not None:
+                raise FeatureSpecError(f"feature {self.name!r}: a raw feature cannot have a default")
+        if self.default is not None:
+            values = flatten_default(self.default)
+            if len(values) != self.size:
+                raise FeatureSpecError(
+                    f"feature {self.name!r}: default has {len(values)} values, "
+                    f"shape {list(self.shape)} needs {self.size}")
+            wrong = [v for v in values if not _fits(v, self.dtype)]
+            if wrong:
+                raise FeatureSpecError(
+                    f"feature {self.name!r}: default value {wrong[0]!r} is not {self.dtype}")
 
     @property
     def size(self) -> int:
-        """Number of values one record holds for this feature."""
-        return math.prod(self.shape)
+        """Number of values one record holds for this feature (one bytes value when raw)."""
+        return 1 if self.encoding == RAW else math.prod(self.shape)
+
+    @property
+    def stored_shape(self) -> Tuple[int, ...]:
+        """The shape tf.io.parse_example reads: () for a raw feature, else shape."""
+        return () if self.encoding == RAW else self.shape
+
+    @property
+    def raw_nbytes(self) -> int:
+        """Byte length of a raw feature's value."""
+        import numpy as np
+
+        return math.prod(self.shape) * np.dtype(self.model_dtype).itemsize
 
     @property
     def input_dtype(self) -> str:
@@ -75,7 +106,19 @@ class Feature:
             out["model_dtype"] = self.model_dtype
         if self.default is not None:
             out["default"] = self.default
+        if self.encoding:
+            out["encoding"] = self.encoding
         return out
+
+
+def _fits(value: Any, dtype: str) -> bool:
+    if dtype == "string":
+        return isinstance(value, (str, bytes))
+    if isinstance(value, bool):
+        return dtype == "int64"
+    if dtype == "int64":
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    return isinstance(value, (int, float))
 
 
 def flatten_default(value: Any) -> List[Any]:
@@ -98,17 +141,18 @@ def feature_from_json(name: Optional[str], obj: Mapping[str, Any]) -> Feature:
     name = obj.get("name", name)
     if not name:
         raise FeatureSpecError(f"feature without a name: {obj}")
-    unknown = set(obj) - {"name", "dtype", "shape", "model_dtype", "default"}
+    unknown = set(obj) - {"name", "dtype", "shape", "model_dtype", "default", "encoding"}
     if unknown:
         raise FeatureSpecError(f"feature {name!r}: unknown fields {sorted(unknown)}")
     dtype = obj.get("dtype")
     if dtype is None:
         raise FeatureSpecError(f"feature {name!r}: dtype is required")
     model_dtype = obj.get("model_dtype")
+    encoding = obj.get("encoding")
     if dtype not in STORAGE_DTYPES:  # a model dtype given as dtype: store it the tf.Example way
-        model_dtype, dtype = dtype, storage_dtype_for(dtype)
+        model_dtype, dtype = dtype, "string" if encoding == RAW else storage_dtype_for(dtype)
     return Feature(name=name, dtype=dtype, shape=tuple(obj.get("shape", ())),
-                   model_dtype=model_dtype, default=obj.get("default"))
+                   model_dtype=model_dtype, default=obj.get("default"), encoding=encoding)
 
 
 def spec_from_json(obj: Any) -> FeatureSpec:
@@ -177,5 +221,8 @@ def describe(spec: Sequence[Feature]) -> str:
     for f in spec:
         cast = f" -> {f.model_dtype}" if f.model_dtype and f.model_dtype != f.dtype else ""
         default = "required" if f.required else f"default={f.default!r}"
-        lines.append(f"  {f.name}: {f.dtype}{list(f.shape)}{cast} ({default})")
+        if f.encoding == RAW:
+            lines.append(f"  {f.name}: raw bytes of {f.model_dtype}{list(f.shape)} ({default})")
+        else:
+            lines.append(f"  {f.name}: {f.dtype}{list(f.shape)}{cast} ({default})")
     return "\n".join(lines)

@@ -25,8 +25,14 @@ def _function_calls(node) -> List[str]:
     return names
 
 
+_PASS_THROUGH_OPS = ("Identity", "Reshape", "Squeeze", "ExpandDims")
+
+
 def _const_value(nodes: Dict[str, object], ref: str) -> np.ndarray:
+    """The constant behind a parse-op argument; tf.io.parse_example wraps list defaults in a Reshape."""
     node = nodes.get(ref.lstrip("^").split(":")[0])
+    while node is not None and node.op in _PASS_THROUGH_OPS:
+        node = nodes.get(node.input[0].lstrip("^").split(":")[0])
     if node is None or node.op != "Const":
         raise FeatureSpecError(f"parse op argument {ref} is not a constant")
     return tf.make_ndarray(node.attr["value"].tensor)

@@ -151,3 +151,19 @@ def test_chunk_text_equals_per_row_rows(outputs):
     per_row = [to_json_line(prediction_row(k, {"m%odel": outputs_to_json({n: v[i] for n, v in outputs.items()})}))
                for i, k in enumerate(keys)]
     assert [json.loads(line) for line in chunk_lines] == [json.loads(line) for line in per_row]
+
+
+@pytest.mark.parametrize("engine", ["fast", "tfx-bsl"])
+def test_bytes_only_tensorflow_rejects_are_decode_dead_letters(penguin_model, write_tfrecords, tmp_path, engine):
+    # Python's protobuf accepts a trailing group wire type that TensorFlow's parser rejects: the
+    # record passes validation, fails inside the model, and must still be filed under decode.
+    version_dir, _ = penguin_model
+    records = [make_example(v).SerializeToString() for v in penguin_values(20, seed=9)]
+    records[4] = records[4] + b"\x1b\x1c"
+    path = write_tfrecords("lenient.tfrecord", records)
+    out = str(tmp_path / "o")
+    batch_infer.run(["--input", path, "--model", version_dir, "--output", out, "--engine", engine],
+                    save_main_session=False)
+    dead = read_jsonl(out + ".errors-*.jsonl")
+    assert [(d["key"], d["stage"]) for d in dead] == [("lenient.tfrecord:4", "decode")]
+    assert len(read_jsonl(out + "-*.jsonl")) == 19

@@ -328,49 +328,69 @@ def test_validate_example_reports_every_problem_in_one_message():
     assert "feature 's' has 2 values, shape [1] needs 1" in message
 
 
-# Records where validate_example and TensorFlow disagree today. Each is a source bug (see the
-# reason); strict, so a fix turns the xfail into a failure that asks for the marker to go.
-_BUG_EMPTY_LIST = (
-    "BUG models/examples.py check_example: an EMPTY list of the right kind for a feature with a "
-    "default is accepted ('tf.io.parse_example fills an empty feature from its default'), but TF "
-    "only uses the default when the feature is absent or has no list set; an empty float_list/"
-    "int64_list/bytes_list fails ParseExampleV2 ('Number of ... values != expected. Values size: 0')"
-    ", so the record passes the gate and fails its whole batch inside the model")
-_BUG_LENIENT_PROTO = (
-    "BUG models/examples.py parse_example: python protobuf accepts (or silently drops) unknown "
-    "fields / group wire types that TF's fast Example parser rejects ('Could not parse example "
-    "input'); the record passes the gate and fails its whole batch inside the model")
-_STRICTER = (
-    "validate_example is stricter than TF here (protobuf rejects, TF's parser accepts and fills "
-    "defaults); harmless for the pipeline, but not the 'iff' equivalence")
-DIVERGENT_CASES = [
-    ("empty-float-list-with-default", SPEC_DEFAULTS, _with(x=("float_list", [])), _BUG_EMPTY_LIST),
-    ("empty-int64-list-with-default", SPEC_DEFAULTS, _with(n=("int64_list", [])), _BUG_EMPTY_LIST),
-    ("empty-bytes-list-with-default", SPEC_DEFAULTS, _with(s=("bytes_list", [])), _BUG_EMPTY_LIST),
+# An empty list of the right kind is not "absent": TensorFlow rejects it even with a default,
+# and so does validate_example.
+EMPTY_LIST_CASES = [
+    ("empty-float-list-with-default", SPEC_DEFAULTS, _with(x=("float_list", []))),
+    ("empty-int64-list-with-default", SPEC_DEFAULTS, _with(n=("int64_list", []))),
+    ("empty-bytes-list-with-default", SPEC_DEFAULTS, _with(s=("bytes_list", []))),
     ("make_example-of-empty-value-with-default", SPEC_DEFAULTS,
-     ex.make_example({"x": [], "n": 1, "s": "a"}, SPEC_DEFAULTS).SerializeToString(), _BUG_EMPTY_LIST),
+     ex.make_example({"x": [], "n": 1, "s": "a"}, SPEC_DEFAULTS).SerializeToString()),
+]
+
+
+@pytest.mark.parametrize("spec,serialized", [c[1:] for c in EMPTY_LIST_CASES],
+                         ids=[c[0] for c in EMPTY_LIST_CASES])
+def test_empty_lists_are_rejected_like_tensorflow_does(spec, serialized):
+    error = validate_raises(serialized, spec)
+    assert error is not None and error.stage == "validate"
+    assert tf_parse_raises(serialized, spec)
+
+
+# Python's protobuf accepts (or silently drops) some malformed bytes that TensorFlow's Example
+# parser rejects. validate_example lets them through; when the model then fails on such a record,
+# model_failure_dead_letter asks TensorFlow's parser and files it under decode, not infer.
+LENIENT_PROTO_CASES = [
     ("unknown-field-inside-features", SPEC_REQUIRED,
      _raw_example([(b"x", _feature_bytes(float_list=[1.0, 2.0]), b""),
                    (b"n", _feature_bytes(int64_list=[3]), b""),
-                   (b"s", _feature_bytes(bytes_list=[b"w"]), b"")], features_extra=b"\x10\x01"),
-     _BUG_LENIENT_PROTO),
-    ("group-wire-type-after-example", SPEC_REQUIRED, _with() + b"\x1b\x1c", _BUG_LENIENT_PROTO),
+                   (b"s", _feature_bytes(bytes_list=[b"w"]), b"")], features_extra=b"\x10\x01")),
+    ("group-wire-type-after-example", SPEC_REQUIRED, _with() + b"\x1b\x1c"),
     ("unknown-field-in-map-entry-of-defaulted-feature", SPEC_DEFAULTS,
-     _raw_example([(b"x", _feature_bytes(float_list=[1.0, 2.0]), b"\x18\x01")]), _BUG_LENIENT_PROTO),
+     _raw_example([(b"x", _feature_bytes(float_list=[1.0, 2.0]), b"\x18\x01")])),
+]
+
+
+@pytest.mark.parametrize("spec,serialized", [c[1:] for c in LENIENT_PROTO_CASES],
+                         ids=[c[0] for c in LENIENT_PROTO_CASES])
+def test_bytes_only_tensorflow_rejects_become_decode_dead_letters(spec, serialized):
+    from transforms.dead_letters import model_failure_dead_letter
+
+    assert validate_raises(serialized, spec) is None  # the lenient first gate
+    assert tf_parse_raises(serialized, spec)
+    row = model_failure_dead_letter(RuntimeError("model failed"), "k", serialized, spec, "m")
+    assert row["stage"] == "decode" and "TensorFlow can parse" in row["error"]
+    good = ex.make_example({"x": [1.0, 2.0], "n": 3, "s": "w"}, spec).SerializeToString()
+    assert model_failure_dead_letter(RuntimeError("model failed"), "k", good, spec, "m")["stage"] == "infer"
+
+
+# Where validate_example is stricter than TensorFlow (protobuf rejects bytes TF's parser reads,
+# filling defaults): a record Python cannot parse cannot be keyed or echoed, so it is a dead letter.
+STRICTER_CASES = [
     ("non-utf8-key-of-extra-feature", SPEC_REQUIRED,
      _raw_example([(b"x", _feature_bytes(float_list=[1.0, 2.0]), b""),
                    (b"n", _feature_bytes(int64_list=[3]), b""),
                    (b"s", _feature_bytes(bytes_list=[b"w"]), b""),
-                   (b"\xfe0", _feature_bytes(int64_list=[1]), b"")]), _STRICTER),
-    ("truncated-record-all-defaults", SPEC_DEFAULTS, b'\n"', _STRICTER),
+                   (b"\xfe0", _feature_bytes(int64_list=[1]), b"")])),
+    ("truncated-record-all-defaults", SPEC_DEFAULTS, b'\n"'),
 ]
 
 
-@pytest.mark.parametrize(
-    "spec,serialized", [pytest.param(*c[1:3], marks=pytest.mark.xfail(strict=True, reason=c[3]))
-                        for c in DIVERGENT_CASES], ids=[c[0] for c in DIVERGENT_CASES])
-def test_validate_example_agrees_with_tf_parse_example_known_divergences(spec, serialized):
-    assert (validate_raises(serialized, spec) is not None) == tf_parse_raises(serialized, spec)
+@pytest.mark.parametrize("spec,serialized", [c[1:] for c in STRICTER_CASES], ids=[c[0] for c in STRICTER_CASES])
+def test_validate_example_is_deliberately_stricter_here(spec, serialized):
+    error = validate_raises(serialized, spec)
+    assert error is not None and error.stage == "decode"
+    assert not tf_parse_raises(serialized, spec)
 
 
 def _random_values(rng, dtype, count):
@@ -440,7 +460,7 @@ def test_validate_example_agrees_with_tf_parse_example_on_random_records():
         spec = _random_spec(rng)
         if i % 10 == 9 and any(f.required for f in spec):
             # garbage: random bytes. Only against a spec with a required feature: with defaults
-            # for everything TF accepts much garbage that protobuf rejects (the _STRICTER case).
+            # for everything TF accepts much garbage that protobuf rejects (STRICTER_CASES).
             serialized, modes = rng.bytes(int(rng.integers(0, 40))), ["garbage"]
         else:
             serialized, modes = _random_record(rng, spec)
@@ -453,12 +473,13 @@ def test_validate_example_agrees_with_tf_parse_example_on_random_records():
     assert outcomes["accepted"] > 50 and outcomes["validate"] > 50 and outcomes["decode"] > 5, outcomes
 
 
-@pytest.mark.xfail(strict=True, reason=_BUG_LENIENT_PROTO + " (found by flipping bytes of records)")
-def test_records_validate_example_accepts_are_records_tf_parses_under_byte_corruption():
-    # The documented direction only (models/examples.py: "a record it accepts is one that
-    # tf.io.parse_example with the spec accepts"): corrupt valid records by flipping one byte.
+def test_under_byte_corruption_every_record_is_caught_by_one_of_the_two_gates():
+    # Flip one byte of valid records: whatever TensorFlow's parser rejects is rejected by
+    # validate_example or, if protobuf let it through, filed under decode by the model-failure path.
+    from transforms.dead_letters import model_failure_dead_letter
+
     rng = np.random.default_rng(7)
-    accepted_but_tf_fails = []
+    lenient = 0
     for _ in range(400):
         spec = _random_spec(rng)
         example = ex.make_example(
@@ -467,8 +488,10 @@ def test_records_validate_example_accepts_are_records_tf_parses_under_byte_corru
         data = bytearray(example.SerializeToString(deterministic=True))
         data[rng.integers(len(data))] = int(rng.integers(256))
         if validate_raises(bytes(data), spec) is None and tf_parse_raises(bytes(data), spec):
-            accepted_but_tf_fails.append((spec, bytes(data)))
-    assert not accepted_but_tf_fails, accepted_but_tf_fails[:3]
+            lenient += 1
+            row = model_failure_dead_letter(RuntimeError("x"), "k", bytes(data), spec, "m")
+            assert row["stage"] == "decode", (spec, bytes(data))
+    assert lenient > 0  # the corruption really produced records only TensorFlow rejects
 
 
 def test_feature_from_json_uses_the_mapping_key_as_name():

@@ -18,32 +18,68 @@ def strict_json(value):
 # --- to_json_value ---------------------------------------------------------------------------
 
 
-def test_float32_scalar_is_exact_float64_widening():
-    value = np.float32(0.1)
-    out = to_json_value(value)
-    assert type(out) is float
-    assert out == float(np.float64(value)) == 0.10000000149011612
-    assert out != 0.1  # widened, not re-rounded to the decimal
-    assert strict_json(out) == out
+def shortest(value):
+    """The shortest decimal that reads back as the same narrow float (numpy's own repr of it)."""
+    return float(str(value))
+
+
+def assert_narrow_floats(out, array):
+    """out holds Python floats, each the shortest decimal of the matching float32/float16 value."""
+    assert np.shape(out) == array.shape
+    flat_out = np.asarray(out, dtype=object).reshape(-1).tolist()
+    flat_in = array.reshape(-1)
+    assert all(type(v) is float for v in flat_out)
+    assert flat_out == [shortest(v) for v in flat_in]
+    np.testing.assert_array_equal(np.asarray(out, dtype=array.dtype), array)  # reads back exactly
+
+
+def test_float32_scalar_is_the_shortest_decimal_that_reads_back():
+    for value in (np.float32(0.1), np.float32(0.6369617), np.float32(-2.75), np.float32(3.4e38),
+                  np.float32(1e-40)):  # 1e-40: subnormal
+        out = to_json_value(value)
+        assert type(out) is float
+        assert out == shortest(value)
+        assert np.float32(out) == value
+        assert strict_json(out) == out
+    assert to_json_value(np.float32(0.1)) == 0.1  # not 0.10000000149011612
+    assert to_json_value(np.float32(0.6369617)) == 0.6369617
 
 
 def test_float32_zero_d_array_is_a_scalar():
-    out = to_json_value(np.array(2.5, dtype=np.float32))
-    assert out == 2.5 and type(out) is float
+    out = to_json_value(np.array(0.1, dtype=np.float32))
+    assert out == 0.1 and type(out) is float
 
 
 def test_float32_vector_and_matrix():
-    vector = np.array([0.1, 1 / 3, -2.75, 1e-8], dtype=np.float32)
+    vector = np.array([0.1, 1 / 3, -2.75, 1e-8, 0.6369617], dtype=np.float32)
     out = to_json_value(vector)
-    assert isinstance(out, list) and all(type(v) is float for v in out)
-    assert out == vector.astype(np.float64).tolist()
+    assert isinstance(out, list)
+    assert_narrow_floats(out, vector)
+    assert out[0] == 0.1
 
     matrix = np.arange(6, dtype=np.float32).reshape(2, 3) / np.float32(7)
     out = to_json_value(matrix)
-    assert len(out) == 2 and all(len(row) == 3 for row in out)
-    assert out == matrix.astype(np.float64).tolist()
-    assert all(type(v) is float for row in out for v in row)
+    assert len(out) == 2 and all(isinstance(row, list) and len(row) == 3 for row in out)
+    assert_narrow_floats(out, matrix)
     assert strict_json(out) == out
+
+    # a non-contiguous view converts the same as its copy
+    assert to_json_value(matrix.T) == to_json_value(np.ascontiguousarray(matrix.T))
+
+
+def test_float16_and_float64():
+    # float16: each value reads back as the same float16 (digits may be float32's shortest)
+    half = np.array([0.1, 1.5, -3.0], dtype=np.float16)
+    out = to_json_value(half)
+    assert all(type(v) is float for v in out)
+    np.testing.assert_array_equal(np.asarray(out, dtype=np.float16), half)
+    assert out[1:] == [1.5, -3.0]
+    assert np.float16(to_json_value(np.float16(0.1))) == np.float16(0.1)
+    # float64 stays exactly as it is
+    doubles = np.array([0.1, 1 / 3, 1e-300], dtype=np.float64)
+    assert to_json_value(doubles) == [0.1, 1 / 3, 1e-300]
+    assert to_json_value(np.float64(1 / 3)) == 1 / 3
+    assert to_json_value(1 / 3) == 1 / 3
 
 
 def test_int64_values():
@@ -101,14 +137,11 @@ def test_non_finite_values_inside_arrays():
     nested_list = [np.float32(np.inf), [float("nan"), 1.0]]
     assert to_json_value(nested_list) == ["Infinity", ["NaN", 1.0]]
 
-    # finite values next to the non-finite ones keep the exact float32 -> float64 widening
-    mixed = np.array([0.1, np.nan], dtype=np.float32)
-    assert to_json_value(mixed)[0] == float(np.float64(np.float32(0.1)))
+    # finite values next to non-finite ones convert as they would on their own
+    mixed = np.array([0.1, np.nan, 0.6369617], dtype=np.float32)
+    assert to_json_value(mixed) == [0.1, "NaN", 0.6369617]
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "BUG: to_json_value iterates a non-finite 0-d float array ('iteration over a 0-d array') "
-    "instead of treating it as a scalar"))
 def test_non_finite_zero_d_array_becomes_a_string():
     assert to_json_value(np.array(np.nan, dtype=np.float32)) == "NaN"
 
@@ -178,7 +211,7 @@ def test_outputs_from_predict_log_drops_the_batch_axis():
     assert outputs["class_id"] == 2 and outputs["class_id"].dtype == np.int64
 
     row = outputs_to_json(outputs)
-    assert row == {"class_id": 2, "probs": np.array([0.1, 0.2, 0.7], np.float32).astype(float).tolist()}
+    assert row == {"class_id": 2, "probs": [0.1, 0.2, 0.7]}
     assert strict_json(row) == row
 
 

@@ -52,3 +52,18 @@ def error_text(error: BaseException) -> str:
 def clean_message(message: str) -> str:
     lines = [line for line in message.splitlines() if not line.strip().startswith(_TF_NOISE)]
     return " ".join(" ".join(lines).split())
+
+
+def model_failure_dead_letter(error: Any, key: str, raw: bytes, spec, model: str,
+                              error_type: Optional[str] = None) -> Dict[str, Any]:
+    """A record the model failed on alone: a decode dead letter when TensorFlow's own parser
+    rejects it (bytes Python's protobuf let through), else an infer dead letter."""
+    from models.export import parse_error
+
+    parse_message = parse_error(raw, spec)
+    if parse_message is not None:
+        return dead_letter(DECODE, f"not a tf.Example TensorFlow can parse: {parse_message}",
+                           key=key, raw=raw, source=key, error_type="RecordError")
+    message = error_text(error) if isinstance(error, BaseException) else clean_message(str(error))
+    return dead_letter(INFER, message, key=key, raw=raw, model=model,
+                       error_type=error_type or type(error).__name__)

@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from models.serving_model import ServingModel
 from transforms import metrics
-from transforms.dead_letters import INFER, clean_message, dead_letter
+from transforms.dead_letters import clean_message, model_failure_dead_letter
 
 ENGINES = ("fast", "tfx-bsl")
 DEFAULT_ENGINE = "fast"
@@ -60,10 +60,11 @@ def failed_record(failure):
     return key, serialized, exc_type.__name__, clean_message(message)
 
 
-def _infer_dead_letter(failure, model_name: str):
+def _infer_dead_letter(failure, model: ServingModel):
     key, serialized, error_type, message = failed_record(failure)
-    metrics.dead_letter_counter(INFER).inc()
-    return dead_letter(INFER, message, key=key, raw=serialized, model=model_name, error_type=error_type)
+    row = model_failure_dead_letter(message, key, serialized, model.feature_spec, model.name, error_type)
+    metrics.dead_letter_counter(row["stage"]).inc()
+    return row
 
 
 class RunKeyedInference(beam.PTransform):
@@ -90,6 +91,6 @@ class RunKeyedInference(beam.PTransform):
             | f"SplitFailedBatches[{name}]" >> beam.FlatMap(lambda failure: failure[0])
             | f"RetryOneByOne[{name}]" >> base.RunInference(single).with_exception_handling())
         dead = failed_singles.failed_inferences | f"InferDeadLetters[{name}]" >> beam.Map(
-            _infer_dead_letter, name)
+            _infer_dead_letter, self._model)
         merged = (outputs, retried) | f"MergeRetried[{name}]" >> beam.Flatten()
         return merged, dead

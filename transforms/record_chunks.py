@@ -11,7 +11,7 @@ import numpy as np
 
 from models.examples import RecordError
 from models.feature_spec import Feature
-from transforms.dead_letters import INFER, dead_letter, error_text
+from transforms.dead_letters import model_failure_dead_letter
 from transforms.fast_engine import concat_parts, infer_isolating
 from transforms.validate import checked_key, record_dead_letter
 
@@ -75,8 +75,7 @@ def score_chunk(call: Callable[[Sequence[bytes]], Dict[str, np.ndarray]], chunk:
             dead.append(record_dead_letter(e, key, record))
     parts, failures = infer_isolating(call, records, valid)
     for index, error in failures:
-        dead.append(dead_letter(INFER, error_text(error), key=valid_keys[index], raw=records[index],
-                                model=model_name, error_type=type(error).__name__))
+        dead.append(model_failure_dead_letter(error, valid_keys[index], records[index], spec, model_name))
     indices, outputs = concat_parts(parts)
     if not indices:
         return None, dead

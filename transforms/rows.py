@@ -1,8 +1,9 @@
 """Pure conversion of per-example model outputs into JSON-ready prediction rows.
 
 Shapes: an output of per-example shape [] becomes a scalar, [k] a list, [k, m] nested lists.
-Types: a float32 (or float16) value becomes the shortest decimal that reads back as the same
-float32 (0.6369617, not 0.6369616985321045); float64 stays as it is; ints and bools stay;
+Types: a float32 value becomes the shortest decimal that reads back as the same float32
+(0.6369617, not 0.6369616985321045; float16 is treated as float32); float64 stays as it is;
+ints and bools stay;
 byte strings become text when they are UTF-8, else {"b64": "<base64>"}. NaN and +/-inf, which
 JSON cannot hold, become the strings "NaN", "Infinity", "-Infinity" (what BigQuery accepts).
 """
@@ -31,6 +32,8 @@ def to_json_value(value: Any) -> Any:
             return value.tolist()
         if value.dtype.kind == "f" and np.isfinite(value).all():
             return _shortest_floats(value)
+        if value.ndim == 0:
+            return to_json_value(value[()])
         return [to_json_value(v) for v in value]
     if isinstance(value, (list, tuple)):
         return [to_json_value(v) for v in value]

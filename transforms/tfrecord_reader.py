@@ -8,12 +8,14 @@ byte offset (in the uncompressed stream) and can emit a dead letter instead of f
 
 import dataclasses
 import struct
+import zlib
 from typing import BinaryIO, Iterator, Optional, Union
 
 import google_crc32c
 
 _HEADER = struct.Struct("<QI")
 _FOOTER = struct.Struct("<I")
+RECORD_OVERHEAD = _HEADER.size + _FOOTER.size  # framing bytes around each record's data
 # A length beyond this is garbage that happened to match its CRC; refuse to allocate it.
 MAX_RECORD_BYTES = 1 << 31
 
@@ -50,7 +52,7 @@ def read_records(stream: BinaryIO) -> Iterator[Union[Record, Corruption]]:
     while True:
         try:
             header = stream.read(_HEADER.size)
-        except (EOFError, OSError, ValueError) as e:  # gzip: truncated or corrupt stream
+        except (EOFError, OSError, ValueError, zlib.error) as e:  # gzip: truncated or corrupt stream
             yield Corruption(index, offset, f"compressed stream unreadable: {e}", fatal=True)
             return
         if not header:
@@ -67,7 +69,7 @@ def read_records(stream: BinaryIO) -> Iterator[Union[Record, Corruption]]:
             return
         try:
             body = stream.read(length + _FOOTER.size)
-        except (EOFError, OSError, ValueError) as e:
+        except (EOFError, OSError, ValueError, zlib.error) as e:
             yield Corruption(index, offset, f"compressed stream unreadable: {e}", fatal=True)
             return
         if len(body) < length + _FOOTER.size:

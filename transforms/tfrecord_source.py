@@ -5,10 +5,11 @@ names are unique and the full path otherwise. Files are the unit of parallelism 
 sync markers, so a file cannot be split by offset); a Reshuffle spreads them over workers.
 """
 
+import contextlib
 import gzip
-import io
 import os
-from typing import Dict, Iterable, List, Optional, Sequence
+import struct
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -17,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import metrics
 from transforms.dead_letters import DEAD_LETTER_TAG, READ, dead_letter
 from transforms.record_chunks import RecordChunk
-from transforms.tfrecord_reader import Corruption, read_records
+from transforms.tfrecord_reader import RECORD_OVERHEAD, Corruption, read_records
 
 GZIP_SUFFIXES = (".gz", ".gzip")
 
@@ -53,11 +54,16 @@ def is_gzip(path: str) -> bool:
     return path.lower().endswith(GZIP_SUFFIXES)
 
 
+@contextlib.contextmanager
 def open_records_stream(path: str):
-    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    if is_gzip(path):
-        return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), buffer_size=1 << 20)
-    return raw
+    """The file's uncompressed bytes. GzipFile buffers by itself: a BufferedReader on top would
+    drop the records it had already decompressed when a truncated stream raises."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        if is_gzip(path):
+            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                yield stream
+        else:
+            yield raw
 
 
 def corruption_dead_letter(path: str, key: str, item: Corruption):
@@ -66,42 +72,109 @@ def corruption_dead_letter(path: str, key: str, item: Corruption):
                        key=key, raw=item.data, source=f"{path}@{item.offset}")
 
 
-class ReadRecordsFn(beam.DoFn):
-    """(path, key name) -> (key, bytes) per record, or RecordChunks of up to chunk_size records.
+def uncompressed_size(path: str, expected: int) -> int:
+    """The byte length of the file's TFRecord stream: the file size, or for gzip the trailer's
+    ISIZE (the size modulo 2**32 of the last member, compared modulo 2**32)."""
+    if not is_gzip(path):
+        return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.seek(-4, os.SEEK_END)
+        isize = struct.unpack("<I", f.read(4))[0]
+    return expected if isize == expected % (1 << 32) else isize
 
-    A corrupt region becomes one dead letter (stage read) and reading goes on where it can.
+
+def iter_chunks(path: str, chunk_size: int) -> Iterator[Union[Tuple[int, List[bytes]], Corruption]]:
+    """(index of the first record, records) chunks of a file, and a Corruption per bad region.
+
+    The fast way is tf.data (C++ framing and CRC checks, prefetched on TensorFlow's threads while
+    the chunk before is scored). It stops at the first problem without saying where, so on any
+    error the file is read again by the framing reader, which skips what was already emitted and
+    reports each corruption precisely, reading on past a bad data CRC.
     """
+    import tensorflow as tf
 
-    def __init__(self, chunk_size: Optional[int] = None):
-        self._chunk_size = chunk_size
+    emitted = consumed = 0
+    batches = iter(tf.data.TFRecordDataset(
+        path, compression_type="GZIP" if is_gzip(path) else "", buffer_size=1 << 22
+    ).batch(chunk_size).prefetch(2))
+    while True:
+        try:
+            records = next(batches).numpy().tolist()
+        except StopIteration:
+            # TensorFlow ends quietly at a partial header: only a clean end if every byte was used
+            if consumed == uncompressed_size(path, consumed):
+                return
+            break
+        except tf.errors.OpError:  # corrupt or truncated data, or a file system TF cannot read
+            break
+        yield emitted, records
+        emitted += len(records)
+        consumed += sum(map(len, records)) + RECORD_OVERHEAD * len(records)
+    records, first = [], None
+    with open_records_stream(path) as stream:
+        for item in read_records(stream):
+            if item.index < emitted:
+                continue
+            if isinstance(item, Corruption):
+                if records:
+                    yield first, records
+                    records = []
+                yield item
+                continue
+            if not records:
+                first = item.index
+            records.append(item.data)
+            if len(records) >= chunk_size:
+                yield first, records
+                records = []
+    if records:
+        yield first, records
+
+
+def corruption_dead_letter(path: str, key: str, item: Corruption):
+    detail = "" if not item.fatal else "; the rest of the file is unreadable"
+    return dead_letter(READ, f"{path} at byte {item.offset}: {item.reason}{detail}",
+                       key=key, raw=item.data, source=f"{path}@{item.offset}")
+
+
+def _count_read(n: int) -> None:
+    metrics.counter(metrics.RECORDS_READ).inc(n)
+    metrics.PROGRESS.add(metrics.RECORDS_READ, n)
+
+
+class ReadRecordsFn(beam.DoFn):
+    """(path, key name) -> (key, bytes) per record; a dead letter (stage read) per corrupt region."""
 
     def process(self, element):
         path, name = element
-        keys, records = [], []
         with open_records_stream(path) as stream:
             for item in read_records(stream):
                 key = f"{name}:{item.index}"
                 if isinstance(item, Corruption):
                     metrics.dead_letter_counter(READ).inc()
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, corruption_dead_letter(path, key, item))
-                elif self._chunk_size is None:
-                    self._count(1)
-                    yield key, item.data
                 else:
-                    keys.append(key)
-                    records.append(item.data)
-                    if len(records) >= self._chunk_size:
-                        self._count(len(records))
-                        yield RecordChunk(keys, records)
-                        keys, records = [], []
-        if records:
-            self._count(len(records))
-            yield RecordChunk(keys, records)
+                    _count_read(1)
+                    yield key, item.data
 
-    @staticmethod
-    def _count(n: int) -> None:
-        metrics.counter(metrics.RECORDS_READ).inc(n)
-        metrics.PROGRESS.add(metrics.RECORDS_READ, n)
+
+class ReadRecordChunksFn(beam.DoFn):
+    """(path, key name) -> RecordChunks of up to chunk_size records; dead letters as ReadRecordsFn."""
+
+    def __init__(self, chunk_size: int):
+        self._chunk_size = chunk_size
+
+    def process(self, element):
+        path, name = element
+        for item in iter_chunks(path, self._chunk_size):
+            if isinstance(item, Corruption):
+                metrics.dead_letter_counter(READ).inc()
+                yield beam.pvalue.TaggedOutput(
+                    DEAD_LETTER_TAG, corruption_dead_letter(path, f"{name}:{item.index}", item))
+                continue
+            first, records = item
+            _count_read(len(records))
+            yield RecordChunk([f"{name}:{i}" for i in range(first, first + len(records))], records)
 
 
 class ReadKeyedTFRecords(beam.PTransform):
@@ -126,6 +199,7 @@ class ReadKeyedTFRecords(beam.PTransform):
             pbegin
             | "Files" >> beam.Create([(p, names[p]) for p in self._paths])
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadRecords" >> beam.ParDo(ReadRecordsFn(self._chunk_size)).with_outputs(
-                DEAD_LETTER_TAG, main="records"))
+            | "ReadRecords" >> beam.ParDo(
+                ReadRecordsFn() if self._chunk_size is None else ReadRecordChunksFn(self._chunk_size)
+            ).with_outputs(DEAD_LETTER_TAG, main="records"))
         return result.records, result[DEAD_LETTER_TAG]

@@ -1,0 +1,65 @@
+"""One measurement in a fresh process: python -m bench.worker MODE MODEL INPUT OUTPUT -> JSON on stdout.
+
+MODE is raw (the signature called on prebuilt batches of 1024 serialized examples: the limit),
+tfx-bsl or fast (the batch_infer pipeline end to end: TFRecord in, JSON Lines out). Seconds are
+measured around the work only; peak RSS is this process's high-water mark.
+"""
+
+import glob
+import json
+import os
+import resource
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def measure_raw(model_dir: str, pattern: str) -> dict:
+    import tensorflow as tf
+
+    from transforms.tfrecord_reader import read_records
+
+    records = []
+    for path in sorted(glob.glob(pattern)):
+        with open(path, "rb") as f:
+            records.extend(r.data for r in read_records(f))
+    batches = [tf.constant(records[i:i + 1024]) for i in range(0, len(records), 1024)]
+    fn = tf.saved_model.load(model_dir).signatures["serving_default"]
+    fn(examples=batches[0])  # trace and warm up outside the timing
+    start = time.perf_counter()
+    for batch in batches:
+        outputs = fn(examples=batch)
+        for value in outputs.values():
+            value.numpy()
+    return {"seconds": time.perf_counter() - start, "records": len(records)}
+
+
+def measure_pipeline(engine: str, model_dir: str, pattern: str, output: str) -> dict:
+    from pipelines import batch_infer
+
+    start = time.perf_counter()
+    _, counters = batch_infer.run(["--input", pattern, "--model", model_dir, "--output", output,
+                                   "--engine", engine], save_main_session=False)
+    seconds = time.perf_counter() - start
+    if counters.get("predictions_written", 0) != counters.get("records_read", -1):
+        raise RuntimeError(f"lost records: {counters}")
+    return {"seconds": seconds, "records": counters["predictions_written"]}
+
+
+def main(argv):
+    mode, model_dir, pattern, output = argv
+    if mode == "raw":
+        result = measure_raw(model_dir, pattern)
+    else:
+        import io
+        from contextlib import redirect_stdout
+
+        with redirect_stdout(io.StringIO()):
+            result = measure_pipeline(mode, model_dir, pattern, output)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
