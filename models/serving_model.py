@@ -70,8 +70,8 @@ def load_serving_model(path: str, name: str = DEFAULT_MODEL_NAME,
                         method=sig.method_name)
 
 
-def load_serving_models(args: List[str]) -> List[ServingModel]:
-    models = [load_serving_model(path, name) for name, path in map(parse_model_arg, args)]
+def load_serving_models(args: List[str], signature: str = "serving_default") -> List[ServingModel]:
+    models = [load_serving_model(path, name, signature) for name, path in map(parse_model_arg, args)]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ModelContractError(f"model names must be unique, got {names}: use --model NAME=DIR")

@@ -1,11 +1,12 @@
 """python -m pipelines.batch_infer: score TFRecord files of tf.Example with a SavedModel.
 
-    python -m pipelines.batch_infer --input 'data/*.tfrecord.gz' --model models/clf \
+    python -m pipelines.batch_infer --input 'data/*.tfrecord.gz' --model models/clf
         --output out/predictions [--key_feature id] [--errors out/errors] [--runner ...]
 
 With no arguments it runs the embedded demo (pipelines/demo.py) on the DirectRunner.
 """
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -44,7 +45,7 @@ class BatchJob:
 
 def job_from_options(opts: BatchInferOptions) -> BatchJob:
     check_options(opts)
-    (model,) = load_serving_models(opts.model)
+    (model,) = load_serving_models(opts.model, opts.signature)
     if opts.output_format == "tfrecord" and opts.engine == "fast" and model.method != "tensorflow/serving/predict":
         raise OptionsError(f"--output_format tfrecord with the fast engine writes predict logs; the "
                            f"signature's method is {model.method}: use --engine tfx-bsl")
@@ -128,10 +129,21 @@ def summarize(job: BatchJob, counters: dict, seconds: float) -> str:
     ])
 
 
+def print_help() -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.batch_infer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    BatchInferOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+    parser.print_help()
+    print("\nStandard Beam options (--runner, --project, --region, --temp_location, ...) pass through.")
+
+
 def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
         test_pipeline: Optional[beam.Pipeline] = None):
     """Builds and runs the job; returns (PipelineResult, counters). Raises on bad flags or models."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print_help()
+        return None, {}
     options = PipelineOptions(argv)
     opts = options.view_as(BatchInferOptions)
     if not (opts.input or opts.model or opts.output) and test_pipeline is None:
@@ -146,6 +158,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
     job = job_from_options(opts)
 
     started = time.monotonic()
+    metrics.PROGRESS.reset()
     p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
     build_pipeline(p, job)
     result = p.run()
@@ -158,6 +171,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # tfx-bsl's TF1 loader deprecation notes
     try:
         run(argv)
     except (OptionsError, ModelContractError, NoInputFilesError) as e:

@@ -24,8 +24,11 @@ class BatchInferOptions(PipelineOptions):
                             help=f"one of {', '.join(OUTPUT_FORMATS)}")
         parser.add_argument("--engine", default=DEFAULT_ENGINE, help=f"one of {', '.join(ENGINES)}")
         parser.add_argument("--signature", default="serving_default", help="signature to run")
-        parser.add_argument("--min_batch_size", type=int, default=None)
-        parser.add_argument("--max_batch_size", type=int, default=None)
+        parser.add_argument("--min_batch_size", type=int, default=None,
+                            help="smallest batch the model sees (per-record path; Beam BatchElements)")
+        parser.add_argument("--max_batch_size", type=int, default=None,
+                            help="largest batch the model sees; the chunk size of the fast engine "
+                                 "(default 1024)")
         parser.add_argument("--num_shards", type=int, default=0,
                             help="output shards (0: let the runner choose)")
 

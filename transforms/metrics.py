@@ -51,6 +51,10 @@ class Progress:
         self._start = None
         self._last = None
 
+    def reset(self) -> None:
+        with self._lock:
+            self._counts, self._start, self._last = {}, None, None
+
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             now = self._clock()
