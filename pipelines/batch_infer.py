@@ -22,6 +22,7 @@ from pipelines.options import BatchInferOptions, OptionsError, check_options
 from transforms import metrics
 from transforms.chunked import DEFAULT_CHUNK_SIZE, ChunkToJsonLinesFn, ChunkToPredictionLogsFn, ScoreChunks
 from transforms.dead_letters import DEAD_LETTER_TAG
+from transforms.inference import DEFAULT_ENGINE
 from transforms.score import DEAD_LETTERS, OUTPUTS, ROWS, ScoreKeyedExamples
 from transforms.sinks import WriteJsonLines, WritePredictionLogs
 from transforms.tfrecord_source import NoInputFilesError, ReadKeyedTFRecords
@@ -37,7 +38,7 @@ class BatchJob:
     errors: str
     key_feature: Optional[str] = None
     output_format: str = "jsonl"
-    engine: str = "fast"
+    engine: str = DEFAULT_ENGINE
     min_batch_size: Optional[int] = None
     max_batch_size: Optional[int] = None
     num_shards: int = 0

@@ -159,3 +159,33 @@ def test_missing_required_flag_is_reported(capsys):
     assert batch_infer.main(["--input", "x.tfrecord"]) == 2
     err = capsys.readouterr().err
     assert "--model is required" in err and "--output is required" in err
+
+
+def test_a_model_with_its_own_example_signature_runs_as_it_is(write_tfrecords, tmp_path):
+    """A SavedModel exported by hand (as in TF tutorials or by a TFX Trainer), without our
+    feature_spec.json: the spec, default included, is read from the parse op in its signature."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    x = keras.Input(shape=(2,), name="x")
+    model = keras.Model(x, {"score": keras.layers.Dense(1, name="score")(x)})
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    features = {"x": tf.io.FixedLenFeature([2], tf.float32, default_value=[0.5, -1.0])}
+    archive.add_endpoint(
+        "serving_default", lambda examples: model(tf.io.parse_example(examples, features)["x"]),
+        input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    export_dir = str(tmp_path / "handmade" / "1")
+    archive.write_out(export_dir, verbose=False)
+    assert not os.path.exists(os.path.join(export_dir, "assets.extra"))
+
+    records = [make_example({"x": [1.0, 2.0]}), make_example({"other": [1]}),
+               make_example({"x": [1, 2, 3]})]
+    path = write_tfrecords("h.tfrecord", [r.SerializeToString() for r in records])
+    out = str(tmp_path / "o")
+    run_job("--input", path, "--model", os.path.dirname(export_dir), "--output", out)
+    rows = {r["key"]: r["model"]["score"] for r in read_jsonl(out + "-*.jsonl")}
+    expected = model(np.asarray([[1.0, 2.0], [0.5, -1.0]], np.float32))["score"].numpy()
+    np.testing.assert_allclose(rows["h.tfrecord:0"], expected[0], rtol=1e-6)
+    np.testing.assert_allclose(rows["h.tfrecord:1"], expected[1], rtol=1e-6)  # the default filled in
+    assert [(d["key"], d["stage"]) for d in read_jsonl(out + ".errors-*.jsonl")] == [("h.tfrecord:2", "validate")]
