@@ -9,7 +9,6 @@ With no arguments it runs the embedded demo (pipelines/demo.py) on the DirectRun
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 import time
 from typing import List, Optional, Sequence
@@ -98,19 +97,16 @@ def _is_local(options: PipelineOptions) -> bool:
     return runner is None or (isinstance(runner, str) and runner in LOCAL_RUNNERS)
 
 
-def apply_local_defaults(options: PipelineOptions, argv: Sequence[str]) -> None:
-    """On the DirectRunner, one worker thread per core unless the user chose otherwise.
-
-    TensorFlow and tf.data release the GIL, so a second thread scores one chunk while the first
-    reads or formats another: +38% on the MLP benchmark on 2 cores (multi_processing was slower).
-    """
-    if not _is_local(options):
-        return
-    direct = options.view_as(DirectOptions)
-    if not any(a.startswith("--direct_num_workers") for a in argv):
-        direct.direct_num_workers = os.cpu_count() or 1
-    if not any(a.startswith("--direct_running_mode") for a in argv):
-        direct.direct_running_mode = "multi_threading"
+def warn_about_unsafe_runner_modes(options: PipelineOptions) -> Optional[str]:
+    """Beam 2.77's FnApiRunner in multi_threading mode can drop elements that cross a stage
+    boundary (a timed flush of its output buffer races the writing thread; docs/ARCHITECTURE.md,
+    "Local runs"). We keep the DirectRunner's default in_memory mode; say so if a user asks."""
+    if _is_local(options) and options.view_as(DirectOptions).direct_running_mode == "multi_threading":
+        message = ("warning: --direct_running_mode=multi_threading can silently drop elements on "
+                   "Beam 2.77 (see docs/ARCHITECTURE.md, 'Local runs'); the default in_memory mode does not")
+        print(message, file=sys.stderr)
+        return message
+    return None
 
 
 def summarize(job: BatchJob, counters: dict, seconds: float) -> str:
@@ -155,7 +151,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
         opts = options.view_as(BatchInferOptions)
         print(f"No --input/--model/--output given: running the embedded demo\n  {' '.join(demo.demo_args())}")
     options.view_as(SetupOptions).save_main_session = save_main_session
-    apply_local_defaults(options, argv)
+    warn_about_unsafe_runner_modes(options)
     job = job_from_options(opts)
 
     started = time.monotonic()

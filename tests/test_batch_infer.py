@@ -189,3 +189,13 @@ def test_a_model_with_its_own_example_signature_runs_as_it_is(write_tfrecords, t
     np.testing.assert_allclose(rows["h.tfrecord:0"], expected[0], rtol=1e-6)
     np.testing.assert_allclose(rows["h.tfrecord:1"], expected[1], rtol=1e-6)  # the default filled in
     assert [(d["key"], d["stage"]) for d in read_jsonl(out + ".errors-*.jsonl")] == [("h.tfrecord:2", "validate")]
+
+
+def test_multi_threading_mode_is_not_the_default_and_is_warned_about():
+    # Beam 2.77's multi_threading mode dropped elements in our runs (docs/ARCHITECTURE.md).
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    assert batch_infer.warn_about_unsafe_runner_modes(PipelineOptions([])) is None
+    warned = batch_infer.warn_about_unsafe_runner_modes(
+        PipelineOptions(["--direct_running_mode=multi_threading"]))
+    assert warned and "drop elements" in warned

@@ -5,10 +5,15 @@ Engines are Beam ModelHandlers over (key, serialized example):
 - "fast": transforms.fast_engine; outputs are {name: per-example array}.
 transforms.postprocess turns either into a prediction row. A batch the model fails on is re-run
 one record at a time, so only the records the model itself rejects become dead letters (stage
-infer) and the rest of the batch is still predicted.
+infer) and the rest of the batch is still predicted. The re-run happens inside the handler's
+run_inference call (RetryOneByOne), not in a second RunInference branch: merging two branches
+takes a beam.Flatten, and the FnApiRunner (DirectRunner) always materializes a multi-input
+Flatten, which would hold every prediction in memory until the whole input had been scored.
 """
 
-from typing import Dict, Optional
+import sys
+import traceback
+from typing import Dict, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.ml.inference import base
@@ -20,7 +25,63 @@ from transforms.dead_letters import clean_message, model_failure_dead_letter
 
 ENGINES = ("fast", "tfx-bsl")
 DEFAULT_ENGINE = "fast"
-SINGLE_RECORD = {"min_batch_size": 1, "max_batch_size": 1}
+
+
+class RejectedRecord(NamedTuple):
+    """A record the model failed on by itself, shaped like Beam's failed_inferences elements:
+    failure = ([(key, serialized)], (exception type, repr, traceback lines))."""
+    failure: tuple
+
+
+class RetryOneByOne(base.ModelHandler):
+    """Delegates to a keyed handler; a batch it fails on is re-run there one record at a time.
+
+    The records the model rejects by themselves come back as RejectedRecords, in place.
+    """
+
+    def __init__(self, handler: base.ModelHandler):
+        super().__init__()
+        self._handler = handler
+
+    def load_model(self):
+        return self._handler.load_model()
+
+    def run_inference(self, batch, model, inference_args=None):
+        try:
+            return list(self._handler.run_inference(batch, model, inference_args))
+        except Exception:  # pylint: disable=broad-except  # isolated below, record by record
+            pass
+        results = []
+        for record in batch:
+            try:
+                results.extend(self._handler.run_inference([record], model, inference_args))
+            except Exception as e:  # pylint: disable=broad-except  # this record's own failure
+                results.append(RejectedRecord(([record], (
+                    type(e), repr(e), traceback.format_exception(*sys.exc_info())))))
+        return results
+
+    def get_num_bytes(self, batch) -> int:
+        return self._handler.get_num_bytes(batch)
+
+    def get_metrics_namespace(self) -> str:
+        return self._handler.get_metrics_namespace()
+
+    def batch_elements_kwargs(self):
+        return self._handler.batch_elements_kwargs()
+
+    def get_resource_hints(self) -> dict:
+        return self._handler.get_resource_hints()
+
+    def share_model_across_processes(self) -> bool:
+        return self._handler.share_model_across_processes()
+
+
+class _SplitRejected(beam.DoFn):
+    def process(self, element):
+        if isinstance(element, RejectedRecord):
+            yield beam.pvalue.TaggedOutput("rejected", element.failure)
+        else:
+            yield element
 
 
 def batch_kwargs(min_batch_size: Optional[int], max_batch_size: Optional[int]) -> Dict[str, int]:
@@ -82,15 +143,15 @@ class RunKeyedInference(beam.PTransform):
     def expand(self, records):
         name = self._model.name
         project = records.pipeline.options.view_as(GoogleCloudOptions).project
-        handler = make_handler(self._engine, self._model, self._batching, project)
-        single = make_handler(self._engine, self._model, SINGLE_RECORD, project)
+        handler = RetryOneByOne(make_handler(self._engine, self._model, self._batching, project))
         outputs, failed = records | f"RunInference[{name}]" >> base.RunInference(
             handler).with_exception_handling()
-        retried, failed_singles = (
-            failed.failed_inferences
-            | f"SplitFailedBatches[{name}]" >> beam.FlatMap(lambda failure: failure[0])
-            | f"RetryOneByOne[{name}]" >> base.RunInference(single).with_exception_handling())
-        dead = failed_singles.failed_inferences | f"InferDeadLetters[{name}]" >> beam.Map(
-            _infer_dead_letter, self._model)
-        merged = (outputs, retried) | f"MergeRetried[{name}]" >> beam.Flatten()
-        return merged, dead
+        split = outputs | f"SplitRejected[{name}]" >> beam.ParDo(_SplitRejected()).with_outputs(
+            "rejected", main="predicted")
+        failures = ((split.rejected,
+                     failed.failed_inferences  # a failure outside run_inference: every record of it
+                     | f"SplitFailedBatches[{name}]" >> beam.FlatMap(
+                         lambda failure: [([record], failure[1]) for record in failure[0]]))
+                    | f"AllFailures[{name}]" >> beam.Flatten())
+        dead = failures | f"InferDeadLetters[{name}]" >> beam.Map(_infer_dead_letter, self._model)
+        return split.predicted, dead
