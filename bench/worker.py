@@ -1,6 +1,7 @@
 """One measurement in a fresh process: python -m bench.worker MODE MODEL INPUT OUTPUT -> JSON on stdout.
 
 MODE is raw (the signature called on prebuilt batches of 1024 serialized examples: the limit),
+raw-chunked (the same, batched as the fast engine batches: 1024 records and 512 KiB at most),
 tfx-bsl or fast (the batch_infer pipeline end to end: TFRecord in, JSON Lines out). Seconds are
 measured around the work only; peak RSS is this process's high-water mark.
 """
@@ -15,16 +16,18 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def measure_raw(model_dir: str, pattern: str) -> dict:
+def measure_raw(model_dir: str, pattern: str, chunk_bytes=None) -> dict:
     import tensorflow as tf
 
     from transforms.tfrecord_reader import read_records
+    from transforms.tfrecord_source import split_by_bytes
 
     records = []
     for path in sorted(glob.glob(pattern)):
         with open(path, "rb") as f:
             records.extend(r.data for r in read_records(f))
-    batches = [tf.constant(records[i:i + 1024]) for i in range(0, len(records), 1024)]
+    batches = [tf.constant(part) for i in range(0, len(records), 1024)
+               for _, part in split_by_bytes(records[i:i + 1024], chunk_bytes or float("inf"))]
     fn = tf.saved_model.load(model_dir).signatures["serving_default"]
     fn(examples=batches[0])  # trace and warm up outside the timing
     start = time.perf_counter()
@@ -51,6 +54,10 @@ def main(argv):
     mode, model_dir, pattern, output = argv
     if mode == "raw":
         result = measure_raw(model_dir, pattern)
+    elif mode == "raw-chunked":
+        from transforms.chunked import DEFAULT_CHUNK_BYTES
+
+        result = measure_raw(model_dir, pattern, DEFAULT_CHUNK_BYTES)
     else:
         import io
         from contextlib import redirect_stdout

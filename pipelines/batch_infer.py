@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from models.serving_model import ModelContractError, ServingModel, load_serving_models
 from pipelines.options import BatchInferOptions, OptionsError, check_options
 from transforms import metrics
-from transforms.chunked import DEFAULT_CHUNK_SIZE, ChunkToJsonLinesFn, ChunkToPredictionLogsFn, ScoreChunks
+from transforms.chunked import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, ChunkToJsonLinesFn, ChunkToPredictionLogsFn, ScoreChunks
 from transforms.dead_letters import DEAD_LETTER_TAG
 from transforms.inference import DEFAULT_ENGINE
 from transforms.score import DEAD_LETTERS, OUTPUTS, ROWS, ScoreKeyedExamples
@@ -40,6 +40,7 @@ class BatchJob:
     engine: str = DEFAULT_ENGINE
     min_batch_size: Optional[int] = None
     max_batch_size: Optional[int] = None
+    max_batch_bytes: Optional[int] = None
     num_shards: int = 0
 
 
@@ -53,7 +54,7 @@ def job_from_options(opts: BatchInferOptions) -> BatchJob:
                     errors=opts.errors or f"{opts.output}.errors", key_feature=opts.key_feature,
                     output_format=opts.output_format, engine=opts.engine,
                     min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
-                    num_shards=opts.num_shards)
+                    max_batch_bytes=opts.max_batch_bytes, num_shards=opts.num_shards)
 
 
 def build_record_pipeline(p: beam.Pipeline, job: BatchJob):
@@ -70,8 +71,8 @@ def build_record_pipeline(p: beam.Pipeline, job: BatchJob):
 
 def build_chunked_pipeline(p: beam.Pipeline, job: BatchJob):
     """A chunk of records per element (fast engine): read chunks -> score -> write chunk text."""
-    chunk_size = job.max_batch_size or DEFAULT_CHUNK_SIZE
-    chunks, unreadable = p | "ReadTFRecordChunks" >> ReadKeyedTFRecords(job.inputs, chunk_size)
+    chunks, unreadable = p | "ReadTFRecordChunks" >> ReadKeyedTFRecords(
+        job.inputs, job.max_batch_size or DEFAULT_CHUNK_SIZE, job.max_batch_bytes or DEFAULT_CHUNK_BYTES)
     scored, unscored = chunks | "Score" >> ScoreChunks(job.model, job.key_feature)
     if job.output_format == "tfrecord":
         (scored

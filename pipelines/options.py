@@ -29,6 +29,9 @@ class BatchInferOptions(PipelineOptions):
         parser.add_argument("--max_batch_size", type=int, default=None,
                             help="largest batch the model sees; the chunk size of the fast engine "
                                  "(default 1024)")
+        parser.add_argument("--max_batch_bytes", type=int, default=None,
+                            help="fast engine: most serialized input bytes per batch (default 512 KiB); "
+                                 "keeps batches of large records (images) small")
         parser.add_argument("--num_shards", type=int, default=0,
                             help="output shards (0: let the runner choose)")
 
@@ -43,7 +46,7 @@ def check_options(opts: BatchInferOptions) -> None:
         problems.append(f"--output_format {opts.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
     if opts.engine not in ENGINES:
         problems.append(f"--engine {opts.engine!r} is not one of {', '.join(ENGINES)}")
-    for flag in ("min_batch_size", "max_batch_size"):
+    for flag in ("min_batch_size", "max_batch_size", "max_batch_bytes"):
         value = getattr(opts, flag)
         if value is not None and value < 1:
             problems.append(f"--{flag} must be a positive integer")

@@ -82,3 +82,25 @@ def test_empty_file_gives_nothing(tmp_path):
     path = tmp_path / "empty.tfrecord"
     path.write_bytes(b"")
     assert list(iter_chunks(str(path), 4)) == []
+
+
+def test_split_by_bytes_caps_input_bytes_and_keeps_order():
+    from transforms.tfrecord_source import split_by_bytes
+
+    records = [b"x" * n for n in (10, 10, 10, 50, 5, 5, 5, 100, 1)]
+    parts = list(split_by_bytes(records, 30))
+    assert [offset for offset, _ in parts] == [0, 3, 4, 7, 8]
+    assert [r for _, part in parts for r in part] == records  # nothing lost, order kept
+    assert all(sum(map(len, part)) <= 30 or len(part) == 1 for _, part in parts)
+    assert list(split_by_bytes(records, 10_000)) == [(0, records)]
+
+
+def test_chunks_respect_the_byte_budget(tmp_path):
+    path = str(tmp_path / "big.tfrecord")
+    payloads = [bytes([i]) * 1000 for i in range(40)]
+    with open(path, "wb") as f:
+        f.write(body_of(payloads))
+    items = list(iter_chunks(path, chunk_size=16, chunk_bytes=4000))
+    assert [len(batch) for _, batch in items] == [4] * 10
+    assert [first for first, _ in items] == list(range(0, 40, 4))
+    assert [r for _, batch in items for r in batch] == payloads

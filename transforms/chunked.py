@@ -18,6 +18,9 @@ from transforms.prediction_logs import predict_log
 from transforms.record_chunks import score_chunk
 
 DEFAULT_CHUNK_SIZE = 1024
+# Input bytes per chunk. Heavy models with large inputs run faster on CPU in smaller batches (a
+# 64x64x3 CNN: 916 ex/s at 32 images, 656 at 1024); small records still fill 1024-record chunks.
+DEFAULT_CHUNK_BYTES = 512 * 1024
 
 
 def count_dead_letters(rows) -> None:

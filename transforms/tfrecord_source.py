@@ -83,8 +83,38 @@ def uncompressed_size(path: str, expected: int) -> int:
     return expected if isize == expected % (1 << 32) else isize
 
 
-def iter_chunks(path: str, chunk_size: int) -> Iterator[Union[Tuple[int, List[bytes]], Corruption]]:
+def iter_chunks(path: str, chunk_size: int, chunk_bytes: Optional[int] = None
+                ) -> Iterator[Union[Tuple[int, List[bytes]], Corruption]]:
     """(index of the first record, records) chunks of a file, and a Corruption per bad region.
+
+    A chunk holds at most chunk_size records and, when chunk_bytes is set, at most chunk_bytes of
+    serialized input (a single larger record still makes a chunk of its own).
+    """
+    for item in _iter_counted_chunks(path, chunk_size):
+        if isinstance(item, Corruption) or not chunk_bytes:
+            yield item
+            continue
+        first, records = item
+        for offset, part in split_by_bytes(records, chunk_bytes):
+            yield first + offset, part
+
+
+def split_by_bytes(records: List[bytes], max_bytes: int) -> Iterator[Tuple[int, List[bytes]]]:
+    """Consecutive (offset, records) slices of at most max_bytes each (at least one record)."""
+    if sum(map(len, records)) <= max_bytes:
+        yield 0, records
+        return
+    start = total = 0
+    for i, record in enumerate(records):
+        if i > start and total + len(record) > max_bytes:
+            yield start, records[start:i]
+            start, total = i, 0
+        total += len(record)
+    yield start, records[start:]
+
+
+def _iter_counted_chunks(path: str, chunk_size: int) -> Iterator[Union[Tuple[int, List[bytes]], Corruption]]:
+    """Chunks of up to chunk_size records, and a Corruption per bad region.
 
     The fast way is tf.data (C++ framing and CRC checks, prefetched on TensorFlow's threads while
     the chunk before is scored). It stops at the first problem without saying where, so on any
@@ -159,14 +189,16 @@ class ReadRecordsFn(beam.DoFn):
 
 
 class ReadRecordChunksFn(beam.DoFn):
-    """(path, key name) -> RecordChunks of up to chunk_size records; dead letters as ReadRecordsFn."""
+    """(path, key name) -> RecordChunks of up to chunk_size records (and chunk_bytes of input);
+    dead letters as ReadRecordsFn."""
 
-    def __init__(self, chunk_size: int):
+    def __init__(self, chunk_size: int, chunk_bytes: Optional[int] = None):
         self._chunk_size = chunk_size
+        self._chunk_bytes = chunk_bytes
 
     def process(self, element):
         path, name = element
-        for item in iter_chunks(path, self._chunk_size):
+        for item in iter_chunks(path, self._chunk_size, self._chunk_bytes):
             if isinstance(item, Corruption):
                 metrics.dead_letter_counter(READ).inc()
                 yield beam.pvalue.TaggedOutput(
@@ -180,14 +212,17 @@ class ReadRecordChunksFn(beam.DoFn):
 class ReadKeyedTFRecords(beam.PTransform):
     """Reads TFRecord files matching the patterns (gzip by extension) as keyed records.
 
-    Returns (records, dead_letters): records are (key, bytes), or RecordChunks with chunk_size. The patterns are expanded at construction so an empty glob
+    Returns (records, dead_letters): records are (key, bytes), or RecordChunks with chunk_size
+    (and chunk_bytes). The patterns are expanded at construction so an empty glob
     fails before the pipeline starts.
     """
 
-    def __init__(self, patterns: Iterable[str], chunk_size: Optional[int] = None):
+    def __init__(self, patterns: Iterable[str], chunk_size: Optional[int] = None,
+                 chunk_bytes: Optional[int] = None):
         super().__init__()
         self._paths = expand_patterns(list(patterns))
         self._chunk_size = chunk_size
+        self._chunk_bytes = chunk_bytes
 
     @property
     def paths(self) -> List[str]:
@@ -200,6 +235,7 @@ class ReadKeyedTFRecords(beam.PTransform):
             | "Files" >> beam.Create([(p, names[p]) for p in self._paths])
             | "SpreadFiles" >> beam.Reshuffle()
             | "ReadRecords" >> beam.ParDo(
-                ReadRecordsFn() if self._chunk_size is None else ReadRecordChunksFn(self._chunk_size)
+                ReadRecordsFn() if self._chunk_size is None
+                else ReadRecordChunksFn(self._chunk_size, self._chunk_bytes)
             ).with_outputs(DEAD_LETTER_TAG, main="records"))
         return result.records, result[DEAD_LETTER_TAG]
