@@ -167,3 +167,10 @@ def test_bytes_only_tensorflow_rejects_are_decode_dead_letters(penguin_model, wr
     dead = read_jsonl(out + ".errors-*.jsonl")
     assert [(d["key"], d["stage"]) for d in dead] == [("lenient.tfrecord:4", "decode")]
     assert len(read_jsonl(out + "-*.jsonl")) == 19
+
+
+def test_key_fragments_survive_quotes_commas_and_backslashes():
+    from transforms.jsonl import key_fragments
+
+    keys = ["", '","', "a\\", '\\","', "x,y", "ü\n", '"']
+    assert [json.loads('"' + fragment + '"') for fragment in key_fragments(keys)] == keys

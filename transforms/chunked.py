@@ -5,9 +5,11 @@ rows as one text element. Keys stay aligned with outputs inside the chunk; every
 cannot be scored leaves as a dead letter (transforms.record_chunks.score_chunk).
 """
 
+import concurrent.futures
 from typing import Optional
 
 import apache_beam as beam
+from apache_beam.utils.windowed_value import WindowedValue
 
 from models.serving_model import ServingModel
 from transforms import metrics
@@ -29,24 +31,54 @@ def count_dead_letters(rows) -> None:
 
 
 class ScoreChunksFn(beam.DoFn):
-    """RecordChunk -> ScoredChunk (+ dead letters); the model is loaded once per process."""
+    """RecordChunk -> ScoredChunk (+ dead letters); the model is loaded once per process.
+
+    Chunk n is scored on a helper thread while chunk n-1's results go downstream (formatting and
+    writing, fused into this stage) on the bundle's thread: TensorFlow releases the GIL, so the
+    model and the Python around it overlap. At most two chunks are in flight.
+    """
 
     def __init__(self, model: ServingModel, key_feature: Optional[str] = None):
         self._model = model
         self._key_feature = key_feature
         self._call = None
+        self._executor = None
+        self._pending = None
 
     def setup(self):
         self._call = shared_signature(self._model.path, self._model.signature)
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="score-chunks")
 
-    def process(self, chunk):
-        scored, dead = score_chunk(self._call, chunk, self._model.feature_spec, self._model.name,
-                                   self._key_feature)
+    def start_bundle(self):
+        self._pending = None
+
+    def _score(self, chunk):
+        return score_chunk(self._call, chunk, self._model.feature_spec, self._model.name,
+                           self._key_feature)
+
+    def process(self, chunk, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
+        previous = self._pending
+        self._pending = (self._executor.submit(self._score, chunk), timestamp, window)
+        if previous is not None:
+            yield from self._results(*previous)
+
+    def finish_bundle(self):
+        if self._pending is not None:
+            previous, self._pending = self._pending, None
+            yield from self._results(*previous)
+
+    @staticmethod
+    def _results(future, timestamp, window):
+        scored, dead = future.result()
         count_dead_letters(dead)
         for row in dead:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, WindowedValue(row, timestamp, [window]))
         if scored is not None:
-            yield scored
+            yield WindowedValue(scored, timestamp, [window])
+
+    def teardown(self):
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
 
 
 class ChunkToJsonLinesFn(beam.DoFn):

@@ -8,7 +8,7 @@ PredictionLog output is asked for (transforms.prediction_logs). Two entry points
 """
 
 import threading
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from apache_beam.ml.inference import base
@@ -83,22 +83,22 @@ class FastKeyedHandler(base.ModelHandler):
         return "tfinfer_fast_engine"
 
 
-def infer_isolating(call, records: Sequence[bytes], indices: Sequence[int]
-                    ) -> Tuple[List[Tuple[List[int], Dict[str, np.ndarray]]], List[Tuple[int, BaseException]]]:
-    """Runs call on records[indices]; on failure halves the batch until each failing record is alone.
+def isolate_failures(run: Callable[[List[Any]], Any], items: Sequence[Any]
+                     ) -> Tuple[List[Tuple[List[Any], Any]], List[Tuple[Any, BaseException]]]:
+    """Runs run(items); on failure halves the batch until each failing item is alone.
 
-    Returns the (indices, outputs) parts that succeeded, in index order, and (index, error) per
-    record the model rejects. A batch without bad records costs one call.
+    Returns the (items, result) parts that succeeded, in order, and (item, error) per item that
+    fails by itself. A batch without bad items costs one call; one bad item among n about 2 log2 n.
     """
-    indices = list(indices)
+    items = list(items)
     try:
-        return [(indices, call([records[i] for i in indices]))], []
+        return [(items, run(items))], []
     except Exception as e:  # pylint: disable=broad-except  # isolated below, then a dead letter
-        if len(indices) == 1:
-            return [], [(indices[0], e)]
-        middle = len(indices) // 2
-        left_ok, left_bad = infer_isolating(call, records, indices[:middle])
-        right_ok, right_bad = infer_isolating(call, records, indices[middle:])
+        if len(items) == 1:
+            return [], [(items[0], e)]
+        middle = len(items) // 2
+        left_ok, left_bad = isolate_failures(run, items[:middle])
+        right_ok, right_bad = isolate_failures(run, items[middle:])
         return left_ok + right_ok, left_bad + right_bad
 
 

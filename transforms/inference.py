@@ -4,14 +4,13 @@ Engines are Beam ModelHandlers over (key, serialized example):
 - "tfx-bsl": tfx-bsl's SavedModel handler; outputs are PredictionLogs;
 - "fast": transforms.fast_engine; outputs are {name: per-example array}.
 transforms.postprocess turns either into a prediction row. A batch the model fails on is re-run
-one record at a time, so only the records the model itself rejects become dead letters (stage
-infer) and the rest of the batch is still predicted. The re-run happens inside the handler's
-run_inference call (RetryOneByOne), not in a second RunInference branch: merging two branches
+halves until each record the model rejects stands alone, so only those become dead letters
+(stage infer) and the rest of the batch is still predicted. The re-runs happen inside the
+handler's run_inference call (IsolateFailures), not in a second RunInference branch: merging two branches
 takes a beam.Flatten, and the FnApiRunner (DirectRunner) always materializes a multi-input
 Flatten, which would hold every prediction in memory until the whole input had been scored.
 """
 
-import sys
 import traceback
 from typing import Dict, NamedTuple, Optional
 
@@ -22,6 +21,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 from models.serving_model import ServingModel
 from transforms import metrics
 from transforms.dead_letters import clean_message, model_failure_dead_letter
+from transforms.fast_engine import isolate_failures
 
 ENGINES = ("fast", "tfx-bsl")
 DEFAULT_ENGINE = "fast"
@@ -33,10 +33,9 @@ class RejectedRecord(NamedTuple):
     failure: tuple
 
 
-class RetryOneByOne(base.ModelHandler):
-    """Delegates to a keyed handler; a batch it fails on is re-run there one record at a time.
-
-    The records the model rejects by themselves come back as RejectedRecords, in place.
+class IsolateFailures(base.ModelHandler):
+    """Delegates to a keyed handler; a batch it fails on is halved until each failing record is
+    alone. The records the model rejects by themselves come back as RejectedRecords, in place.
     """
 
     def __init__(self, handler: base.ModelHandler):
@@ -47,17 +46,12 @@ class RetryOneByOne(base.ModelHandler):
         return self._handler.load_model()
 
     def run_inference(self, batch, model, inference_args=None):
-        try:
-            return list(self._handler.run_inference(batch, model, inference_args))
-        except Exception:  # pylint: disable=broad-except  # isolated below, record by record
-            pass
-        results = []
-        for record in batch:
-            try:
-                results.extend(self._handler.run_inference([record], model, inference_args))
-            except Exception as e:  # pylint: disable=broad-except  # this record's own failure
-                results.append(RejectedRecord(([record], (
-                    type(e), repr(e), traceback.format_exception(*sys.exc_info())))))
+        parts, failures = isolate_failures(
+            lambda records: list(self._handler.run_inference(records, model, inference_args)), batch)
+        results = [result for _, part in parts for result in part]
+        for record, error in failures:
+            results.append(RejectedRecord(([record], (
+                type(error), repr(error), traceback.format_exception(type(error), error, error.__traceback__)))))
         return results
 
     def get_num_bytes(self, batch) -> int:
@@ -143,7 +137,7 @@ class RunKeyedInference(beam.PTransform):
     def expand(self, records):
         name = self._model.name
         project = records.pipeline.options.view_as(GoogleCloudOptions).project
-        handler = RetryOneByOne(make_handler(self._engine, self._model, self._batching, project))
+        handler = IsolateFailures(make_handler(self._engine, self._model, self._batching, project))
         outputs, failed = records | f"RunInference[{name}]" >> base.RunInference(
             handler).with_exception_handling()
         split = outputs | f"SplitRejected[{name}]" >> beam.ParDo(_SplitRejected()).with_outputs(

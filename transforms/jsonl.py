@@ -1,7 +1,8 @@
 """JSON Lines text for prediction rows and dead letters (orjson: fast, and exact for float32).
 
 scored_chunk_text formats a whole ScoredChunk at once: each numeric output column is serialised
-in one call and cut into per-row fragments, so the per-row Python work is one string template.
+in one call and cut into per-row fragments (the keys likewise), so the per-row Python work is
+one string concatenation.
 Columns that are not finite numbers (strings, NaN, inf) take the per-row path of transforms.rows;
 both paths give rows with the same values.
 """
@@ -43,9 +44,21 @@ def scored_chunk_text(model_name: str, keys, outputs: Mapping[str, np.ndarray]) 
             to_json_line(prediction_row(key, {model_name: outputs_to_json(
                 {name: outputs[name][i] for name in names})}))
             for i, key in enumerate(keys))
-    head = "{" + orjson.dumps(KEY_FIELD).decode() + ":"
-    middle = "," + orjson.dumps(model_name).decode().replace("%", "%%") + ":{"
-    template = middle + ",".join(
-        orjson.dumps(name).decode().replace("%", "%%") + ":%s" for name in names) + "}}"
-    return "\n".join(head + orjson.dumps(key).decode() + template % values
-                     for key, values in zip(keys, zip(*fragments)))
+    head = "{" + orjson.dumps(KEY_FIELD).decode() + ':"'
+    after_key = '",' + orjson.dumps(model_name).decode() + ":{"
+    labels = [orjson.dumps(name).decode() + ":" for name in names]
+    if len(names) == 1:  # the common case: one concatenation per row
+        middle = after_key + labels[0]
+        return "\n".join([head + key + middle + value + "}}"
+                          for key, value in zip(key_fragments(keys), fragments[0])])
+    values = [",".join(label + value for label, value in zip(labels, row)) for row in zip(*fragments)]
+    return "\n".join([head + key + after_key + value + "}}"
+                      for key, value in zip(key_fragments(keys), values)])
+
+
+def key_fragments(keys) -> List[str]:
+    """The JSON-escaped text of each key, without its quotes, from one serialisation of them all.
+
+    Inside JSON strings every quote is escaped, so '","' occurs only between two elements.
+    """
+    return orjson.dumps(list(keys)).decode()[2:-2].split('","')

@@ -12,7 +12,7 @@ import numpy as np
 from models.examples import RecordError
 from models.feature_spec import Feature
 from transforms.dead_letters import model_failure_dead_letter
-from transforms.fast_engine import concat_parts, infer_isolating
+from transforms.fast_engine import concat_parts, isolate_failures
 from transforms.validate import checked_key, record_dead_letter
 
 
@@ -73,7 +73,7 @@ def score_chunk(call: Callable[[Sequence[bytes]], Dict[str, np.ndarray]], chunk:
             valid.append(i)
         except RecordError as e:
             dead.append(record_dead_letter(e, key, record))
-    parts, failures = infer_isolating(call, records, valid)
+    parts, failures = isolate_failures(lambda indices: call([records[i] for i in indices]), valid)
     for index, error in failures:
         dead.append(model_failure_dead_letter(error, valid_keys[index], records[index], spec, model_name))
     indices, outputs = concat_parts(parts)

@@ -3,7 +3,7 @@
 tfx-bsl's public RunInference expands to exactly base.RunInference(_ModelHandlerWrapper(handler)).
 We build that same pair so that batch sizes take effect (tfx-bsl's wrapper does not forward
 batch_elements_kwargs, DESIGN.md fact 3) and so that Beam's exception handling can catch a failing
-batch (transforms.inference re-runs it one record at a time).
+batch (transforms.inference isolates the records the model rejects).
 """
 
 from typing import Any, Mapping, Optional
