@@ -50,7 +50,9 @@ def test_predictions_equal_direct_tf_call(penguin_model, write_tfrecords, tmp_pa
     assert read_jsonl(out + ".errors-*.jsonl") == []
 
 
-def test_bad_records_become_dead_letters_and_counts_are_conserved(penguin_model, write_tfrecords, tmp_path):
+@pytest.mark.parametrize("engine", ["fast", "tfx-bsl"])
+def test_bad_records_become_dead_letters_and_counts_are_conserved(penguin_model, write_tfrecords, tmp_path,
+                                                                  engine):
     version_dir, _ = penguin_model
     good = [make_example(v).SerializeToString() for v in penguin_values(40, seed=1)]
     bad = {
@@ -67,7 +69,7 @@ def test_bad_records_become_dead_letters_and_counts_are_conserved(penguin_model,
     out = str(tmp_path / "pred")
     errors = str(tmp_path / "dead" / "letters")
     counters = run_job("--input", plain, "--input", truncated, "--model", version_dir,
-                       "--output", out, "--errors", errors)
+                       "--output", out, "--errors", errors, "--engine", engine)
     rows = read_jsonl(out + "-*.jsonl")
     dead = read_jsonl(errors + "-*.jsonl")
     # every input (45 + 5 records, plus the truncated tail) is one row or one dead letter
@@ -88,12 +90,14 @@ def test_bad_records_become_dead_letters_and_counts_are_conserved(penguin_model,
     assert counters["predictions_written"] == 45
 
 
-def test_tfrecord_output_holds_prediction_logs(penguin_model, write_tfrecords, tmp_path):
+@pytest.mark.parametrize("engine", ["fast", "tfx-bsl"])
+def test_tfrecord_output_holds_prediction_logs(penguin_model, write_tfrecords, tmp_path, engine):
     version_dir, keras_model = penguin_model
     values = penguin_values(10, seed=2)
     path = write_tfrecords("p.tfrecord", [make_example(v).SerializeToString() for v in values])
     out = str(tmp_path / "logs")
-    run_job("--input", path, "--model", version_dir, "--output", out, "--output_format", "tfrecord")
+    run_job("--input", path, "--model", version_dir, "--output", out, "--output_format", "tfrecord",
+            "--engine", engine)
     (shard,) = glob.glob(out + "-*.tfrecord")
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(shard)]
     assert len(logs) == 10
