@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from transforms.tfrecord_reader import Corruption, Record, encode_record, masked_crc32c, read_records
+from transforms.gzip_stream import GzipRecoveringReader
 from transforms.tfrecord_source import is_gzip, open_records_stream
 
 HEADER_BYTES = 12  # uint64 length + masked crc32c of the length
@@ -292,13 +293,45 @@ def test_corrupt_deflate_data_is_a_fatal_corruption_not_a_crash():
     body = compressor.compress(b"".join(encode_record(r) for r in written))
     body += compressor.flush(zlib.Z_FULL_FLUSH)  # byte-aligned: the next byte starts a block
     corrupt = body + b"\x07" + b"\x00" * 64  # BFINAL=1, BTYPE=11: a reserved (invalid) block type
-    stream = gzip.GzipFile(fileobj=io.BytesIO(corrupt), mode="rb")  # as open_records_stream opens it
+    stream = GzipRecoveringReader(io.BytesIO(corrupt))  # as open_records_stream opens it
 
     items = list(read_records(stream))
     records, corruptions = split(items)
-    # Known limit: GzipFile loses what the failing decompress call had produced (up to its
-    # 128 KiB buffer), so only a prefix is guaranteed; the loss is reported, never silent.
-    assert [r.data for r in records] == written[:len(records)]
+    # every record decompressed before the corrupt block comes back (GzipFile would lose them)
+    assert [r.data for r in records] == written
     assert len(corruptions) == 1 and corruptions[0].fatal
-    assert corruptions[0].index == len(records)
+    assert corruptions[0].index == len(written)
     assert "compressed stream unreadable" in corruptions[0].reason
+
+
+def test_corrupt_byte_mid_gzip_keeps_every_record_before_it(tmp_path):
+    # A large, compressible file with one byte flipped in the middle of the deflate stream:
+    # GzipFile would lose up to 128 KiB of records decompressed just before it.
+    written = [bytes([i % 7]) * 300 for i in range(3000)]
+    body = gzip.compress(b"".join(encode_record(r) for r in written))
+    damaged = bytearray(body)
+    damaged[len(body) // 2] ^= 0xFF
+    with open_records_stream_from_bytes(tmp_path, bytes(damaged)) as stream:
+        items = list(read_records(stream))
+    records, corruptions = split(items)
+    assert all(r.data == written[r.index] for r in records)
+    assert corruptions and corruptions[-1].fatal
+    # conservation: every index up to the fatal corruption is a record or a corruption
+    assert [i.index for i in items] == list(range(len(items)))
+    # the reference: the complete records a byte-exact decompression recovers before the damage
+    decompressor, recovered = zlib.decompressobj(16 + zlib.MAX_WBITS), bytearray()
+    for i in range(len(damaged)):
+        try:
+            recovered += decompressor.decompress(bytes(damaged[i:i + 1]))
+        except zlib.error:
+            break
+    intact = 0
+    while recovered[intact * 316:(intact + 1) * 316] == encode_record(written[intact]):
+        intact += 1
+    assert len([r for r in records if r.index < intact]) == intact  # none lost before the damage
+
+
+def open_records_stream_from_bytes(tmp_path, data):
+    path = tmp_path / "damaged.tfrecord.gz"
+    path.write_bytes(data)
+    return open_records_stream(str(path))

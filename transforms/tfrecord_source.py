@@ -6,7 +6,6 @@ sync markers, so a file cannot be split by offset); a Reshuffle spreads them ove
 """
 
 import contextlib
-import gzip
 import os
 import struct
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -17,6 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import metrics
 from transforms.dead_letters import DEAD_LETTER_TAG, READ, dead_letter
+from transforms.gzip_stream import GzipRecoveringReader
 from transforms.record_chunks import RecordChunk
 from transforms.tfrecord_reader import RECORD_OVERHEAD, Corruption, read_records
 
@@ -56,20 +56,10 @@ def is_gzip(path: str) -> bool:
 
 @contextlib.contextmanager
 def open_records_stream(path: str):
-    """The file's uncompressed bytes. GzipFile buffers by itself: a BufferedReader on top would
-    drop the records it had already decompressed when a truncated stream raises."""
+    """The file's uncompressed bytes; gzip through GzipRecoveringReader, which keeps every record
+    before a corrupt or truncated spot."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-        if is_gzip(path):
-            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
-                yield stream
-        else:
-            yield raw
-
-
-def corruption_dead_letter(path: str, key: str, item: Corruption):
-    detail = "" if not item.fatal else "; the rest of the file is unreadable"
-    return dead_letter(READ, f"{path} at byte {item.offset}: {item.reason}{detail}",
-                       key=key, raw=item.data, source=f"{path}@{item.offset}")
+        yield GzipRecoveringReader(raw) if is_gzip(path) else raw
 
 
 def uncompressed_size(path: str, expected: int) -> int:
