@@ -1,10 +1,11 @@
 """The fast engine: tf.saved_model.load once per process, the signature called on whole batches.
 
 Outputs stay columnar ({name: array [batch, ...]}); no per-example proto is built unless
-PredictionLog output is asked for (transforms.prediction_logs). Two entry points:
-- FastKeyedHandler: a Beam ModelHandler for keyed records, so RunKeyedInference composes as usual;
-- score_chunk: a whole RecordChunk scored in one call, used by the chunked batch path, where a
-  batch of records (not one record) is the pipeline element.
+PredictionLog output is asked for (transforms.prediction_logs). Two users:
+- FastKeyedHandler, here: a Beam ModelHandler for keyed records, so RunKeyedInference composes;
+- transforms.record_chunks.score_chunk: a whole RecordChunk scored in one call (the chunked batch
+  path, where a batch of records, not one record, is the pipeline element).
+isolate_failures, shared by both paths and both engines, halves a failing batch.
 """
 
 import threading
@@ -31,7 +32,6 @@ class LoadedSignature:
             raise ValueError(f"{path} has no signature {signature!r}")
         self._fn = self._loaded.signatures[signature]
         (self.input_name,) = self._fn.structured_input_signature[1]
-        self.output_names = tuple(sorted(self._fn.structured_outputs))
 
     def __call__(self, serialized: Sequence[bytes]) -> Dict[str, np.ndarray]:
         outputs = self._fn(**{self.input_name: self._tf.constant(list(serialized), self._tf.string)})

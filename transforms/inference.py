@@ -4,10 +4,10 @@ Engines are Beam ModelHandlers over (key, serialized example):
 - "tfx-bsl": tfx-bsl's SavedModel handler; outputs are PredictionLogs;
 - "fast": transforms.fast_engine; outputs are {name: per-example array}.
 transforms.postprocess turns either into a prediction row. A batch the model fails on is re-run
-halves until each record the model rejects stands alone, so only those become dead letters
+in halves until each record the model rejects stands alone, so only those become dead letters
 (stage infer) and the rest of the batch is still predicted. The re-runs happen inside the
-handler's run_inference call (IsolateFailures), not in a second RunInference branch: merging two branches
-takes a beam.Flatten, and the FnApiRunner (DirectRunner) always materializes a multi-input
+handler's run_inference call (IsolateFailures), not in a second RunInference branch: merging
+two branches takes a beam.Flatten, and the FnApiRunner (DirectRunner) always materializes a multi-input
 Flatten, which would hold every prediction in memory until the whole input had been scored.
 """
 

@@ -26,9 +26,6 @@ class ScoredChunk(NamedTuple):
     records: List[bytes]  # kept for PredictionLog output, which echoes inputs
     outputs: Dict[str, np.ndarray]  # each [len(keys), ...]
 
-    def __len__(self):
-        return len(self.keys)
-
 
 def keys_by_feature(records: Sequence[bytes], key_feature: str) -> Optional[List[str]]:
     """All keys in one vectorised parse, or None when any record needs the per-record path."""
