@@ -28,6 +28,8 @@ class ServingModel:
     spec_source: str  # "feature_spec.json" or "signature"
     outputs: Tuple[str, ...]
     method: str
+    # (name, dtype name, shape with -1 for unknown sizes; None for unknown rank), sorted by name
+    output_specs: Tuple[Tuple[str, str, Optional[Tuple[int, ...]]], ...] = ()
 
     @property
     def version(self) -> Optional[int]:
@@ -67,7 +69,17 @@ def load_serving_model(path: str, name: str = DEFAULT_MODEL_NAME,
     sig = serving_meta_graph(version_dir).signature_def[signature]
     return ServingModel(name=name, path=version_dir, signature=signature, feature_spec=spec,
                         spec_source=source, outputs=tuple(sorted(sig.outputs)),
-                        method=sig.method_name)
+                        method=sig.method_name, output_specs=output_specs(sig))
+
+
+def output_specs(signature_def) -> Tuple[Tuple[str, str, Optional[Tuple[int, ...]]], ...]:
+    specs = []
+    for name in sorted(signature_def.outputs):
+        info = signature_def.outputs[name]
+        shape = info.tensor_shape
+        dims = None if shape.unknown_rank else tuple(d.size for d in shape.dim)
+        specs.append((name, tf.as_dtype(info.dtype).name, dims))
+    return tuple(specs)
 
 
 def load_serving_models(args: List[str], signature: str = "serving_default") -> List[ServingModel]:

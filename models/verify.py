@@ -6,7 +6,7 @@ session loader and its PredictionLog building) and through tf.saved_model.load.
 """
 
 import dataclasses
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -42,17 +42,9 @@ def run_tf2(export_dir: str, serialized: List[bytes], signature: str = "serving_
 def run_tfx_bsl(export_dir: str, serialized: List[bytes], signature: str = "serving_default"
                 ) -> Dict[str, np.ndarray]:
     """Runs the batch through tfx-bsl's in-process model handler, as RunInference would."""
-    from tfx_bsl.beam import run_inference as tfx_run_inference
-    from tfx_bsl.public.proto import model_spec_pb2
+    from models.tfx_bsl_call import TfxBslBatchCall
 
-    from models.prediction_log import outputs_from_log
-
-    spec = model_spec_pb2.InferenceSpecType(saved_model_spec=model_spec_pb2.SavedModelSpec(
-        model_path=export_dir, signature_name=[signature]))
-    handler = tfx_run_inference.create_model_handler(spec, None, None)
-    logs = list(handler.run_inference(serialized, handler.load_model()))
-    per_example = [outputs_from_log(log) for log in logs]
-    return {name: np.stack([o[name] for o in per_example]) for name in per_example[0]}
+    return TfxBslBatchCall(export_dir, signature)(serialized)
 
 
 def compare_outputs(reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray],

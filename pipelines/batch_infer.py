@@ -1,7 +1,9 @@
-"""python -m pipelines.batch_infer: score TFRecord files of tf.Example with a SavedModel.
+"""python -m pipelines.batch_infer: score TFRecord files of tf.Example with SavedModels.
 
     python -m pipelines.batch_infer --input 'data/*.tfrecord.gz' --model models/clf
         --output out/predictions [--key_feature id] [--errors out/errors] [--runner ...]
+    ... --model five=models/five --model ten=models/ten [--chain]   # parallel, or in sequence
+    ... --graph graph.yaml                                            # any wiring, post-processing
 
 With no arguments it runs the embedded demo (pipelines/demo.py) on the DirectRunner.
 """
@@ -16,12 +18,15 @@ from typing import List, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, SetupOptions, StandardOptions
 
-from models.serving_model import ModelContractError, ServingModel, load_serving_models
+from models.serving_model import ModelContractError, load_serving_models
 from pipelines.options import BatchInferOptions, OptionsError, check_options
 from transforms import metrics
 from transforms.chunked import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, ChunkToJsonLinesFn, ChunkToPredictionLogsFn, ScoreChunks
 from transforms.dead_letters import DEAD_LETTER_TAG
+from transforms.graph import GraphError, ModelGraph, chain_graph, parallel_graph
+from transforms.graph_file import load_graph_file
 from transforms.inference import DEFAULT_ENGINE
+from transforms.model_graph import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, GraphScoreToLinesFn, ScoreGraphChunks
 from transforms.score import DEAD_LETTERS, OUTPUTS, ROWS, ScoreKeyedExamples
 from transforms.sinks import WriteJsonLines, WritePredictionLogs
 from transforms.tfrecord_source import NoInputFilesError, ReadKeyedTFRecords
@@ -32,7 +37,7 @@ LOCAL_RUNNERS = ("DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunn
 @dataclasses.dataclass
 class BatchJob:
     inputs: List[str]
-    model: ServingModel
+    graph: ModelGraph
     output: str
     errors: str
     key_feature: Optional[str] = None
@@ -42,19 +47,52 @@ class BatchJob:
     max_batch_size: Optional[int] = None
     max_batch_bytes: Optional[int] = None
     num_shards: int = 0
+    row_per_model: bool = False
+
+    @property
+    def model(self):
+        """The model of a one-model job (the single-model paths); None for a graph."""
+        if self.is_graph:
+            return None
+        return self.graph.nodes[0].model
+
+    @property
+    def is_graph(self) -> bool:
+        """Several models, post-processing, passthrough features or one row per model."""
+        node = self.graph.nodes[0]
+        return (len(self.graph.nodes) > 1 or bool(node.postprocess) or bool(self.graph.passthrough)
+                or self.row_per_model)
+
+
+def graph_from_options(opts: BatchInferOptions) -> ModelGraph:
+    passthrough = [p.strip() for p in (opts.passthrough or "").split(",") if p.strip()]
+    if opts.graph:
+        graph = load_graph_file(opts.graph, opts.engine, opts.signature)
+        if passthrough:
+            graph = dataclasses.replace(graph, passthrough=tuple(passthrough))
+        return graph
+    models = load_serving_models(opts.model, opts.signature)
+    build = chain_graph if opts.chain else parallel_graph
+    return build(models, opts.engine, passthrough)
 
 
 def job_from_options(opts: BatchInferOptions) -> BatchJob:
     check_options(opts)
-    (model,) = load_serving_models(opts.model, opts.signature)
-    if opts.output_format == "tfrecord" and opts.engine == "fast" and model.method != "tensorflow/serving/predict":
-        raise OptionsError(f"--output_format tfrecord with the fast engine writes predict logs; the "
-                           f"signature's method is {model.method}: use --engine tfx-bsl")
-    return BatchJob(inputs=list(opts.input), model=model, output=opts.output,
-                    errors=opts.errors or f"{opts.output}.errors", key_feature=opts.key_feature,
-                    output_format=opts.output_format, engine=opts.engine,
-                    min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
-                    max_batch_bytes=opts.max_batch_bytes, num_shards=opts.num_shards)
+    graph = graph_from_options(opts)
+    job = BatchJob(inputs=list(opts.input), graph=graph, output=opts.output,
+                   errors=opts.errors or f"{opts.output}.errors", key_feature=opts.key_feature,
+                   output_format=opts.output_format, engine=opts.engine,
+                   min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
+                   max_batch_bytes=opts.max_batch_bytes, num_shards=opts.num_shards,
+                   row_per_model=opts.row_per_model)
+    if opts.output_format == "tfrecord":
+        if job.is_graph:
+            raise OptionsError("--output_format tfrecord writes one model's PredictionLogs; a graph "
+                               "(several models, post-processing, passthrough) writes jsonl")
+        if job.model.method != "tensorflow/serving/predict" and job.engine == "fast":
+            raise OptionsError(f"--output_format tfrecord with the fast engine writes predict logs; the "
+                               f"signature's method is {job.model.method}: use --engine tfx-bsl")
+    return job
 
 
 def build_record_pipeline(p: beam.Pipeline, job: BatchJob):
@@ -85,8 +123,22 @@ def build_chunked_pipeline(p: beam.Pipeline, job: BatchJob):
     return [unreadable, unscored, text[DEAD_LETTER_TAG]]
 
 
+def build_graph_pipeline(p: beam.Pipeline, job: BatchJob):
+    """Several models (or post-processing) per chunk: read chunks -> score the graph -> rows."""
+    chunks, unreadable = p | "ReadTFRecordChunks" >> ReadKeyedTFRecords(
+        job.inputs, job.max_batch_size or DEFAULT_CHUNK_SIZE, job.max_batch_bytes or DEFAULT_CHUNK_BYTES)
+    scored, unscored = chunks | "Score" >> ScoreGraphChunks(job.graph, job.key_feature)
+    text = scored | "ToJsonLines" >> beam.ParDo(GraphScoreToLinesFn(job.graph, job.row_per_model)).with_outputs(
+        DEAD_LETTER_TAG, main="text")
+    text.text | "WritePredictions" >> WriteJsonLines(job.output, job.num_shards, preformatted=True)
+    return [unreadable, unscored, text[DEAD_LETTER_TAG]]
+
+
 def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
-    build = build_chunked_pipeline if job.engine == "fast" else build_record_pipeline
+    if job.is_graph:
+        build = build_graph_pipeline
+    else:
+        build = build_chunked_pipeline if job.engine == "fast" else build_record_pipeline
     dead_letters = build(p, job)
     (dead_letters
      | "AllDeadLetters" >> beam.Flatten()
@@ -115,8 +167,13 @@ def summarize(job: BatchJob, counters: dict, seconds: float) -> str:
     written = counters.get(metrics.PREDICTIONS_WRITTEN, 0)
     dead = sum(v for k, v in counters.items() if k.startswith(metrics.DEAD_LETTER_PREFIX))
     ext = "tfrecord" if job.output_format == "tfrecord" else "jsonl"
-    return "\n".join([
-        f"model:        {job.model.name} = {job.model.path} ({job.engine} engine)",
+    if job.is_graph:
+        models = ["models:"] + [f"  {line}" for line in job.graph.describe().splitlines()] + [
+            f"  {name}: outputs {counters.get(MODEL_OUTPUTS_PREFIX + name, 0):,}, "
+            f"dead letters {counters.get(MODEL_DEAD_LETTERS_PREFIX + name, 0):,}" for name in job.graph.names]
+    else:
+        models = [f"model:        {job.model.name} = {job.model.path} ({job.engine} engine)"]
+    return "\n".join(models + [
         f"predictions:  {job.output}-*.{ext}",
         f"dead letters: {job.errors}-*.jsonl",
         f"records in {read + counters.get(metrics.DEAD_LETTER_PREFIX + 'read', 0):,}; "
@@ -172,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # tfx-bsl's TF1 loader deprecation notes
     try:
         run(argv)
-    except (OptionsError, ModelContractError, NoInputFilesError) as e:
+    except (OptionsError, ModelContractError, NoInputFilesError, GraphError) as e:
         print(f"batch_infer: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -16,7 +16,16 @@ class BatchInferOptions(PipelineOptions):
         parser.add_argument("--input", action="append", default=None,
                             help="TFRecord file glob of tf.Example (gzip by .gz/.gzip); repeatable")
         parser.add_argument("--model", action="append", default=None,
-                            help="[NAME=]DIR: a SavedModel version dir or a base dir (highest version)")
+                            help="[NAME=]DIR: a SavedModel version dir or a base dir (highest version); "
+                                 "repeat to run several models in parallel (one row per key)")
+        parser.add_argument("--chain", action="store_true", default=False,
+                            help="run the --model arguments in sequence, each fed by the one before")
+        parser.add_argument("--graph", help="YAML model graph (models, how they connect, post-processing); "
+                                            "instead of --model")
+        parser.add_argument("--row_per_model", action="store_true", default=False,
+                            help="one row per (key, model) instead of one row per key")
+        parser.add_argument("--passthrough", default=None,
+                            help="comma-separated input features copied to each row under 'inputs'")
         parser.add_argument("--output", help="output prefix; files are PREFIX-SSSSS-of-NNNNN.<ext>")
         parser.add_argument("--errors", help="dead-letter prefix (default: OUTPUT.errors)")
         parser.add_argument("--key_feature", help="feature holding each record's key (default: file:index)")
@@ -39,9 +48,15 @@ class BatchInferOptions(PipelineOptions):
 def check_options(opts: BatchInferOptions) -> None:
     """Raises OptionsError naming every missing or invalid flag."""
     problems = []
-    for flag in ("input", "model", "output"):
+    for flag in ("input", "output"):
         if not getattr(opts, flag):
             problems.append(f"--{flag} is required")
+    if opts.graph and opts.model:
+        problems.append("give either --graph or --model, not both")
+    elif not (opts.graph or opts.model):
+        problems.append("--model (or --graph) is required")
+    if opts.chain and (opts.graph or len(opts.model or []) < 2):
+        problems.append("--chain needs two or more --model arguments (a graph file says its own wiring)")
     if opts.output_format not in OUTPUT_FORMATS:
         problems.append(f"--output_format {opts.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
     if opts.engine not in ENGINES:
@@ -52,7 +67,5 @@ def check_options(opts: BatchInferOptions) -> None:
             problems.append(f"--{flag} must be a positive integer")
     if (opts.min_batch_size and opts.max_batch_size and opts.min_batch_size > opts.max_batch_size):
         problems.append("--min_batch_size is larger than --max_batch_size")
-    if opts.model and len(opts.model) > 1:
-        problems.append("one --model per job for now (multi-model graphs are a later feature)")
     if problems:
         raise OptionsError("; ".join(problems))

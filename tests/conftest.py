@@ -29,3 +29,23 @@ def write_tfrecords(tmp_path):
     def write(name, records, gzip=False, tail=b""):
         return helpers.write_tfrecord_file(str(tmp_path / name), records, gzip=gzip, tail=tail)
     return write
+
+
+@pytest.fixture(scope="session")
+def graph_models(tmp_path_factory):
+    """Small real models for graphs, exported by models.prepare: {name: (version dir, keras model)}.
+
+    five and ten: x float[1] -> y = 5x, 10x; scale: x float[4] -> y = 1.5x (feeds the penguin
+    classifier's measurements in a chain); words: x float[1] -> label string (a string output).
+    """
+    import keras
+
+    from models.prepare import prepare_model
+
+    base = tmp_path_factory.mktemp("graph_models")
+    built = {}
+    for name, factor, width in (("five", 5.0, 1), ("ten", 10.0, 1), ("scale", 1.5, 4)):
+        x = keras.Input(shape=(width,), name="x")
+        model = keras.Model(x, {"y": keras.layers.Rescaling(factor, name="y")(x)})
+        built[name] = (prepare_model(model, str(base / name)), model)
+    return built

@@ -30,31 +30,31 @@ def count_dead_letters(rows) -> None:
         metrics.dead_letter_counter(row["stage"]).inc()
 
 
-class ScoreChunksFn(beam.DoFn):
-    """RecordChunk -> ScoredChunk (+ dead letters); the model is loaded once per process.
+class PipelinedChunkFn(beam.DoFn):
+    """Scores chunk n on a helper thread while chunk n-1's results go downstream.
 
-    Chunk n is scored on a helper thread while chunk n-1's results go downstream (formatting and
-    writing, fused into this stage) on the bundle's thread: TensorFlow releases the GIL, so the
-    model and the Python around it overlap. At most two chunks are in flight.
+    Formatting and writing are fused into this stage and run on the bundle's thread; TensorFlow
+    releases the GIL, so the model and the Python around it overlap. At most two chunks are in
+    flight. Subclasses load their models in _load and return (result or None, dead letters) from
+    _score.
     """
 
-    def __init__(self, model: ServingModel, key_feature: Optional[str] = None):
-        self._model = model
-        self._key_feature = key_feature
-        self._call = None
+    def __init__(self):
         self._executor = None
         self._pending = None
 
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _score(self, chunk):
+        raise NotImplementedError
+
     def setup(self):
-        self._call = shared_signature(self._model.path, self._model.signature)
+        self._load()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="score-chunks")
 
     def start_bundle(self):
         self._pending = None
-
-    def _score(self, chunk):
-        return score_chunk(self._call, chunk, self._model.feature_spec, self._model.name,
-                           self._key_feature)
 
     def process(self, chunk, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
         previous = self._pending
@@ -67,10 +67,12 @@ class ScoreChunksFn(beam.DoFn):
             previous, self._pending = self._pending, None
             yield from self._results(*previous)
 
-    @staticmethod
-    def _results(future, timestamp, window):
-        scored, dead = future.result()
+    def _count(self, dead) -> None:  # on the bundle's thread: Beam's metrics are thread-local
         count_dead_letters(dead)
+
+    def _results(self, future, timestamp, window):
+        scored, dead = future.result()
+        self._count(dead)
         for row in dead:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, WindowedValue(row, timestamp, [window]))
         if scored is not None:
@@ -79,6 +81,23 @@ class ScoreChunksFn(beam.DoFn):
     def teardown(self):
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+
+
+class ScoreChunksFn(PipelinedChunkFn):
+    """RecordChunk -> ScoredChunk (+ dead letters); the model is loaded once per process."""
+
+    def __init__(self, model: ServingModel, key_feature: Optional[str] = None):
+        super().__init__()
+        self._model = model
+        self._key_feature = key_feature
+        self._call = None
+
+    def _load(self):
+        self._call = shared_signature(self._model.path, self._model.signature)
+
+    def _score(self, chunk):
+        return score_chunk(self._call, chunk, self._model.feature_spec, self._model.name,
+                           self._key_feature)
 
 
 class ChunkToJsonLinesFn(beam.DoFn):

@@ -3,8 +3,8 @@
 scored_chunk_text formats a whole ScoredChunk at once: each numeric output column is serialised
 in one call and cut into per-row fragments (the keys likewise), so the per-row Python work is
 one string concatenation.
-Columns that are not finite numbers (strings, NaN, inf) take the per-row path of transforms.rows;
-both paths give rows with the same values.
+Columns that are not finite numbers (strings, NaN, inf) go value by value through
+transforms.rows; both give the same values.
 """
 
 from typing import List, Mapping, Optional
@@ -12,7 +12,7 @@ from typing import List, Mapping, Optional
 import numpy as np
 import orjson
 
-from transforms.rows import KEY_FIELD, outputs_to_json, prediction_row
+from transforms.rows import KEY_FIELD, to_json_value
 
 
 def to_json_line(row: Mapping) -> str:
@@ -35,25 +35,29 @@ def column_fragments(column: np.ndarray) -> Optional[List[str]]:
     return [opening + part + closing for part in inner.split(separator)]
 
 
-def scored_chunk_text(model_name: str, keys, outputs: Mapping[str, np.ndarray]) -> str:
-    """All rows of a chunk as JSON Lines text (no trailing newline)."""
+def output_fragments(outputs: Mapping[str, np.ndarray]) -> List[str]:
+    """The JSON object text of each row of one model's columnar outputs: '{"a":..,"b":..}'."""
     names = sorted(outputs)
-    fragments = [column_fragments(outputs[name]) for name in names]
-    if any(f is None for f in fragments):
-        return "\n".join(
-            to_json_line(prediction_row(key, {model_name: outputs_to_json(
-                {name: outputs[name][i] for name in names})}))
-            for i, key in enumerate(keys))
-    head = "{" + orjson.dumps(KEY_FIELD).decode() + ':"'
-    after_key = '",' + orjson.dumps(model_name).decode() + ":{"
+    columns = []
+    for name in names:
+        fragments = column_fragments(outputs[name])
+        if fragments is None:  # strings, NaN, inf: value by value (transforms.rows)
+            fragments = [orjson.dumps(to_json_value(v)).decode() for v in outputs[name]]
+        columns.append(fragments)
     labels = [orjson.dumps(name).decode() + ":" for name in names]
-    if len(names) == 1:  # the common case: one concatenation per row
-        middle = after_key + labels[0]
-        return "\n".join([head + key + middle + value + "}}"
-                          for key, value in zip(key_fragments(keys), fragments[0])])
-    values = [",".join(label + value for label, value in zip(labels, row)) for row in zip(*fragments)]
-    return "\n".join([head + key + after_key + value + "}}"
-                      for key, value in zip(key_fragments(keys), values)])
+    if len(names) == 1:
+        label = "{" + labels[0]
+        return [label + value + "}" for value in columns[0]]
+    return ["{" + ",".join(label + value for label, value in zip(labels, row)) + "}"
+            for row in zip(*columns)]
+
+
+def scored_chunk_text(model_name: str, keys, outputs: Mapping[str, np.ndarray]) -> str:
+    """All rows of a one-model chunk as JSON Lines text (no trailing newline)."""
+    head = "{" + orjson.dumps(KEY_FIELD).decode() + ':"'
+    middle = '",' + orjson.dumps(model_name).decode() + ":"
+    return "\n".join([head + key + middle + value + "}"
+                      for key, value in zip(key_fragments(keys), output_fragments(outputs))])
 
 
 def key_fragments(keys) -> List[str]:

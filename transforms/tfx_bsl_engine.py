@@ -9,12 +9,8 @@ batch (transforms.inference isolates the records the model rejects).
 from typing import Any, Mapping, Optional
 
 from tfx_bsl.beam import run_inference as tfx_run_inference
-from tfx_bsl.public.proto import model_spec_pb2
 
-
-def inference_spec(model_path: str, signature: str) -> model_spec_pb2.InferenceSpecType:
-    return model_spec_pb2.InferenceSpecType(saved_model_spec=model_spec_pb2.SavedModelSpec(
-        model_path=model_path, signature_name=[signature]))
+from models.tfx_bsl_call import inference_spec
 
 
 class KeyedTfxBslHandler(tfx_run_inference._ModelHandlerWrapper):  # pylint: disable=protected-access
@@ -28,3 +24,4 @@ class KeyedTfxBslHandler(tfx_run_inference._ModelHandlerWrapper):  # pylint: dis
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
         return self._batching
+

@@ -1,0 +1,32 @@
+"""tfx-bsl's in-process SavedModel handler as a plain batch call (no pipeline around it).
+
+Serialized examples -> {output: array [n, ...]}: the handler tfx-bsl's RunInference runs (its TF1
+session loader and PredictionLog building), decoded back to columns. Export verification and
+model-graph nodes on the tfx-bsl engine use it.
+"""
+
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+from tfx_bsl.public.proto import model_spec_pb2
+
+from models.prediction_log import outputs_from_log
+
+
+def inference_spec(model_path: str, signature: str) -> model_spec_pb2.InferenceSpecType:
+    return model_spec_pb2.InferenceSpecType(saved_model_spec=model_spec_pb2.SavedModelSpec(
+        model_path=model_path, signature_name=[signature]))
+
+
+class TfxBslBatchCall:
+    def __init__(self, model_path: str, signature: str = "serving_default", project: Optional[str] = None):
+        from tfx_bsl.beam import run_inference as tfx_run_inference
+
+        self._handler = tfx_run_inference.create_model_handler(
+            inference_spec(model_path, signature), None, project)
+        self._model = self._handler.load_model()
+
+    def __call__(self, serialized: Sequence[bytes]) -> Dict[str, np.ndarray]:
+        logs = list(self._handler.run_inference(list(serialized), self._model))
+        per_example = [outputs_from_log(log) for log in logs]
+        return {name: np.stack([o[name] for o in per_example]) for name in per_example[0]}

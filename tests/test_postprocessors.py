@@ -1,0 +1,118 @@
+"""Post-processing as pure functions on columnar outputs, and as a DoFn on prediction rows."""
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from transforms.postprocess import PostprocessRows
+from transforms.postprocessors import (CallFunction, Classify, Keep, PostprocessError, Regress, apply_steps,
+                                       step_from_config)
+
+PROBS = np.asarray([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3], [0.3, 0.3, 0.4]], np.float32)
+
+
+def test_classify_multiclass_with_labels_and_top_k():
+    out = Classify(output="p", labels=["a", "b", "c"], top_k=2)({"p": PROBS})
+    assert out["label"].tolist() == ["b", "a", "c"]
+    np.testing.assert_array_equal(out["score"], np.float32([0.7, 0.5, 0.4]))
+    assert out["top_labels"].tolist() == [["b", "c"], ["a", "c"], ["c", "a"]]
+    np.testing.assert_array_equal(out["top_scores"], np.float32([[0.7, 0.2], [0.5, 0.3], [0.4, 0.3]]))
+    np.testing.assert_array_equal(out["p"], PROBS)  # the raw output stays unless a keep drops it
+
+
+def test_classify_ties_keep_class_order_and_indices_without_labels():
+    out = Classify(top_k=3)({"p": np.float32([[0.4, 0.4, 0.2]])})
+    assert out["label"].tolist() == [0] and out["top_labels"].tolist() == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize("scores", [np.float32([0.2, 0.5, 0.9]), np.float32([[0.2], [0.5], [0.9]])])
+def test_classify_binary_head_with_threshold(scores):
+    out = Classify(labels=["no", "yes"], threshold=0.6)({"s": scores})
+    assert out["label"].tolist() == ["no", "no", "yes"]
+    np.testing.assert_allclose(out["score"], [0.8, 0.5, 0.9], rtol=1e-6)
+    assert Classify(labels=["no", "yes"])({"s": scores})["label"].tolist() == ["no", "yes", "yes"]
+
+
+def test_classify_labels_from_a_vocabulary_file(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_text("cat\n\ndog\nbird\n")
+    assert Classify(labels=str(path))({"p": PROBS})["label"].tolist() == ["dog", "cat", "bird"]
+
+
+@pytest.mark.parametrize("step, outputs, message", [
+    (Classify(labels=["a", "b"]), {"p": PROBS}, "2 labels for 3 classes"),
+    (Classify(threshold=0.5), {"p": PROBS}, "threshold applies to a binary head"),
+    (Classify(), {"p": PROBS, "q": PROBS}, "name one with 'output'"),
+    (Classify(output="x"), {"p": PROBS}, "no output 'x'"),
+    (Classify(), {"p": np.int64([1, 2])}, "not scores"),
+    (Regress(), {"y": np.zeros((2, 3), np.float32)}, "expected one value"),
+    (Keep(["a"]), {"b": np.zeros(1)}, "keep: no output ['a']"),
+])
+def test_steps_that_cannot_apply_raise_clearly(step, outputs, message):
+    with pytest.raises((ValueError, KeyError)) as error:
+        step(outputs)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"classify": {"top_k": 0}}, "top_k must be a positive integer"),
+    ({"classify": {"threshold": 2}}, "threshold must be within [0, 1]"),
+    ({"classify": {"labels": ["only"]}}, "need at least 2"),
+    ({"classify": {"colour": "red"}}, "unexpected keyword argument 'colour'"),
+    ({"regress": {"round": "two"}}, "number of decimals"),
+    ({"keep": "label"}, "non-empty list"),
+    ({"function": "no_colon"}, "is not 'package.module:function'"),
+    ({"function": "tests.nowhere:fn"}, "cannot import"),
+    ({"classify": {}, "regress": {}}, "is one of"),
+])
+def test_bad_step_configs_are_refused(config, message):
+    with pytest.raises(PostprocessError) as error:
+        step_from_config(config)
+    assert message in str(error.value)
+
+
+def test_regress_unwraps_and_rounds():
+    out = Regress(output="y", round=2)({"y": np.float32([[1.234], [5.678]]), "z": np.zeros(2)})
+    np.testing.assert_allclose(out["y"], [1.23, 5.68], rtol=1e-6)
+    assert out["y"].shape == (2,) and "z" in out
+
+
+def add_one_to_y(outputs, amount=1.0):
+    """A user post-processing function (referenced by name in a graph file)."""
+    return {**outputs, "y_plus": outputs["y"] + amount}
+
+
+def test_a_users_function_by_reference_survives_pickling():
+    import pickle
+
+    step = step_from_config({"function": {"name": "tests.test_postprocessors:add_one_to_y",
+                                          "args": {"amount": 2.0}}})
+    step = pickle.loads(pickle.dumps(step))
+    out = step({"y": np.float32([1.0, 2.0])})
+    np.testing.assert_array_equal(out["y_plus"], [3.0, 4.0])
+
+
+def test_a_users_function_must_keep_one_value_per_record():
+    with pytest.raises(ValueError, match="expected a leading axis of 2"):
+        CallFunction(lambda o: {"total": o["y"].sum()})({"y": np.float32([1.0, 2.0])})
+
+
+def test_steps_apply_in_order_and_keep_selects():
+    out = apply_steps([Classify(output="p", labels=["a", "b", "c"]), Keep(["label"])], {"p": PROBS})
+    assert list(out) == ["label"] and out["label"].tolist() == ["b", "a", "c"]
+
+
+def test_postprocess_rows_dofn_turns_rows_into_readable_rows_and_failures_into_dead_letters():
+    rows = [{"key": "a", "clf": {"p": [0.1, 0.9]}, "other": {"y": 1}},
+            {"key": "b", "clf": {"p": [0.8, 0.2]}},
+            {"key": "c", "clf": {"p": [0.3, 0.3, 0.4]}}]  # three classes for two labels: a dead letter
+    steps = [Classify(output="p", labels=["neg", "pos"]), Keep(["label", "score"])]
+    with TestPipeline() as p:
+        good, dead = p | beam.Create(rows) | PostprocessRows("clf", steps)
+        assert_that(good, equal_to([
+            {"key": "a", "clf": {"label": "pos", "score": 0.9}, "other": {"y": 1}},
+            {"key": "b", "clf": {"label": "neg", "score": 0.8}}]), label="rows")
+        assert_that(dead | beam.Map(lambda d: (d["key"], d["stage"], d["model"])),
+                    equal_to([("c", "postprocess", "clf")]), label="dead")
