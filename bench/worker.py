@@ -2,7 +2,8 @@
 
 MODE is raw (the signature called on prebuilt batches of 1024 serialized examples: the limit),
 raw-chunked (the same, batched as the fast engine batches: 1024 records and 512 KiB at most),
-tfx-bsl or fast (the batch_infer pipeline end to end: TFRecord in, JSON Lines out). Seconds are
+tfx-bsl or fast (the batch_infer pipeline end to end: TFRecord in, JSON Lines out), or graph-x2
+(the same model twice in parallel as a model graph, fast engine). Seconds are
 measured around the work only; peak RSS is this process's high-water mark.
 """
 
@@ -41,9 +42,12 @@ def measure_raw(model_dir: str, pattern: str, chunk_bytes=None) -> dict:
 def measure_pipeline(engine: str, model_dir: str, pattern: str, output: str) -> dict:
     from pipelines import batch_infer
 
+    if engine == "graph-x2":
+        models = ["--model", f"first={model_dir}", "--model", f"second={model_dir}", "--engine", "fast"]
+    else:
+        models = ["--model", model_dir, "--engine", engine]
     start = time.perf_counter()
-    _, counters = batch_infer.run(["--input", pattern, "--model", model_dir, "--output", output,
-                                   "--engine", engine], save_main_session=False)
+    _, counters = batch_infer.run(["--input", pattern, "--output", output] + models, save_main_session=False)
     seconds = time.perf_counter() - start
     if counters.get("predictions_written", 0) != counters.get("records_read", -1):
         raise RuntimeError(f"lost records: {counters}")
