@@ -45,7 +45,7 @@ def paths(graph_models, penguin_model):
     ([{"name": "a", "path": "five"}, {"name": "p", "path": "penguins", "inputs": "a"}],
      "cannot chain 'a' -> 'p' automatically"),
     ([{"name": "p", "path": "penguins", "postprocess": [{"classify": {"output": "logits"}}]}],
-     "post-processing reads output 'logits'"),
+     "classify reads output 'logits'"),
     ([{"name": "p", "path": "penguins", "postprocess": [{"regress": {}}]}], "regress needs 'output'"),
     ([{"name": "p", "path": "penguins", "postprocess": [{"sharpen": {}}]}], "unknown post-processing step"),
     ([{"name": "a", "path": "five", "inputs": {"x": "nodot"}}], "'nodot' is not 'model.output'"),

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from models.feature_spec import RAW, Feature
 from models.serving_model import ServingModel
 from transforms.inference import DEFAULT_ENGINE, ENGINES
-from transforms.postprocessors import CallFunction, Classify, reads_of
+from transforms.postprocessors import CallFunction, Classify, Regress
 from transforms.rows import KEY_FIELD
 
 # Fields of the row-per-model form ({"key", "model": name, "outputs"}) and of passthrough features.
@@ -166,13 +166,13 @@ def _check_steps(node: GraphNode) -> List[str]:
     for step in node.postprocess:
         if isinstance(step, CallFunction):
             break
-        missing = [r for r in reads_of([step]) if r not in available]
-        if missing:
-            problems.append(f"model {node.name!r}: post-processing reads output {missing[0]!r}, which "
-                            f"it does not have (outputs: {sorted(available)})")
-        if not reads_of([step]) and hasattr(step, "output") and len(available) != 1:
-            problems.append(f"model {node.name!r}: {type(step).__name__.lower()} needs 'output' "
-                            f"(one of {sorted(available)})")
+        if isinstance(step, (Classify, Regress)):
+            kind = type(step).__name__.lower()
+            if step.output is None and len(available) != 1:
+                problems.append(f"model {node.name!r}: {kind} needs 'output' (one of {sorted(available)})")
+            elif step.output is not None and step.output not in available:
+                problems.append(f"model {node.name!r}: {kind} reads output {step.output!r}, which it "
+                                f"does not have (outputs: {sorted(available)})")
         if isinstance(step, Classify):
             names = ("label", "score") + (("top_labels", "top_scores") if step.top_k else ())
             available |= {step.prefix + n for n in names}

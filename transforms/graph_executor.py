@@ -41,10 +41,14 @@ class GraphScore(NamedTuple):
 
     def row_positions(self) -> List[int]:
         """Chunk positions with at least one model's outputs (one prediction row each)."""
-        covered = set()
-        for result in self.models.values():
-            covered.update(result.indices)
-        return sorted(covered)
+        return covered_positions(self.models, len(self.keys))
+
+
+def covered_positions(models: Mapping[str, ModelResult], count: int) -> List[int]:
+    everyone = list(range(count))
+    if models and all(result.indices == everyone for result in models.values()):
+        return everyone  # the common case: every model scored every record
+    return sorted({i for result in models.values() for i in result.indices})
 
 
 def _feature_specs(node: GraphNode):

@@ -9,13 +9,13 @@ Each output column is serialised once for the chunk and cut into per-row fragmen
 (transforms.jsonl.output_fragments); only columns that are not finite numbers go value by value.
 """
 
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 import orjson
 
 from models.examples import RecordError, feature_values, parse_example
 from transforms.graph import INPUTS_FIELD, MODEL_FIELD, OUTPUTS_FIELD
-from transforms.graph_executor import ModelResult
+from transforms.graph_executor import ModelResult, covered_positions
 from transforms.jsonl import key_fragments, output_fragments
 from transforms.rows import KEY_FIELD, to_json_value
 
@@ -42,6 +42,15 @@ def passthrough_fragments(records: Sequence[bytes], names: Sequence[str],
     return [_dumps({n: passthrough_value(r, n, scalars.get(n)) for n in names}) for r in records]
 
 
+def _model_column(label: str, result: ModelResult, positions: List[int]) -> List[Optional[str]]:
+    """'label:{...}' per position, None where the model has no outputs for that record."""
+    fragments = [label + f for f in output_fragments(result.outputs)]
+    if result.indices == positions:
+        return fragments
+    by_position = dict(zip(result.indices, fragments))
+    return [by_position.get(i) for i in positions]
+
+
 def rows_text(keys: Sequence[str], models: Mapping[str, ModelResult], records: Sequence[bytes] = (),
               passthrough: Sequence[str] = (), scalars: Optional[Mapping[str, Optional[bool]]] = None,
               row_per_model: bool = False) -> List[str]:
@@ -49,32 +58,26 @@ def rows_text(keys: Sequence[str], models: Mapping[str, ModelResult], records: S
 
     models maps model name -> ModelResult (chunk positions, columnar outputs), in graph order.
     """
-    positions = sorted({i for result in models.values() for i in result.indices})
-    keys_json = dict(zip(positions, key_fragments([keys[i] for i in positions])))
-    per_model: Dict[str, Dict[int, str]] = {
-        name: dict(zip(result.indices, output_fragments(result.outputs))) for name, result in models.items()}
-    tail = {}
+    positions = covered_positions(models, len(keys))
+    head = ["{" + _dumps(KEY_FIELD) + ':"' + k + '",' for k in key_fragments([keys[i] for i in positions])]
+    tails = ["}"] * len(positions)
     if passthrough:
-        tail = dict(zip(positions, passthrough_fragments(
-            [records[i] for i in positions], passthrough, scalars or {})))
-    key_label = "{" + _dumps(KEY_FIELD) + ':"'
-    inputs_label = "," + _dumps(INPUTS_FIELD) + ":"
-    lines = []
+        inputs_label = "," + _dumps(INPUTS_FIELD) + ":"
+        tails = [inputs_label + f + "}" for f in passthrough_fragments(
+            [records[i] for i in positions], passthrough, scalars or {})]
     if row_per_model:
-        labels = {name: '",' + _dumps(MODEL_FIELD) + ":" + _dumps(name) + "," + _dumps(OUTPUTS_FIELD) + ":"
-                  for name in models}
-        for i in positions:
-            extra = inputs_label + tail[i] if passthrough else ""
-            for name, fragments in per_model.items():
-                if i in fragments:
-                    lines.append(key_label + keys_json[i] + labels[name] + fragments[i] + extra + "}")
+        lines = []
+        columns = [_model_column(_dumps(MODEL_FIELD) + ":" + _dumps(name) + "," + _dumps(OUTPUTS_FIELD) + ":",
+                                 result, positions) for name, result in models.items()]
+        for row, (start, end) in enumerate(zip(head, tails)):
+            lines.extend(start + column[row] + end for column in columns if column[row] is not None)
         return lines
-    labels = {name: _dumps(name) + ":" for name in models}
-    for i in positions:
-        body = ",".join(labels[name] + fragments[i] for name, fragments in per_model.items() if i in fragments)
-        extra = inputs_label + tail[i] if passthrough else ""
-        lines.append(key_label + keys_json[i] + '",' + body + extra + "}")
-    return lines
+    columns = [_model_column(_dumps(name) + ":", result, positions) for name, result in models.items()]
+    if len(columns) == 1:
+        bodies = columns[0]
+    else:
+        bodies = [",".join(part for part in parts if part is not None) for parts in zip(*columns)]
+    return [start + body + end for start, body, end in zip(head, bodies, tails)]
 
 
 def rows_from_lines(lines: Sequence[str]) -> List[dict]:

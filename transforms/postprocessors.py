@@ -9,11 +9,11 @@ prediction row (a batch of one) in transforms.postprocess.PostprocessRows.
 - Keep: only the named outputs;
 - CallFunction: a user's own function, by reference ("package.module:function") or as a callable.
 
-Each declares the outputs it reads (`reads`), so a model graph can check them before the job runs.
+transforms.graph checks the outputs classify and regress name before the job runs.
 """
 
 import importlib
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -70,7 +70,6 @@ class Classify:
         self.top_k = top_k
         self.threshold = threshold
         self.prefix = prefix
-        self.reads = (output,) if output else ()
 
     def _names(self, indices: np.ndarray) -> np.ndarray:
         if self.labels is None:
@@ -123,7 +122,6 @@ class Regress:
             raise PostprocessError(f"regress: round must be a number of decimals, got {round!r}")
         self.output = output
         self.decimals = round
-        self.reads = (output,) if output else ()
 
     def __call__(self, outputs: Outputs) -> Outputs:
         name = _single_output(outputs, self.output, "regress")
@@ -144,8 +142,7 @@ class Keep:
     def __init__(self, names: Sequence[str]):
         if isinstance(names, str) or not names:
             raise PostprocessError(f"keep: a non-empty list of output names, got {names!r}")
-        self.names = tuple(names)
-        self.reads = ()  # may name outputs earlier steps add; checked when the step runs
+        self.names = tuple(names)  # may name outputs earlier steps add: checked when the step runs
 
     def __call__(self, outputs: Outputs) -> Outputs:
         missing = [n for n in self.names if n not in outputs]
@@ -182,7 +179,6 @@ class CallFunction:
         if not callable(self._function):
             raise PostprocessError(f"function: {function!r} is not callable")
         self.kwargs = dict(kwargs or {})
-        self.reads = ()
 
     def __getstate__(self):  # pickle the reference, not the function, when there is one
         state = dict(self.__dict__)
@@ -258,6 +254,3 @@ def as_batch_of_one(json_outputs: Mapping[str, Any]) -> Outputs:
 def first_of_batch(outputs: Outputs) -> Dict[str, Any]:
     return {name: value[0] for name, value in outputs.items()}
 
-
-def reads_of(steps: Sequence[Any]) -> List[str]:
-    return [name for step in steps for name in getattr(step, "reads", ())]
