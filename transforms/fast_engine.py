@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from apache_beam.ml.inference import base
 
-_CACHE: Dict[Tuple[str, str], "LoadedSignature"] = {}
+_CACHE: Dict[Tuple[str, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -43,13 +43,16 @@ class LoadedSignature:
         return arrays
 
 
-def shared_signature(path: str, signature: str) -> LoadedSignature:
-    """The process-wide instance for (path, signature): loaded once, shared by every thread."""
+def shared_model(key: Tuple[str, ...], load: Callable[[], Any]) -> Any:
+    """The process-wide instance for key: loaded once (by load()), shared by every thread."""
     with _CACHE_LOCK:
-        key = (path, signature)
         if key not in _CACHE:
-            _CACHE[key] = LoadedSignature(path, signature)
+            _CACHE[key] = load()
         return _CACHE[key]
+
+
+def shared_signature(path: str, signature: str) -> LoadedSignature:
+    return shared_model(("fast", path, signature), lambda: LoadedSignature(path, signature))
 
 
 def split_rows(outputs: Mapping[str, np.ndarray], count: int) -> List[Dict[str, np.ndarray]]:

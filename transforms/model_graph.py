@@ -8,7 +8,6 @@
   source (files, tables, streams).
 """
 
-import threading
 from typing import Dict, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -16,6 +15,7 @@ import apache_beam as beam
 from transforms import metrics
 from transforms.chunked import DEFAULT_CHUNK_SIZE, PipelinedChunkFn
 from transforms.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, dead_letter
+from transforms.fast_engine import shared_model, shared_signature
 from transforms.graph import ModelGraph
 from transforms.graph_executor import GraphScore, score_graph_chunk
 from transforms.graph_rows import rows_from_lines, rows_text
@@ -25,25 +25,15 @@ from transforms.score import DEAD_LETTERS, ROWS
 MODEL_OUTPUTS_PREFIX = "model_outputs_"
 MODEL_DEAD_LETTERS_PREFIX = "model_dead_letters_"
 
-_CALLS: Dict[Tuple[str, str, str], object] = {}
-_CALLS_LOCK = threading.Lock()
-
-
 def shared_batch_call(engine: str, path: str, signature: str):
     """The process-wide batch call of (engine, model, signature), loaded once."""
     if engine == "fast":
-        from transforms.fast_engine import shared_signature
-
         return shared_signature(path, signature)
     if engine != "tfx-bsl":
         raise ValueError(f"unknown engine {engine!r}")
-    with _CALLS_LOCK:
-        key = (engine, path, signature)
-        if key not in _CALLS:
-            from models.tfx_bsl_call import TfxBslBatchCall
+    from models.tfx_bsl_call import TfxBslBatchCall
 
-            _CALLS[key] = TfxBslBatchCall(path, signature)
-        return _CALLS[key]
+    return shared_model((engine, path, signature), lambda: TfxBslBatchCall(path, signature))
 
 
 def passthrough_scalars(graph: ModelGraph) -> Dict[str, Optional[bool]]:
@@ -113,7 +103,7 @@ class GraphScoreToLinesFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
                     POSTPROCESS, e, key=score.keys[i], raw=score.records[i]))
             return
-        rows = len(score.row_positions())
+        rows = len(score.row_positions()) if self._row_per_model else len(lines)
         metrics.counter(metrics.PREDICTIONS_WRITTEN).inc(rows)
         metrics.PROGRESS.add(metrics.PREDICTIONS_WRITTEN, rows)
         for name, result in score.models.items():
