@@ -17,12 +17,16 @@ def inspect_report(path: str, signature: str = "serving_default") -> (str, bool)
     """Returns the report text and whether the model meets tfx-bsl's contract."""
     from models import layout
     from models.contract import contract_problems, serving_meta_graph
+    from models.fingerprint import saved_model_fingerprint
     from models.feature_spec import describe
     from models.serving_model import read_feature_spec
 
     version_dir = layout.resolve_version_dir(path)
     meta_graph = serving_meta_graph(version_dir)
-    lines: List[str] = [f"SavedModel: {version_dir}", "signatures:"]
+    fingerprint = saved_model_fingerprint(version_dir)
+    lines: List[str] = [f"SavedModel: {version_dir}",
+                        f"sha256: {fingerprint['sha256']} ({fingerprint['files']} files, "
+                        f"{fingerprint['bytes']:,} bytes)", "signatures:"]
     for name, sig in sorted(meta_graph.signature_def.items()):
         if name.startswith("__"):
             continue

@@ -4,6 +4,9 @@
         --output out/predictions [--key_feature id] [--errors out/errors] [--runner ...]
     ... --model five=models/five --model ten=models/ten [--chain]   # parallel, or in sequence
     ... --graph graph.yaml                                            # any wiring, post-processing
+    ... --input 'data/*.jsonl' (or .csv) --key_feature id             # instances, converted by the spec
+
+Every run writes OUTPUT.manifest.json: inputs, model hashes, options, counts, versions.
 
 With no arguments it runs the embedded demo (pipelines/demo.py) on the DirectRunner.
 """
@@ -13,15 +16,17 @@ import dataclasses
 import logging
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, SetupOptions, StandardOptions
 
 from models.serving_model import ModelContractError, load_serving_models
-from pipelines.options import BatchInferOptions, OptionsError, check_options
+from pipelines import manifest
+from pipelines.inputs import input_format_of, read_records
+from pipelines.options import BatchInferOptions, OptionsError, check_options, field_list
 from transforms import metrics
-from transforms.chunked import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, ChunkToJsonLinesFn, ChunkToPredictionLogsFn, ScoreChunks
+from transforms.chunked import ChunkToJsonLinesFn, ChunkToPredictionLogsFn, ScoreChunks
 from transforms.dead_letters import DEAD_LETTER_TAG
 from transforms.graph import GraphError, ModelGraph, chain_graph, parallel_graph
 from transforms.graph_file import load_graph_file
@@ -29,7 +34,8 @@ from transforms.inference import DEFAULT_ENGINE
 from transforms.model_graph import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, GraphScoreToLinesFn, ScoreGraphChunks
 from transforms.score import DEAD_LETTERS, OUTPUTS, ROWS, ScoreKeyedExamples
 from transforms.sinks import WriteJsonLines, WritePredictionLogs
-from transforms.tfrecord_source import NoInputFilesError, ReadKeyedTFRecords
+from transforms.text_instances import TFRECORD
+from transforms.tfrecord_source import NoInputFilesError
 
 LOCAL_RUNNERS = ("DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner", "PrismRunner")
 
@@ -48,6 +54,15 @@ class BatchJob:
     max_batch_bytes: Optional[int] = None
     num_shards: int = 0
     row_per_model: bool = False
+    input_format: str = TFRECORD
+    included_fields: Tuple[str, ...] = ()
+    excluded_fields: Tuple[str, ...] = ()
+    with_source: bool = False
+
+    @property
+    def scoring_key_feature(self) -> Optional[str]:
+        """The key feature read from each example; JSON/CSV readers take the key field themselves."""
+        return self.key_feature if self.input_format == TFRECORD else None
 
     @property
     def model(self):
@@ -58,10 +73,10 @@ class BatchJob:
 
     @property
     def is_graph(self) -> bool:
-        """Several models, post-processing, passthrough features or one row per model."""
+        """Several models, post-processing, passthrough features, one row per model or sources."""
         node = self.graph.nodes[0]
         return (len(self.graph.nodes) > 1 or bool(node.postprocess) or bool(self.graph.passthrough)
-                or self.row_per_model)
+                or self.row_per_model or self.with_source)
 
 
 def graph_from_options(opts: BatchInferOptions) -> ModelGraph:
@@ -84,7 +99,12 @@ def job_from_options(opts: BatchInferOptions) -> BatchJob:
                    output_format=opts.output_format, engine=opts.engine,
                    min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
                    max_batch_bytes=opts.max_batch_bytes, num_shards=opts.num_shards,
-                   row_per_model=opts.row_per_model)
+                   row_per_model=opts.row_per_model,
+                   input_format=input_format_of(opts.input, opts.input_format),
+                   included_fields=field_list(opts.included_fields),
+                   excluded_fields=field_list(opts.excluded_fields), with_source=opts.with_source)
+    if job.input_format == TFRECORD and (job.included_fields or job.excluded_fields):
+        raise OptionsError("--included_fields/--excluded_fields apply to JSON Lines and CSV inputs")
     if opts.output_format == "tfrecord":
         if job.is_graph:
             raise OptionsError("--output_format tfrecord writes one model's PredictionLogs; a graph "
@@ -97,9 +117,9 @@ def job_from_options(opts: BatchInferOptions) -> BatchJob:
 
 def build_record_pipeline(p: beam.Pipeline, job: BatchJob):
     """One record per element (tfx-bsl engine): read -> validate -> RunInference -> rows."""
-    records, unreadable = p | "ReadTFRecords" >> ReadKeyedTFRecords(job.inputs)
+    records, unreadable = read_records(p, job, chunked=False)
     scored = records | "Score" >> ScoreKeyedExamples(
-        job.model, job.engine, job.key_feature, job.min_batch_size, job.max_batch_size)
+        job.model, job.engine, job.scoring_key_feature, job.min_batch_size, job.max_batch_size)
     if job.output_format == "tfrecord":
         scored[OUTPUTS] | "WritePredictionLogs" >> WritePredictionLogs(job.output, job.num_shards)
     else:
@@ -109,9 +129,8 @@ def build_record_pipeline(p: beam.Pipeline, job: BatchJob):
 
 def build_chunked_pipeline(p: beam.Pipeline, job: BatchJob):
     """A chunk of records per element (fast engine): read chunks -> score -> write chunk text."""
-    chunks, unreadable = p | "ReadTFRecordChunks" >> ReadKeyedTFRecords(
-        job.inputs, job.max_batch_size or DEFAULT_CHUNK_SIZE, job.max_batch_bytes or DEFAULT_CHUNK_BYTES)
-    scored, unscored = chunks | "Score" >> ScoreChunks(job.model, job.key_feature)
+    chunks, unreadable = read_records(p, job, chunked=True)
+    scored, unscored = chunks | "Score" >> ScoreChunks(job.model, job.scoring_key_feature)
     if job.output_format == "tfrecord":
         (scored
          | "ToPredictionLogs" >> beam.ParDo(ChunkToPredictionLogsFn(job.model.signature))
@@ -125,9 +144,8 @@ def build_chunked_pipeline(p: beam.Pipeline, job: BatchJob):
 
 def build_graph_pipeline(p: beam.Pipeline, job: BatchJob):
     """Several models (or post-processing) per chunk: read chunks -> score the graph -> rows."""
-    chunks, unreadable = p | "ReadTFRecordChunks" >> ReadKeyedTFRecords(
-        job.inputs, job.max_batch_size or DEFAULT_CHUNK_SIZE, job.max_batch_bytes or DEFAULT_CHUNK_BYTES)
-    scored, unscored = chunks | "Score" >> ScoreGraphChunks(job.graph, job.key_feature)
+    chunks, unreadable = read_records(p, job, chunked=True)
+    scored, unscored = chunks | "Score" >> ScoreGraphChunks(job.graph, job.scoring_key_feature)
     text = scored | "ToJsonLines" >> beam.ParDo(GraphScoreToLinesFn(job.graph, job.row_per_model)).with_outputs(
         DEAD_LETTER_TAG, main="text")
     text.text | "WritePredictions" >> WriteJsonLines(job.output, job.num_shards, preformatted=True)
@@ -176,6 +194,7 @@ def summarize(job: BatchJob, counters: dict, seconds: float) -> str:
     return "\n".join(models + [
         f"predictions:  {job.output}-*.{ext}",
         f"dead letters: {job.errors}-*.jsonl",
+        f"manifest:     {manifest.manifest_path(job.output)}",
         f"records in {read + counters.get(metrics.DEAD_LETTER_PREFIX + 'read', 0):,}; "
         f"predictions out {written:,}; dead letters {dead:,}",
         f"wall time {seconds:.1f} s; {read / max(seconds, 1e-9):,.0f} records/s end to end",
@@ -212,13 +231,22 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
     warn_about_unsafe_runner_modes(options)
     job = job_from_options(opts)
 
-    started = time.monotonic()
+    started, started_at = time.monotonic(), manifest.utc_now()
+    inputs, models = manifest.input_listing(job.inputs), manifest.model_entries(job.graph)
     metrics.PROGRESS.reset()
     p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
     build_pipeline(p, job)
-    result = p.run()
-    result.wait_until_finish()
+    all_options = options.get_all_options(drop_default=True, retain_unknown_options=True)
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as e:
+        manifest.write_manifest(manifest.manifest_path(job.output), manifest.batch_manifest(
+            job, all_options, inputs, models, started_at, {}, error=e))
+        raise
     counters = metrics.query_counters(result)
+    manifest.write_manifest(manifest.manifest_path(job.output), manifest.batch_manifest(
+        job, all_options, inputs, models, started_at, counters))
     if test_pipeline is None and _is_local(options):
         print(summarize(job, counters, time.monotonic() - started))
     return result, counters

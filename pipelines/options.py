@@ -4,6 +4,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.inference import DEFAULT_ENGINE, ENGINES
 from transforms.sinks import OUTPUT_FORMATS
+from transforms.text_instances import INPUT_FORMATS
 
 
 class OptionsError(ValueError):
@@ -14,7 +15,17 @@ class BatchInferOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--input", action="append", default=None,
-                            help="TFRecord file glob of tf.Example (gzip by .gz/.gzip); repeatable")
+                            help="file glob: TFRecord of tf.Example (gzip by .gz/.gzip), or JSON Lines "
+                                 "(.jsonl/.json) or CSV (.csv) instances; repeatable")
+        parser.add_argument("--input_format", default=None,
+                            help=f"one of {', '.join(INPUT_FORMATS)} (default: by file suffix)")
+        parser.add_argument("--included_fields", default=None,
+                            help="JSON/CSV: comma-separated fields converted into each example (others dropped)")
+        parser.add_argument("--excluded_fields", default=None,
+                            help="JSON/CSV: comma-separated fields left out of each example")
+        parser.add_argument("--with_source", action="store_true", default=False,
+                            help="add each record's origin to its row under 'source' "
+                                 "({file, record} for TFRecord, {file, line} for JSON/CSV)")
         parser.add_argument("--model", action="append", default=None,
                             help="[NAME=]DIR: a SavedModel version dir or a base dir (highest version); "
                                  "repeat to run several models in parallel (one row per key)")
@@ -28,7 +39,9 @@ class BatchInferOptions(PipelineOptions):
                             help="comma-separated input features copied to each row under 'inputs'")
         parser.add_argument("--output", help="output prefix; files are PREFIX-SSSSS-of-NNNNN.<ext>")
         parser.add_argument("--errors", help="dead-letter prefix (default: OUTPUT.errors)")
-        parser.add_argument("--key_feature", help="feature holding each record's key (default: file:index)")
+        parser.add_argument("--key_feature",
+                            help="feature (TFRecord) or field (JSON/CSV, then removed from the features) "
+                                 "holding each record's key (default: file:index, or file:line for JSON/CSV)")
         parser.add_argument("--output_format", default="jsonl",
                             help=f"one of {', '.join(OUTPUT_FORMATS)}")
         parser.add_argument("--engine", default=DEFAULT_ENGINE, help=f"one of {', '.join(ENGINES)}")
@@ -59,6 +72,10 @@ def check_options(opts: BatchInferOptions) -> None:
         problems.append("--chain needs two or more --model arguments (a graph file says its own wiring)")
     if opts.output_format not in OUTPUT_FORMATS:
         problems.append(f"--output_format {opts.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+    if opts.input_format is not None and opts.input_format not in INPUT_FORMATS:
+        problems.append(f"--input_format {opts.input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
+    if opts.included_fields and opts.excluded_fields:
+        problems.append("give --included_fields or --excluded_fields, not both")
     if opts.engine not in ENGINES:
         problems.append(f"--engine {opts.engine!r} is not one of {', '.join(ENGINES)}")
     for flag in ("min_batch_size", "max_batch_size", "max_batch_bytes"):
@@ -69,3 +86,8 @@ def check_options(opts: BatchInferOptions) -> None:
         problems.append("--min_batch_size is larger than --max_batch_size")
     if problems:
         raise OptionsError("; ".join(problems))
+
+
+def field_list(text) -> tuple:
+    """'a, b,c' -> ('a', 'b', 'c')."""
+    return tuple(name.strip() for name in (text or "").split(",") if name.strip())

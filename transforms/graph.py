@@ -22,9 +22,9 @@ from transforms.postprocessors import CallFunction, Classify, Regress
 from transforms.rows import KEY_FIELD
 
 # Fields of the row-per-model form ({"key", "model": name, "outputs"}) and of passthrough features.
-MODEL_FIELD, OUTPUTS_FIELD, INPUTS_FIELD = "model", "outputs", "inputs"
+MODEL_FIELD, OUTPUTS_FIELD, INPUTS_FIELD, SOURCE_FIELD = "model", "outputs", "inputs", "source"
 # Model names that would collide with a field of a one-row-per-key row.
-RESERVED_NAMES = (KEY_FIELD, INPUTS_FIELD)
+RESERVED_NAMES = (KEY_FIELD, INPUTS_FIELD, SOURCE_FIELD)
 
 _STORAGE_OF_OUTPUT = {"f": "float32", "i": "int64", "u": "int64", "b": "int64"}
 
@@ -232,3 +232,21 @@ def chain_graph(models: Sequence[ServingModel], engine: str = DEFAULT_ENGINE,
     for previous, following in zip(models, models[1:]):
         nodes.append(GraphNode(following, engine, auto_bridges(previous, following)))
     return check_graph(ModelGraph(tuple(nodes), tuple(passthrough)))
+
+
+def record_spec(graph: ModelGraph) -> Tuple[Feature, ...]:
+    """The features the input records must hold: every model's, less those bridged from another
+    model. What a row-shaped source (JSON, CSV, BigQuery) converts its rows by."""
+    features: Dict[str, Feature] = {}
+    for node in graph.nodes:
+        bridged = {b.feature for b in node.bridges}
+        for feature in node.model.feature_spec:
+            if feature.name in bridged:
+                continue
+            seen = features.setdefault(feature.name, feature)
+            if (seen.dtype, seen.shape, seen.encoding) != (feature.dtype, feature.shape, feature.encoding):
+                raise GraphError(f"models read feature {feature.name!r} in two ways: "
+                                 f"{seen.dtype}{list(seen.shape)} and {feature.dtype}{list(feature.shape)}")
+            if seen.default is not None and feature.default is None:
+                features[feature.name] = feature  # required by one model: required for the record
+    return tuple(features.values())

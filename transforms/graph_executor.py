@@ -38,6 +38,7 @@ class GraphScore(NamedTuple):
     records: List[bytes]
     models: Dict[str, ModelResult]  # in graph order; a model that scored nothing is absent
     dead: List[Dict[str, Any]]
+    sources: Optional[List[dict]] = None  # the chunk's record sources (--with_source)
 
     def row_positions(self) -> List[int]:
         """Chunk positions with at least one model's outputs (one prediction row each)."""
@@ -173,4 +174,4 @@ def score_graph_chunk(graph: ModelGraph, calls: Mapping[str, BatchCall], chunk: 
             done = _postprocess(node, results[node.name], keys, chunk.records, dead)
             if done is not None:
                 finished[node.name] = done
-    return GraphScore(keys, list(chunk.records), finished, dead)
+    return GraphScore(keys, list(chunk.records), finished, dead, chunk.sources)

@@ -1,6 +1,7 @@
 """Prediction rows of a scored graph chunk, as JSON Lines text (the form every sink starts from).
 
-One row per key: {"key": k, "<model>": {<outputs>}, ..., "inputs": {<passthrough features>}}.
+One row per key: {"key": k, "<model>": {<outputs>}, ..., "inputs": {<passthrough features>},
+"source": {<where the record came from>}} (inputs with passthrough features, source with --with_source).
 A model that failed on the record is absent from its row (its dead letter says why); a record on
 which every model failed has no row. With row_per_model, one row per (key, model) instead:
 {"key": k, "model": "<model>", "outputs": {...}, "inputs": {...}}.
@@ -14,7 +15,7 @@ from typing import List, Mapping, Optional, Sequence
 import orjson
 
 from models.examples import RecordError, feature_values, parse_example
-from transforms.graph import INPUTS_FIELD, MODEL_FIELD, OUTPUTS_FIELD
+from transforms.graph import INPUTS_FIELD, MODEL_FIELD, OUTPUTS_FIELD, SOURCE_FIELD
 from transforms.graph_executor import ModelResult, covered_positions
 from transforms.jsonl import key_fragments, output_fragments
 from transforms.rows import KEY_FIELD, to_json_value
@@ -53,7 +54,7 @@ def _model_column(label: str, result: ModelResult, positions: List[int]) -> List
 
 def rows_text(keys: Sequence[str], models: Mapping[str, ModelResult], records: Sequence[bytes] = (),
               passthrough: Sequence[str] = (), scalars: Optional[Mapping[str, Optional[bool]]] = None,
-              row_per_model: bool = False) -> List[str]:
+              row_per_model: bool = False, sources: Optional[Sequence[dict]] = None) -> List[str]:
     """JSON lines for the chunk positions covered by at least one model, in position order.
 
     models maps model name -> ModelResult (chunk positions, columnar outputs), in graph order.
@@ -65,6 +66,9 @@ def rows_text(keys: Sequence[str], models: Mapping[str, ModelResult], records: S
         inputs_label = "," + _dumps(INPUTS_FIELD) + ":"
         tails = [inputs_label + f + "}" for f in passthrough_fragments(
             [records[i] for i in positions], passthrough, scalars or {})]
+    if sources is not None:
+        source_label = "," + _dumps(SOURCE_FIELD) + ":"
+        tails = [source_label + _dumps(sources[i]) + tail for i, tail in zip(positions, tails)]
     if row_per_model:
         lines = []
         columns = [_model_column(_dumps(MODEL_FIELD) + ":" + _dumps(name) + "," + _dumps(OUTPUTS_FIELD) + ":",

@@ -96,7 +96,7 @@ class GraphScoreToLinesFn(beam.DoFn):
     def process(self, score: GraphScore):
         try:
             lines = rows_text(score.keys, score.models, score.records, self._graph.passthrough,
-                              self._scalars, self._row_per_model)
+                              self._scalars, self._row_per_model, score.sources)
         except Exception as e:  # pylint: disable=broad-except  # each row of the chunk is accounted for
             for i in score.row_positions():
                 metrics.dead_letter_counter(POSTPROCESS).inc()

@@ -19,6 +19,8 @@ from transforms.validate import checked_key, record_dead_letter
 class RecordChunk(NamedTuple):
     keys: List[str]
     records: List[bytes]
+    # with --with_source: where each record came from ({"file", "record" | "line"}, {"table"}, ...)
+    sources: Optional[List[dict]] = None
 
 
 class ScoredChunk(NamedTuple):
@@ -52,7 +54,7 @@ def score_chunk(call: Callable[[Sequence[bytes]], Dict[str, np.ndarray]], chunk:
                 ) -> Tuple[Optional[ScoredChunk], List[Dict[str, Any]]]:
     """Scores a chunk: one model call when every record is good; otherwise per-record validation,
     then halving to isolate records the model itself rejects."""
-    keys, records = chunk
+    keys, records = chunk.keys, chunk.records
     if key_feature:
         final_keys = keys_by_feature(records, key_feature)
     else:

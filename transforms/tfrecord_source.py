@@ -182,9 +182,10 @@ class ReadRecordChunksFn(beam.DoFn):
     """(path, key name) -> RecordChunks of up to chunk_size records (and chunk_bytes of input);
     dead letters as ReadRecordsFn."""
 
-    def __init__(self, chunk_size: int, chunk_bytes: Optional[int] = None):
+    def __init__(self, chunk_size: int, chunk_bytes: Optional[int] = None, with_source: bool = False):
         self._chunk_size = chunk_size
         self._chunk_bytes = chunk_bytes
+        self._with_source = with_source
 
     def process(self, element):
         path, name = element
@@ -196,23 +197,26 @@ class ReadRecordChunksFn(beam.DoFn):
                 continue
             first, records = item
             _count_read(len(records))
-            yield RecordChunk([f"{name}:{i}" for i in range(first, first + len(records))], records)
+            indices = range(first, first + len(records))
+            sources = [{"file": path, "record": i} for i in indices] if self._with_source else None
+            yield RecordChunk([f"{name}:{i}" for i in indices], records, sources)
 
 
 class ReadKeyedTFRecords(beam.PTransform):
     """Reads TFRecord files matching the patterns (gzip by extension) as keyed records.
 
     Returns (records, dead_letters): records are (key, bytes), or RecordChunks with chunk_size
-    (and chunk_bytes). The patterns are expanded at construction so an empty glob
+    (and chunk_bytes), which carry each record's {"file", "record"} when with_source is set. The patterns are expanded at construction so an empty glob
     fails before the pipeline starts.
     """
 
     def __init__(self, patterns: Iterable[str], chunk_size: Optional[int] = None,
-                 chunk_bytes: Optional[int] = None):
+                 chunk_bytes: Optional[int] = None, with_source: bool = False):
         super().__init__()
         self._paths = expand_patterns(list(patterns))
         self._chunk_size = chunk_size
         self._chunk_bytes = chunk_bytes
+        self._with_source = with_source
 
     @property
     def paths(self) -> List[str]:
@@ -226,6 +230,6 @@ class ReadKeyedTFRecords(beam.PTransform):
             | "SpreadFiles" >> beam.Reshuffle()
             | "ReadRecords" >> beam.ParDo(
                 ReadRecordsFn() if self._chunk_size is None
-                else ReadRecordChunksFn(self._chunk_size, self._chunk_bytes)
+                else ReadRecordChunksFn(self._chunk_size, self._chunk_bytes, self._with_source)
             ).with_outputs(DEAD_LETTER_TAG, main="records"))
         return result.records, result[DEAD_LETTER_TAG]

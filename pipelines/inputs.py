@@ -1,0 +1,38 @@
+"""Which reader a batch job uses: TFRecord files of tf.Example, or JSON Lines / CSV instances."""
+
+from typing import Optional, Sequence
+
+import apache_beam as beam
+
+from pipelines.options import OptionsError
+from transforms.chunked import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
+from transforms.graph import record_spec
+from transforms.instance_source import InstanceOptions, ReadKeyedInstances
+from transforms.text_instances import TFRECORD, format_of_path
+from transforms.tfrecord_source import ReadKeyedTFRecords, expand_patterns
+
+
+def input_format_of(patterns: Sequence[str], given: Optional[str] = None) -> str:
+    """The given format, else the one every matched file's suffix names; raises OptionsError
+    when the files mix formats."""
+    if given:
+        return given
+    formats = {}
+    for path in expand_patterns(patterns):
+        formats.setdefault(format_of_path(path), path)
+    if len(formats) > 1:
+        examples = ", ".join(f"{fmt} ({path})" for fmt, path in sorted(formats.items()))
+        raise OptionsError(f"the inputs mix formats: {examples}; give --input_format or separate runs")
+    return next(iter(formats))
+
+
+def read_records(p: beam.Pipeline, job, chunked: bool):
+    """(records or RecordChunks, dead letters) for the job's inputs (see the readers' docs)."""
+    size = (job.max_batch_size or DEFAULT_CHUNK_SIZE) if chunked else None
+    max_bytes = (job.max_batch_bytes or DEFAULT_CHUNK_BYTES) if chunked else None
+    if job.input_format == TFRECORD:
+        return p | "ReadTFRecords" >> ReadKeyedTFRecords(job.inputs, size, max_bytes, job.with_source)
+    options = InstanceOptions(record_spec(job.graph), job.key_feature, job.included_fields,
+                              job.excluded_fields)
+    return p | f"Read{job.input_format.upper()}" >> ReadKeyedInstances(
+        job.inputs, job.input_format, options, size, max_bytes, job.with_source)

@@ -1,0 +1,141 @@
+"""The run manifest: OUTPUT.manifest.json, which says exactly what produced a batch run's results.
+
+Inputs (patterns and the files they matched, with sizes), each model (path, version, signature,
+engine and the SHA-256 fingerprint `python -m models.inspect` prints), the pipeline options with
+secrets redacted, start and end times, counts by stage, and the versions of the stack. Written
+through Beam's FileSystems, so a gs:// output gets its manifest on GCS.
+"""
+
+import datetime
+import importlib.metadata
+import json
+import platform
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from apache_beam.io.filesystems import FileSystems
+
+from models.fingerprint import saved_model_fingerprint
+from transforms import metrics
+from transforms.model_graph import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX
+
+MANIFEST_SUFFIX = ".manifest.json"
+REDACTED = "<redacted>"
+_SECRET_WORDS = {"password", "passwd", "secret", "token", "credential", "credentials", "apikey", "auth"}
+_SECRET_PAIRS = ("api_key", "private_key", "access_key")
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^@/\s]+@")
+PACKAGES = ("apache-beam", "tensorflow", "tfx-bsl", "tf-beam-inference")
+
+
+def manifest_path(output_prefix: str) -> str:
+    return output_prefix + MANIFEST_SUFFIX
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an option's name says its value is a secret (password, token, api_key, ...)."""
+    lowered = name.lower()
+    return bool(_SECRET_WORDS & set(lowered.split("_"))) or any(p in lowered for p in _SECRET_PAIRS)
+
+
+def redact_options(options: Mapping[str, Any]) -> Dict[str, Any]:
+    """Options as given, with values of secret-looking names and passwords inside URLs hidden."""
+    def clean(name: str, value: Any) -> Any:
+        if is_secret_name(name) and value not in (None, False, ""):
+            return REDACTED
+        if isinstance(value, str):
+            return _URL_PASSWORD.sub(r"\1" + REDACTED + "@", value)
+        if isinstance(value, list):
+            return [clean(name, v) for v in value]
+        return value
+    return {name: clean(name, value) for name, value in sorted(options.items())}
+
+
+def input_listing(patterns: Sequence[str]) -> List[Dict[str, Any]]:
+    listing = []
+    for pattern in patterns:
+        matched = FileSystems.match([pattern])[0].metadata_list
+        listing.append({"pattern": pattern, "files": [
+            {"path": m.path, "size_bytes": m.size_in_bytes} for m in sorted(matched, key=lambda m: m.path)]})
+    return listing
+
+
+def model_entries(graph) -> List[Dict[str, Any]]:
+    entries = []
+    for node in graph.nodes:
+        model = node.model
+        entries.append({
+            "name": model.name, "path": model.path, "version": model.version,
+            "signature": model.signature, "method": model.method, "engine": node.engine,
+            "inputs_from": [str(b) for b in node.bridges] or "records",
+            "fingerprint": saved_model_fingerprint(model.path)})
+    return entries
+
+
+def stage_counts(counters: Mapping[str, int], model_names: Sequence[str]) -> Dict[str, Any]:
+    """Counts by stage, in the terms of the summary: records in = predictions + dead letters."""
+    dead = {name[len(metrics.DEAD_LETTER_PREFIX):]: value for name, value in sorted(counters.items())
+            if name.startswith(metrics.DEAD_LETTER_PREFIX)}
+    read = counters.get(metrics.RECORDS_READ, 0)
+    counts = {
+        "records_in": read + dead.get("read", 0),
+        "records_read": read,
+        "predictions": counters.get(metrics.PREDICTIONS_WRITTEN, 0),
+        "dead_letters": sum(dead.values()),
+        "dead_letters_by_stage": dead,
+    }
+    per_model = {name: {"outputs": counters.get(MODEL_OUTPUTS_PREFIX + name, 0),
+                        "dead_letters": counters.get(MODEL_DEAD_LETTERS_PREFIX + name, 0)}
+                 for name in model_names if MODEL_OUTPUTS_PREFIX + name in counters
+                 or MODEL_DEAD_LETTERS_PREFIX + name in counters}
+    if per_model:
+        counts["per_model"] = per_model
+    return counts
+
+
+def versions() -> Dict[str, Optional[str]]:
+    found = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def write_manifest(path: str, manifest: Mapping[str, Any]) -> None:
+    with FileSystems.create(path, mime_type="application/json") as f:
+        f.write(json.dumps(manifest, indent=2, sort_keys=False, default=str).encode("utf-8") + b"\n")
+
+
+def read_manifest(path: str) -> Dict[str, Any]:
+    with FileSystems.open(path) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def batch_manifest(job, options: Mapping[str, Any], inputs: List[Dict[str, Any]],
+                   models: List[Dict[str, Any]], started_at: str, counters: Mapping[str, int],
+                   error: Optional[BaseException] = None) -> Dict[str, Any]:
+    """The manifest of a pipelines.batch_infer run (job: its BatchJob)."""
+    ext = "tfrecord" if job.output_format == "tfrecord" else "jsonl"
+    manifest = {
+        "manifest_version": 1,
+        "job": "pipelines.batch_infer",
+        "status": "failed" if error is not None else "succeeded",
+        "started_at": started_at,
+        "ended_at": utc_now(),
+        "inputs": {"format": job.input_format, "patterns": inputs,
+                   "key_feature": job.key_feature, "with_source": job.with_source},
+        "models": models,
+        "outputs": {"predictions": f"{job.output}-*.{ext}", "dead_letters": f"{job.errors}-*.jsonl",
+                    "format": job.output_format},
+        "counts": stage_counts(counters, job.graph.names),
+        "options": redact_options(options),
+        "versions": versions(),
+    }
+    if error is not None:
+        manifest["error"] = f"{type(error).__name__}: {error}"[:2000]
+    return manifest

@@ -1,0 +1,168 @@
+"""ReadKeyedInstances: JSON Lines or CSV files -> keyed tf.Example records + dead letters.
+
+Each line (or CSV row) is one instance, converted by the model's feature spec
+(transforms.instances). Keys come from a key field, which is then removed from the features, or
+are '<file>:<line>' (1-based line numbers, the header being line 1 of a CSV). A line that is not
+an instance is a dead letter at stage decode; one whose values do not fit is one at stage convert;
+both carry the line number and the line itself. Files are the unit of parallelism, as for TFRecord.
+"""
+
+import dataclasses
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from models.feature_spec import Feature
+from transforms import metrics
+from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
+from transforms.instances import ConversionError, instance_key, instance_to_example, select_fields
+from transforms.record_chunks import RecordChunk
+from transforms.text_instances import CSV, JSONL, InstanceError, iter_csv, iter_jsonl
+from transforms.tfrecord_source import expand_patterns, key_names
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceOptions:
+    """How instances become examples: Vertex AI batch prediction's instance options."""
+
+    spec: Tuple[Feature, ...]
+    key_field: Optional[str] = None
+    included_fields: Tuple[str, ...] = ()
+    excluded_fields: Tuple[str, ...] = ()
+    keep_extra: bool = True  # fields outside the spec stay in the example (for --passthrough)
+    image_columns: Tuple[str, ...] = ()  # fields holding image paths or URIs, stored as the file's bytes
+
+    def __post_init__(self):
+        if self.included_fields and self.excluded_fields:
+            raise ValueError("give included fields or excluded fields, not both")
+
+    def convert(self, instance: dict) -> bytes:
+        """The serialized tf.Example of an instance (without its key field); raises ConversionError."""
+        if self.key_field:
+            instance_key(instance, self.key_field)  # a record without a usable key is not scored
+            instance = {k: v for k, v in instance.items() if k != self.key_field}
+        instance = select_fields(instance, self.included_fields, self.excluded_fields)
+        return instance_to_example(instance, self.spec, self.keep_extra)
+
+
+def read_image_columns(instance: dict, columns: Sequence[str], base_dir: str) -> dict:
+    """The instance with each image column's path or URI replaced by the file's bytes (relative
+    paths are read from base_dir, the input file's directory); raises ConversionError."""
+    loaded = dict(instance)
+    for column in columns:
+        location = instance.get(column)
+        if location is None:
+            continue
+        if not isinstance(location, str) or not location:
+            raise ConversionError(f"image column {column!r} holds {location!r}, not a path or URI")
+        path = location if FileSystems.get_scheme(location) or location.startswith("/") else \
+            FileSystems.join(base_dir, location)
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                loaded[column] = f.read()
+        except Exception as e:  # pylint: disable=broad-except  # missing or unreadable file
+            raise ConversionError(f"image column {column!r}: cannot read {path}: {e}") from e
+    return loaded
+
+
+def iter_file_instances(path: str, fmt: str, spec: Sequence[Feature]):
+    """(line, instance or InstanceError, raw line) for each instance of one file."""
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
+        lines = iter(f.readline, b"")
+        yield from (iter_jsonl(lines) if fmt == JSONL else iter_csv(lines, spec))
+
+
+def keyed_examples(path: str, name: str, fmt: str, options: InstanceOptions
+                   ) -> Iterator[Tuple[int, str, object, bytes]]:
+    """(line, key, serialized example or a dead-letter row, raw line) per instance of a file."""
+    for line, instance, raw in iter_file_instances(path, fmt, options.spec):
+        key = f"{name}:{line}"
+        fields = instance.fields if isinstance(instance, InstanceError) else instance
+        if options.key_field:  # the record's own key, where it can be read, names its dead letter
+            try:
+                key = instance_key(fields, options.key_field)
+            except ConversionError:
+                pass
+        if isinstance(instance, InstanceError):
+            yield line, key, dead_letter(instance.stage, instance, key=key, raw=raw,
+                                         source=f"{path}:{line}"), raw
+            continue
+        try:
+            if options.image_columns:
+                instance = read_image_columns(instance, options.image_columns, FileSystems.split(path)[0])
+            example = options.convert(instance)
+        except ConversionError as e:
+            yield line, key, dead_letter("convert", ConversionError(f"line {line}: {e}"), key=key, raw=raw,
+                                         source=f"{path}:{line}"), raw
+            continue
+        yield line, key, example, raw
+
+
+class ReadInstancesFn(beam.DoFn):
+    """(path, key name) -> RecordChunks (or (key, bytes) when chunk_size is None) + dead letters."""
+
+    def __init__(self, fmt: str, options: InstanceOptions, chunk_size: Optional[int] = None,
+                 chunk_bytes: Optional[int] = None, with_source: bool = False):
+        self._fmt = fmt
+        self._options = options
+        self._chunk_size = chunk_size
+        self._chunk_bytes = chunk_bytes
+        self._with_source = with_source
+
+    def process(self, element):
+        path, name = element
+        keys: List[str] = []
+        records: List[bytes] = []
+        sources: List[dict] = []
+        size = 0
+        for line, key, example, _ in keyed_examples(path, name, self._fmt, self._options):
+            metrics.counter(metrics.RECORDS_READ).inc()
+            metrics.PROGRESS.add(metrics.RECORDS_READ, 1)
+            if isinstance(example, dict):
+                metrics.dead_letter_counter(example["stage"]).inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, example)
+                continue
+            if self._chunk_size is None:
+                yield key, example
+                continue
+            keys.append(key)
+            records.append(example)
+            sources.append({"file": path, "line": line})
+            size += len(example)
+            if len(keys) >= self._chunk_size or (self._chunk_bytes and size >= self._chunk_bytes):
+                yield RecordChunk(keys, records, sources if self._with_source else None)
+                keys, records, sources, size = [], [], [], 0
+        if keys:
+            yield RecordChunk(keys, records, sources if self._with_source else None)
+
+
+class ReadKeyedInstances(beam.PTransform):
+    """Reads JSON Lines or CSV files matching the patterns as keyed tf.Example records.
+
+    Returns (records, dead_letters), records as ReadKeyedTFRecords gives them. The patterns are
+    expanded at construction so an empty glob fails before the pipeline starts.
+    """
+
+    def __init__(self, patterns: Sequence[str], fmt: str, options: InstanceOptions,
+                 chunk_size: Optional[int] = None, chunk_bytes: Optional[int] = None,
+                 with_source: bool = False):
+        super().__init__()
+        if fmt not in (JSONL, CSV):
+            raise ValueError(f"instance format {fmt!r} is not {JSONL} or {CSV}")
+        self._paths = expand_patterns(list(patterns))
+        self._fn = ReadInstancesFn(fmt, options, chunk_size, chunk_bytes, with_source)
+
+    @property
+    def paths(self) -> List[str]:
+        return list(self._paths)
+
+    def expand(self, pbegin):
+        names = key_names(self._paths)
+        result = (
+            pbegin
+            | "Files" >> beam.Create([(p, names[p]) for p in self._paths])
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadInstances" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main="records"))
+        return result.records, result[DEAD_LETTER_TAG]

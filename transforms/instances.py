@@ -1,0 +1,225 @@
+"""Instances (JSON objects, CSV rows, BigQuery rows) -> serialized tf.Example, by a feature spec.
+
+One conversion for every row-shaped source, pure and tested without a pipeline. The rules (the
+README's "Inputs other than TFRecord" repeats them):
+
+- A field the spec names is stored with the spec's dtype. float32 takes int, float and Decimal;
+  int64 takes int, bool and integral floats or Decimals; string takes str, bytes and a Vertex-style
+  {"b64": "..."} object. Anything else is a ConversionError that names the field.
+- None or a missing field leaves the feature out: the spec's default fills it, and a required
+  feature without a value is a ConversionError.
+- Lists are flattened (nested lists for matrices) and must hold exactly the feature's value count;
+  a one-value feature also takes a scalar.
+- Dates and times: a string feature gets ISO 8601 text; a numeric feature gets seconds since the
+  Unix epoch in UTC (a DATE is its midnight, a naive DATETIME is read as UTC, a TIME counts from
+  midnight).
+- A raw-encoded feature takes bytes (or {"b64"}) of exactly its byte size, or nested lists of
+  numbers, packed as its model dtype.
+- With keep_extra, fields the spec does not name are kept, typed by their values, when they are a
+  scalar or a flat list of one kind (so --passthrough can copy them); other extras are left out.
+"""
+
+import base64
+import binascii
+import datetime
+import decimal
+import math
+from typing import Any, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+from tensorflow.core.example import example_pb2
+
+from models.feature_spec import RAW, Feature
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+class ConversionError(ValueError):
+    """An instance that cannot become the model's tf.Example; the message names the field."""
+
+
+def _flatten(value: Any) -> List[Any]:
+    if isinstance(value, (list, tuple)):
+        return [v for item in value for v in _flatten(item)]
+    if isinstance(value, np.ndarray):
+        return value.reshape(-1).tolist()
+    return [value]
+
+
+def _b64_object(value: Any) -> Optional[bytes]:
+    """The bytes of {"b64": "..."} (Vertex AI's JSON form of binary data), else None."""
+    if isinstance(value, Mapping) and set(value) == {"b64"} and isinstance(value["b64"], str):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except binascii.Error as e:
+            raise ConversionError(f"invalid base64 ({e})") from e
+    return None
+
+
+def epoch_seconds(value: Any) -> float:
+    """Seconds since the Unix epoch (UTC) of a date, datetime (naive = UTC) or time of day."""
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return (value - _EPOCH).total_seconds()
+    if isinstance(value, datetime.date):
+        return float((value - _EPOCH.date()).days * 86400)
+    if isinstance(value, datetime.time):
+        return value.hour * 3600 + value.minute * 60 + value.second + value.microsecond / 1e6
+    raise TypeError(value)
+
+
+_TEMPORAL = (datetime.date, datetime.time)  # datetime.datetime is a datetime.date
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, (bool, int, float, decimal.Decimal, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, _TEMPORAL):
+        return epoch_seconds(value)
+    raise ConversionError(f"{_describe(value)} is not a number")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, (float, decimal.Decimal, np.floating)):
+        if not math.isfinite(value) or value != int(value):
+            raise ConversionError(f"{value!r} is not a whole number")
+        value = int(value)
+    elif isinstance(value, _TEMPORAL):
+        seconds = epoch_seconds(value)
+        if seconds != int(seconds):
+            raise ConversionError(f"{value!r} has a fraction of a second; use a float feature")
+        value = int(seconds)
+    elif not isinstance(value, (bool, int, np.integer)):
+        raise ConversionError(f"{_describe(value)} is not an integer")
+    value = int(value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ConversionError(f"{value} does not fit in int64")
+    return value
+
+
+def _to_bytes(value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, _TEMPORAL):
+        return value.isoformat().encode("ascii")
+    decoded = _b64_object(value)
+    if decoded is not None:
+        return decoded
+    raise ConversionError(f"{_describe(value)} is not text or bytes")
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+_CONVERTERS = {"float32": _to_float, "int64": _to_int, "string": _to_bytes}
+
+
+def _raw_bytes(value: Any, feature: Feature) -> bytes:
+    if isinstance(value, (bytes, Mapping)):
+        data = _to_bytes(value)
+    else:
+        numbers = [_to_float(v) for v in _flatten(value)]
+        if len(numbers) != math.prod(feature.shape):
+            raise ConversionError(f"has {len(numbers)} numbers, shape {list(feature.shape)} needs "
+                                  f"{math.prod(feature.shape)}")
+        data = np.asarray(numbers, dtype=feature.model_dtype).tobytes()
+    if len(data) != feature.raw_nbytes:
+        raise ConversionError(f"holds {len(data)} bytes, raw {feature.model_dtype}{list(feature.shape)} "
+                              f"needs {feature.raw_nbytes}")
+    return data
+
+
+def feature_list(value: Any, feature: Feature) -> List[Any]:
+    """The values to store for one spec feature; raises ConversionError (without the field name)."""
+    if feature.encoding == RAW:
+        return [_raw_bytes(value, feature)]
+    flat = [value] if _b64_object(value) is not None else _flatten(value)
+    if any(v is None for v in flat):
+        raise ConversionError("a list holds a null")
+    if len(flat) != feature.size:
+        raise ConversionError(f"has {len(flat)} values, shape {list(feature.shape)} needs {feature.size}")
+    convert = _CONVERTERS[feature.dtype]
+    return [convert(v) for v in flat]
+
+
+def _extra_dtype(flat: Sequence[Any]) -> Optional[str]:
+    """The dtype of an extra field's values, or None when they do not share one simple kind."""
+    if not flat:
+        return None
+    kinds = set()
+    for v in flat:
+        if isinstance(v, (str, bytes, datetime.date, datetime.time)):
+            kinds.add("string")
+        elif isinstance(v, (bool, int, np.integer)):
+            kinds.add("int64")
+        elif isinstance(v, (float, decimal.Decimal, np.floating)):
+            kinds.add("float32")
+        else:
+            return None
+    if kinds == {"int64", "float32"}:
+        return "float32"
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _store(example: example_pb2.Example, name: str, dtype: str, values: Iterable[Any]) -> None:
+    feature = example.features.feature[name]
+    if dtype == "float32":
+        feature.float_list.value.extend(values)
+    elif dtype == "int64":
+        feature.int64_list.value.extend(values)
+    else:
+        feature.bytes_list.value.extend(values)
+
+
+def instance_to_example(instance: Mapping[str, Any], spec: Sequence[Feature],
+                        keep_extra: bool = False) -> bytes:
+    """The serialized tf.Example of one instance; raises ConversionError naming every bad field."""
+    if not isinstance(instance, Mapping):
+        raise ConversionError(f"an instance is an object of fields, not {_describe(instance)}")
+    example = example_pb2.Example()
+    problems = []
+    for feature in spec:
+        value = instance.get(feature.name)
+        if value is None:
+            if feature.required:
+                problems.append(f"{feature.name!r}: required and missing (or null)")
+            continue
+        try:
+            _store(example, feature.name, feature.dtype, feature_list(value, feature))
+        except ConversionError as e:
+            problems.append(f"{feature.name!r}: {e}")
+    if problems:
+        raise ConversionError("; ".join(problems))
+    if keep_extra:
+        named = {f.name for f in spec}
+        for name, value in instance.items():
+            if name in named or value is None or isinstance(value, Mapping):
+                continue
+            flat = _flatten(value)
+            dtype = _extra_dtype(flat)
+            if dtype is not None:
+                _store(example, name, dtype, [_CONVERTERS[dtype](v) for v in flat])
+    return example.SerializeToString()
+
+
+def select_fields(instance: Mapping[str, Any], included: Sequence[str] = (),
+                  excluded: Sequence[str] = ()) -> dict:
+    """The instance's fields restricted to included, or without excluded (Vertex AI's options)."""
+    if included:
+        return {name: instance[name] for name in included if name in instance}
+    return {name: value for name, value in instance.items() if name not in excluded}
+
+
+def instance_key(instance: Mapping[str, Any], key_field: str) -> str:
+    """The key from a field (text or integer); raises ConversionError when it has none."""
+    value = instance.get(key_field)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ConversionError(f"key field {key_field!r} is {'missing' if value is None else _describe(value)}; "
+                              "a key is a string or an integer")
+    return str(value)
