@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean bigquery-install bigquery-local
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# A local BigQuery (REST :9050, Storage Read gRPC :9060) and GCS (:9023) on 127.0.0.1, in the
+# foreground; their own Python 3.13 venv, .bigquery-venv (tools/bigquery_local). Jobs reach them
+# with --bigquery_emulator http://127.0.0.1:9050 --bigquery_emulator_grpc 127.0.0.1:9060
+# --storage_emulator http://127.0.0.1:9023 (README, "BigQuery").
+bigquery-install:
+	bash tools/bigquery_local/install.sh
+
+bigquery-local:
+	bash tools/bigquery_local/start.sh $(BIGQUERY_LOCAL_ARGS)
 
 clean:
 	rm -rf .demo .pytest_cache build *.egg-info

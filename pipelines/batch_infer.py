@@ -19,13 +19,17 @@ import time
 from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions,
+                                                  StandardOptions)
 
 from models.serving_model import ModelContractError, load_serving_models
 from pipelines import manifest
+from pipelines.bigquery_io import (BIGQUERY, BigQuerySettings, activate_emulators, settings_from_options,
+                                   write_dead_letters, write_predictions)
 from pipelines.inputs import input_format_of, read_records
 from pipelines.options import BatchInferOptions, OptionsError, check_options, field_list
 from transforms import metrics
+from transforms.bigquery_schema import SchemaError
 from transforms.chunked import ChunkToJsonLinesFn, ChunkToPredictionLogsFn, ScoreChunks
 from transforms.dead_letters import DEAD_LETTER_TAG
 from transforms.graph import GraphError, ModelGraph, chain_graph, parallel_graph
@@ -44,8 +48,8 @@ LOCAL_RUNNERS = ("DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunn
 class BatchJob:
     inputs: List[str]
     graph: ModelGraph
-    output: str
-    errors: str
+    output: Optional[str]
+    errors: Optional[str]
     key_feature: Optional[str] = None
     output_format: str = "jsonl"
     engine: str = DEFAULT_ENGINE
@@ -58,10 +62,12 @@ class BatchJob:
     included_fields: Tuple[str, ...] = ()
     excluded_fields: Tuple[str, ...] = ()
     with_source: bool = False
+    bigquery: BigQuerySettings = BigQuerySettings()
+    manifest: Optional[str] = None  # the run manifest's path (None: none is written)
 
     @property
     def scoring_key_feature(self) -> Optional[str]:
-        """The key feature read from each example; JSON/CSV readers take the key field themselves."""
+        """The key feature read from each example; JSON/CSV/BigQuery readers key records themselves."""
         return self.key_feature if self.input_format == TFRECORD else None
 
     @property
@@ -76,7 +82,7 @@ class BatchJob:
         """Several models, post-processing, passthrough features, one row per model or sources."""
         node = self.graph.nodes[0]
         return (len(self.graph.nodes) > 1 or bool(node.postprocess) or bool(self.graph.passthrough)
-                or self.row_per_model or self.with_source)
+                or self.row_per_model or self.with_source or bool(self.bigquery.output_table))
 
 
 def graph_from_options(opts: BatchInferOptions) -> ModelGraph:
@@ -91,20 +97,27 @@ def graph_from_options(opts: BatchInferOptions) -> ModelGraph:
     return build(models, opts.engine, passthrough)
 
 
-def job_from_options(opts: BatchInferOptions) -> BatchJob:
+def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions] = None) -> BatchJob:
     check_options(opts)
     graph = graph_from_options(opts)
-    job = BatchJob(inputs=list(opts.input), graph=graph, output=opts.output,
-                   errors=opts.errors or f"{opts.output}.errors", key_feature=opts.key_feature,
+    cloud = cloud or GoogleCloudOptions([])
+    bigquery = settings_from_options(opts, cloud.project or ("local" if opts.bigquery_emulator else None),
+                                     cloud.temp_location)
+    errors = opts.errors or (f"{opts.output}.errors" if opts.output else None)
+    job = BatchJob(inputs=list(opts.input or []), graph=graph, output=opts.output,
+                   errors=errors, key_feature=opts.key_feature or opts.key_column,
                    output_format=opts.output_format, engine=opts.engine,
                    min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
                    max_batch_bytes=opts.max_batch_bytes, num_shards=opts.num_shards,
                    row_per_model=opts.row_per_model,
-                   input_format=input_format_of(opts.input, opts.input_format),
+                   input_format=BIGQUERY if bigquery.source else input_format_of(opts.input, opts.input_format),
                    included_fields=field_list(opts.included_fields),
-                   excluded_fields=field_list(opts.excluded_fields), with_source=opts.with_source)
-    if job.input_format == TFRECORD and (job.included_fields or job.excluded_fields):
-        raise OptionsError("--included_fields/--excluded_fields apply to JSON Lines and CSV inputs")
+                   excluded_fields=field_list(opts.excluded_fields), with_source=opts.with_source,
+                   bigquery=bigquery,
+                   manifest=opts.manifest or (manifest.manifest_path(opts.output) if opts.output else None))
+    if job.input_format in (TFRECORD, BIGQUERY) and (job.included_fields or job.excluded_fields):
+        raise OptionsError("--included_fields/--excluded_fields apply to JSON Lines and CSV inputs "
+                           "(BigQuery: --feature_columns)")
     if opts.output_format == "tfrecord":
         if job.is_graph:
             raise OptionsError("--output_format tfrecord writes one model's PredictionLogs; a graph "
@@ -146,8 +159,12 @@ def build_graph_pipeline(p: beam.Pipeline, job: BatchJob):
     """Several models (or post-processing) per chunk: read chunks -> score the graph -> rows."""
     chunks, unreadable = read_records(p, job, chunked=True)
     scored, unscored = chunks | "Score" >> ScoreGraphChunks(job.graph, job.scoring_key_feature)
-    text = scored | "ToJsonLines" >> beam.ParDo(GraphScoreToLinesFn(job.graph, job.row_per_model)).with_outputs(
-        DEAD_LETTER_TAG, main="text")
+    to_table = bool(job.bigquery.output_table)
+    text = scored | "ToJsonLines" >> beam.ParDo(GraphScoreToLinesFn(
+        job.graph, job.row_per_model, as_rows=to_table)).with_outputs(DEAD_LETTER_TAG, main="text")
+    if to_table:
+        refused = write_predictions(text.text, job)
+        return [unreadable, unscored, text[DEAD_LETTER_TAG], refused]
     text.text | "WritePredictions" >> WriteJsonLines(job.output, job.num_shards, preformatted=True)
     return [unreadable, unscored, text[DEAD_LETTER_TAG]]
 
@@ -157,10 +174,11 @@ def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
         build = build_graph_pipeline
     else:
         build = build_chunked_pipeline if job.engine == "fast" else build_record_pipeline
-    dead_letters = build(p, job)
-    (dead_letters
-     | "AllDeadLetters" >> beam.Flatten()
-     | "WriteDeadLetters" >> WriteJsonLines(job.errors))
+    dead_letters = build(p, job) | "AllDeadLetters" >> beam.Flatten()
+    if job.bigquery.errors_table:
+        write_dead_letters(dead_letters, job)
+    else:
+        dead_letters | "WriteDeadLetters" >> WriteJsonLines(job.errors)
 
 
 def _is_local(options: PipelineOptions) -> bool:
@@ -192,9 +210,9 @@ def summarize(job: BatchJob, counters: dict, seconds: float) -> str:
     else:
         models = [f"model:        {job.model.name} = {job.model.path} ({job.engine} engine)"]
     return "\n".join(models + [
-        f"predictions:  {job.output}-*.{ext}",
-        f"dead letters: {job.errors}-*.jsonl",
-        f"manifest:     {manifest.manifest_path(job.output)}",
+        f"predictions:  {job.bigquery.output_table or f'{job.output}-*.{ext}'}",
+        f"dead letters: {job.bigquery.errors_table or f'{job.errors}-*.jsonl'}",
+        f"manifest:     {job.manifest or 'none (give --manifest PATH)'}",
         f"records in {read + counters.get(metrics.DEAD_LETTER_PREFIX + 'read', 0):,}; "
         f"predictions out {written:,}; dead letters {dead:,}",
         f"wall time {seconds:.1f} s; {read / max(seconds, 1e-9):,.0f} records/s end to end",
@@ -220,7 +238,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
         return None, {}
     options = PipelineOptions(argv)
     opts = options.view_as(BatchInferOptions)
-    if not (opts.input or opts.model or opts.output) and test_pipeline is None:
+    if not (opts.input or opts.input_table or opts.input_query or opts.model or opts.output
+            or opts.output_table) and test_pipeline is None:
         from pipelines import demo
 
         argv = argv + demo.demo_args()
@@ -229,24 +248,39 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
         print(f"No --input/--model/--output given: running the embedded demo\n  {' '.join(demo.demo_args())}")
     options.view_as(SetupOptions).save_main_session = save_main_session
     warn_about_unsafe_runner_modes(options)
-    job = job_from_options(opts)
+    cloud = options.view_as(GoogleCloudOptions)
+    redirected = activate_emulators(opts, cloud.project, _is_local(options))
+    try:
+        return _run_job(job_from_options(opts, cloud), options, test_pipeline)
+    finally:
+        if redirected:
+            from transforms import bigquery_emulator
 
+            bigquery_emulator.restore()
+
+
+def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[beam.Pipeline]):
     started, started_at = time.monotonic(), manifest.utc_now()
-    inputs, models = manifest.input_listing(job.inputs), manifest.model_entries(job.graph)
+    inputs = manifest.input_listing(job.inputs) if job.inputs else job.bigquery.source.source
+    models = manifest.model_entries(job.graph)
     metrics.PROGRESS.reset()
     p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
     build_pipeline(p, job)
     all_options = options.get_all_options(drop_default=True, retain_unknown_options=True)
+
+    def write_manifest(counters, error=None):
+        if job.manifest:
+            manifest.write_manifest(job.manifest, manifest.batch_manifest(
+                job, all_options, inputs, models, started_at, counters, error=error))
+
     try:
         result = p.run()
         result.wait_until_finish()
     except Exception as e:
-        manifest.write_manifest(manifest.manifest_path(job.output), manifest.batch_manifest(
-            job, all_options, inputs, models, started_at, {}, error=e))
+        write_manifest({}, e)
         raise
     counters = metrics.query_counters(result)
-    manifest.write_manifest(manifest.manifest_path(job.output), manifest.batch_manifest(
-        job, all_options, inputs, models, started_at, counters))
+    write_manifest(counters)
     if test_pipeline is None and _is_local(options):
         print(summarize(job, counters, time.monotonic() - started))
     return result, counters
@@ -257,7 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # tfx-bsl's TF1 loader deprecation notes
     try:
         run(argv)
-    except (OptionsError, ModelContractError, NoInputFilesError, GraphError) as e:
+    except (OptionsError, ModelContractError, NoInputFilesError, GraphError, SchemaError) as e:
         print(f"batch_infer: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -4,6 +4,7 @@ from typing import Optional, Sequence
 
 import apache_beam as beam
 
+from pipelines.bigquery_io import BIGQUERY, read_bigquery
 from pipelines.options import OptionsError
 from transforms.chunked import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
 from transforms.graph import record_spec
@@ -30,6 +31,8 @@ def read_records(p: beam.Pipeline, job, chunked: bool):
     """(records or RecordChunks, dead letters) for the job's inputs (see the readers' docs)."""
     size = (job.max_batch_size or DEFAULT_CHUNK_SIZE) if chunked else None
     max_bytes = (job.max_batch_bytes or DEFAULT_CHUNK_BYTES) if chunked else None
+    if job.input_format == BIGQUERY:
+        return read_bigquery(p, job, size)
     if job.input_format == TFRECORD:
         return p | "ReadTFRecords" >> ReadKeyedTFRecords(job.inputs, size, max_bytes, job.with_source)
     options = InstanceOptions(record_spec(job.graph), job.key_feature, job.included_fields,

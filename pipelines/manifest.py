@@ -121,17 +121,19 @@ def batch_manifest(job, options: Mapping[str, Any], inputs: List[Dict[str, Any]]
                    error: Optional[BaseException] = None) -> Dict[str, Any]:
     """The manifest of a pipelines.batch_infer run (job: its BatchJob)."""
     ext = "tfrecord" if job.output_format == "tfrecord" else "jsonl"
+    outputs = {"predictions": job.bigquery.output_table or f"{job.output}-*.{ext}",
+               "dead_letters": job.bigquery.errors_table or f"{job.errors}-*.jsonl",
+               "format": "bigquery" if job.bigquery.output_table else job.output_format}
     manifest = {
         "manifest_version": 1,
         "job": "pipelines.batch_infer",
         "status": "failed" if error is not None else "succeeded",
         "started_at": started_at,
         "ended_at": utc_now(),
-        "inputs": {"format": job.input_format, "patterns": inputs,
+        "inputs": {"format": job.input_format, ("patterns" if job.inputs else "bigquery"): inputs,
                    "key_feature": job.key_feature, "with_source": job.with_source},
         "models": models,
-        "outputs": {"predictions": f"{job.output}-*.{ext}", "dead_letters": f"{job.errors}-*.jsonl",
-                    "format": job.output_format},
+        "outputs": outputs,
         "counts": stage_counts(counters, job.graph.names),
         "options": redact_options(options),
         "versions": versions(),

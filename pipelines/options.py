@@ -2,6 +2,8 @@
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.bigquery_sink import FILE_LOADS, WRITE_METHODS
+from transforms.bigquery_source import DIRECT_READ, READ_METHODS
 from transforms.inference import DEFAULT_ENGINE, ENGINES
 from transforms.sinks import OUTPUT_FORMATS
 from transforms.text_instances import INPUT_FORMATS
@@ -56,14 +58,43 @@ class BatchInferOptions(PipelineOptions):
                                  "keeps batches of large records (images) small")
         parser.add_argument("--num_shards", type=int, default=0,
                             help="output shards (0: let the runner choose)")
+        parser.add_argument("--manifest", help="run manifest path (default: OUTPUT.manifest.json)")
+        _add_bigquery_args(parser)
+
+
+def _add_bigquery_args(parser) -> None:
+    parser.add_argument("--input_table", help="BigQuery table to score: PROJECT:DATASET.TABLE")
+    parser.add_argument("--input_query", help="BigQuery standard SQL query whose rows are scored")
+    parser.add_argument("--key_column", help="BigQuery: the column holding each row's key (required)")
+    parser.add_argument("--feature_columns", default=None,
+                        help="BigQuery: comma-separated columns fed to the model (default: the "
+                             "features the model reads)")
+    parser.add_argument("--bigquery_read_method", default=DIRECT_READ,
+                        help=f"one of {', '.join(READ_METHODS)} (EXPORT stages files in --temp_location)")
+    parser.add_argument("--output_table", help="BigQuery table for prediction rows, created if needed")
+    parser.add_argument("--errors_table", help="BigQuery table for dead letters, created if needed")
+    parser.add_argument("--bigquery_write_method", default=FILE_LOADS,
+                        help=f"one of {', '.join(WRITE_METHODS)} (STORAGE_WRITE_API needs Beam's "
+                             "Java expansion service)")
+    parser.add_argument("--bigquery_emulator", help="local runs: a local BigQuery's REST URL "
+                                                    "(make bigquery-local: http://127.0.0.1:9050)")
+    parser.add_argument("--bigquery_emulator_grpc",
+                        help="local runs: its Storage Read API address (127.0.0.1:9060)")
+    parser.add_argument("--storage_emulator", help="local runs: a local GCS's URL for gs:// temp "
+                                                   "files (http://127.0.0.1:9023)")
 
 
 def check_options(opts: BatchInferOptions) -> None:
     """Raises OptionsError naming every missing or invalid flag."""
     problems = []
-    for flag in ("input", "output"):
-        if not getattr(opts, flag):
-            problems.append(f"--{flag} is required")
+    sources = [flag for flag in ("input", "input_table", "input_query") if getattr(opts, flag)]
+    if not sources:
+        problems.append("--input (or --input_table or --input_query) is required")
+    elif len(sources) > 1:
+        problems.append(f"give one of --{', --'.join(sources)}")
+    if not (opts.output or opts.output_table):
+        problems.append("--output (or --output_table) is required")
+    problems += bigquery_problems(opts)
     if opts.graph and opts.model:
         problems.append("give either --graph or --model, not both")
     elif not (opts.graph or opts.model):
@@ -91,3 +122,34 @@ def check_options(opts: BatchInferOptions) -> None:
 def field_list(text) -> tuple:
     """'a, b,c' -> ('a', 'b', 'c')."""
     return tuple(name.strip() for name in (text or "").split(",") if name.strip())
+
+
+def bigquery_problems(opts: BatchInferOptions) -> list:
+    problems = []
+    from_bigquery = bool(opts.input_table or opts.input_query)
+    if from_bigquery and not (opts.key_column or opts.key_feature):
+        problems.append("--key_column is required with --input_table/--input_query "
+                        "(keys must be stable across runs)")
+    if opts.key_column and opts.key_feature and opts.key_column != opts.key_feature:
+        problems.append("--key_column and --key_feature name different columns")
+    if opts.feature_columns and not from_bigquery:
+        problems.append("--feature_columns applies to BigQuery inputs (JSON/CSV: --included_fields)")
+    if opts.bigquery_read_method.upper() not in READ_METHODS:
+        problems.append(f"--bigquery_read_method {opts.bigquery_read_method!r} is not one of "
+                        f"{', '.join(READ_METHODS)}")
+    if opts.bigquery_write_method.upper() not in WRITE_METHODS:
+        problems.append(f"--bigquery_write_method {opts.bigquery_write_method!r} is not one of "
+                        f"{', '.join(WRITE_METHODS)}")
+    if opts.output_table and not opts.output and not (opts.errors or opts.errors_table):
+        problems.append("--output_table without --output needs --errors_table or --errors for dead letters")
+    if opts.output_table and opts.output:
+        problems.append("give --output or --output_table, not both")
+    if opts.output_table and opts.row_per_model:
+        problems.append("--row_per_model writes files; a BigQuery table holds one row per key")
+    if opts.output_table and opts.output_format != "jsonl":
+        problems.append("--output_format applies to files; --output_table writes table rows")
+    if opts.bigquery_emulator and from_bigquery and opts.bigquery_read_method.upper() == DIRECT_READ \
+            and not opts.bigquery_emulator_grpc:
+        problems.append("--bigquery_emulator with DIRECT_READ needs --bigquery_emulator_grpc "
+                        "(the Storage Read API)")
+    return problems

@@ -10,6 +10,7 @@ os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:1")
 import pytest  # noqa: E402
 
 from tests import helpers  # noqa: E402
+from tests.bigquery_local import bigquery_emulated, bigquery_emulator  # noqa: E402,F401  (fixtures)
 
 
 @pytest.fixture(scope="session")

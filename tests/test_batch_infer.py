@@ -162,7 +162,7 @@ def test_cli_errors_are_clear(penguin_model, write_tfrecords, tmp_path, capsys, 
 def test_missing_required_flag_is_reported(capsys):
     assert batch_infer.main(["--input", "x.tfrecord"]) == 2
     err = capsys.readouterr().err
-    assert "--model (or --graph) is required" in err and "--output is required" in err
+    assert "--model (or --graph) is required" in err and "--output (or --output_table) is required" in err
 
 
 def test_a_model_with_its_own_example_signature_runs_as_it_is(write_tfrecords, tmp_path):

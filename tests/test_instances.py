@@ -172,3 +172,16 @@ def test_bad_csv_rows_are_errors_with_their_line_and_fields():
     assert "'vec': 3 values are needed as a JSON list" in str(items[2][1])
     header_repeat = list(iter_csv([b"a,a\n", b"1,2\n"], CSV_SPEC))
     assert len(header_repeat) == 1 and "repeats columns ['a']" in str(header_repeat[0][1])
+
+
+def test_iso_date_time_text_fills_numeric_features_as_epoch_seconds():
+    """BigQuery's DATETIME arrives as text in DIRECT_READ rows ('2024-02-29T13:14:15.123456')."""
+    spec = (Feature("t", "float32"), Feature("d", "int64"), Feature("s", "string"))
+    example = parse_example(instance_to_example({"t": "1970-01-02T00:00:30.5", "d": "1970-01-03",
+                                                 "s": "1970-01-03"}, spec))
+    assert feature_values(example, "t") == [86430.5]
+    assert feature_values(example, "d") == [2 * 86400]
+    assert feature_values(example, "s") == [b"1970-01-03"]
+    for text in ("19700103", "1970-01-03+01:00", "1.5"):
+        with pytest.raises(ConversionError):
+            instance_to_example({"t": 0, "d": text, "s": "x"}, spec)

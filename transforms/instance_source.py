@@ -38,6 +38,16 @@ class InstanceOptions:
         if self.included_fields and self.excluded_fields:
             raise ValueError("give included fields or excluded fields, not both")
 
+    def key_of(self, instance: dict) -> str:
+        """The key in the instance's key field; raises ConversionError when it has none."""
+        return instance_key(instance, self.key_field)
+
+    def key_or_none(self, instance: dict) -> Optional[str]:
+        try:
+            return self.key_of(instance) if self.key_field else None
+        except ConversionError:
+            return None
+
     def convert(self, instance: dict) -> bytes:
         """The serialized tf.Example of an instance (without its key field); raises ConversionError."""
         if self.key_field:
@@ -78,13 +88,8 @@ def keyed_examples(path: str, name: str, fmt: str, options: InstanceOptions
                    ) -> Iterator[Tuple[int, str, object, bytes]]:
     """(line, key, serialized example or a dead-letter row, raw line) per instance of a file."""
     for line, instance, raw in iter_file_instances(path, fmt, options.spec):
-        key = f"{name}:{line}"
         fields = instance.fields if isinstance(instance, InstanceError) else instance
-        if options.key_field:  # the record's own key, where it can be read, names its dead letter
-            try:
-                key = instance_key(fields, options.key_field)
-            except ConversionError:
-                pass
+        key = options.key_or_none(fields) or f"{name}:{line}"  # its own key names its dead letter too
         if isinstance(instance, InstanceError):
             yield line, key, dead_letter(instance.stage, instance, key=key, raw=raw,
                                          source=f"{path}:{line}"), raw

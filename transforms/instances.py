@@ -12,7 +12,8 @@ README's "Inputs other than TFRecord" repeats them):
   a one-value feature also takes a scalar.
 - Dates and times: a string feature gets ISO 8601 text; a numeric feature gets seconds since the
   Unix epoch in UTC (a DATE is its midnight, a naive DATETIME is read as UTC, a TIME counts from
-  midnight).
+  midnight). ISO 8601 date or date-time text without a zone counts as a date or time for numeric
+  features (BigQuery's DATETIME arrives as such text).
 - A raw-encoded feature takes bytes (or {"b64"}) of exactly its byte size, or nested lists of
   numbers, packed as its model dtype.
 - With keep_extra, fields the spec does not name are kept, typed by their values, when they are a
@@ -24,6 +25,7 @@ import binascii
 import datetime
 import decimal
 import math
+import re
 from typing import Any, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -71,9 +73,20 @@ def epoch_seconds(value: Any) -> float:
 
 
 _TEMPORAL = (datetime.date, datetime.time)  # datetime.datetime is a datetime.date
+# ISO 8601 date or date-time text without a zone: how BigQuery's DATETIME arrives in DIRECT_READ rows
+_ISO_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?")
+
+
+def _temporal_text(value: Any) -> Any:
+    """A date or datetime for ISO 8601 text (numeric features), else the value unchanged."""
+    if isinstance(value, str) and _ISO_TEXT.fullmatch(value):
+        parsed = datetime.datetime.fromisoformat(value)
+        return parsed.date() if len(value) == 10 else parsed
+    return value
 
 
 def _to_float(value: Any) -> float:
+    value = _temporal_text(value)
     if isinstance(value, (bool, int, float, decimal.Decimal, np.integer, np.floating)):
         return float(value)
     if isinstance(value, _TEMPORAL):
@@ -82,6 +95,7 @@ def _to_float(value: Any) -> float:
 
 
 def _to_int(value: Any) -> int:
+    value = _temporal_text(value)
     if isinstance(value, (float, decimal.Decimal, np.floating)):
         if not math.isfinite(value) or value != int(value):
             raise ConversionError(f"{value!r} is not a whole number")

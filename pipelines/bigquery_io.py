@@ -1,0 +1,102 @@
+"""BigQuery for the batch job: which rows to read, the tables to write, and local emulators."""
+
+import dataclasses
+import logging
+from typing import Optional, Tuple
+
+import apache_beam as beam
+
+from pipelines.options import BatchInferOptions, OptionsError, field_list
+from transforms.bigquery_schema import DEAD_LETTER_SCHEMA, prediction_schema
+from transforms import metrics
+from transforms.bigquery_sink import WriteRowsToBigQuery, refused_row_dead_letter
+from transforms.bigquery_source import BigQueryInput, ReadKeyedBigQueryRows
+from transforms.graph import ModelGraph, record_spec
+from transforms.instance_source import InstanceOptions
+
+BIGQUERY = "bigquery"
+ERRORS_TABLE_REFUSED = "errors_table_refused"
+
+
+@dataclasses.dataclass(frozen=True)
+class BigQuerySettings:
+    source: Optional[BigQueryInput] = None
+    feature_columns: Tuple[str, ...] = ()
+    output_table: Optional[str] = None
+    errors_table: Optional[str] = None
+    write_method: str = "FILE_LOADS"
+    project: Optional[str] = None
+    temp_location: Optional[str] = None  # gs:// staging for EXPORT reads and FILE_LOADS writes
+
+
+def settings_from_options(opts: BatchInferOptions, project: Optional[str],
+                          temp_location: Optional[str]) -> BigQuerySettings:
+    source = None
+    if opts.input_table or opts.input_query:
+        source = BigQueryInput(table=opts.input_table, query=opts.input_query,
+                               method=opts.bigquery_read_method.upper(), project=project,
+                               gcs_location=temp_location)
+    return BigQuerySettings(source=source, feature_columns=field_list(opts.feature_columns),
+                            output_table=opts.output_table, errors_table=opts.errors_table,
+                            write_method=opts.bigquery_write_method.upper(), project=project,
+                            temp_location=temp_location)
+
+
+def columns_to_read(graph: ModelGraph, key_column: str, feature_columns: Tuple[str, ...]) -> Tuple[str, ...]:
+    """The key column, the feature columns (default: every feature the records must hold) and
+    the passthrough columns, without repeats."""
+    features = feature_columns or tuple(f.name for f in record_spec(graph))
+    return tuple(dict.fromkeys((key_column,) + features + tuple(graph.passthrough)))
+
+
+def read_bigquery(p: beam.Pipeline, job, chunk_size: Optional[int]):
+    """(records or RecordChunks, dead letters) from the job's table or query."""
+    settings = job.bigquery
+    columns = columns_to_read(job.graph, job.key_feature, settings.feature_columns)
+    options = InstanceOptions(record_spec(job.graph), key_field=job.key_feature,
+                              included_fields=columns[1:])
+    return p | f"Read[{settings.source.describe()[:60]}]" >> ReadKeyedBigQueryRows(
+        settings.source, options, columns, chunk_size, job.with_source)
+
+
+def write_predictions(rows, job):
+    """Prediction rows -> --output_table; returns the dead letters of rows BigQuery refused."""
+    spec = {f.name: (f.dtype, f.size) for f in record_spec(job.graph)}
+    schema = prediction_schema(job.graph, spec, job.with_source)
+    settings = job.bigquery
+    refused = rows | "WritePredictionsToBigQuery" >> WriteRowsToBigQuery(
+        settings.output_table, schema, settings.write_method, settings.project, settings.temp_location)
+    return refused | "RefusedPredictions" >> beam.Map(refused_row_dead_letter)
+
+
+def write_dead_letters(dead_letters, job):
+    """Dead letters -> --errors_table. A dead letter BigQuery refuses has no table left to go to:
+    it is logged in full and counted as errors_table_refused."""
+    settings = job.bigquery
+    refused = dead_letters | "WriteDeadLettersToBigQuery" >> WriteRowsToBigQuery(
+        settings.errors_table, DEAD_LETTER_SCHEMA, settings.write_method, settings.project,
+        settings.temp_location)
+    refused | "LogRefusedDeadLetters" >> beam.Map(_log_refused)
+
+
+def _log_refused(failed) -> None:
+    metrics.counter(ERRORS_TABLE_REFUSED).inc()
+    logging.error("BigQuery refused a dead letter: %s", failed)
+
+
+def activate_emulators(opts: BatchInferOptions, project: Optional[str], local: bool) -> bool:
+    """Point this process's BigQuery and GCS clients at local emulators, when asked; refused for
+    remote runners, whose workers cannot see them. Returns whether anything was redirected."""
+    if not (opts.bigquery_emulator or opts.storage_emulator):
+        return False
+    if not local:
+        raise OptionsError("--bigquery_emulator/--storage_emulator are for local runs (DirectRunner): "
+                           "remote workers cannot reach this machine's emulators")
+    from transforms import bigquery_emulator
+
+    if opts.bigquery_emulator:
+        bigquery_emulator.use_bigquery_emulator(opts.bigquery_emulator, opts.bigquery_emulator_grpc or "",
+                                                project or "local")
+    if opts.storage_emulator:
+        bigquery_emulator.use_storage_emulator(opts.storage_emulator)
+    return True

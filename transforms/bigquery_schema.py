@@ -1,0 +1,139 @@
+"""BigQuery table schemas for prediction rows and dead letters, and rows shaped to fit them. Pure.
+
+A prediction row is written as it reads in JSON Lines: a `key` STRING column, one RECORD column
+per model holding its outputs, `inputs` (RECORD, with --passthrough) and `source` (RECORD, with
+--with_source). An output column's type comes from the model's outputs after its post-processing:
+float -> FLOAT64, integer -> INT64, bool -> BOOL, text or bytes -> STRING (bytes that are not
+UTF-8 as base64 text). Per-example shape [] is a NULLABLE column; [k] is REPEATED; [k, m, ...] is
+REPEATED too, flattened in row-major order (BigQuery has no arrays of arrays), with the shape in
+the column's description.
+
+The types are found by running each model's post-processing on one all-zero output row built
+from the SignatureDef's dtypes and shapes, so classify/regress/keep steps and user functions are
+covered without a model call.
+"""
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from transforms.graph import INPUTS_FIELD, SOURCE_FIELD, ModelGraph
+from transforms.postprocessors import apply_steps
+from transforms.rows import KEY_FIELD
+
+DEAD_LETTER_SCHEMA = {"fields": [
+    {"name": "key", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "stage", "type": "STRING", "mode": "REQUIRED"},
+    {"name": "error_type", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "error", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "input_base64", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "source", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "model", "type": "STRING", "mode": "NULLABLE"},
+]}
+SOURCE_SCHEMA = {"name": SOURCE_FIELD, "type": "RECORD", "mode": "NULLABLE", "fields": [
+    {"name": "file", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "record", "type": "INT64", "mode": "NULLABLE"},
+    {"name": "line", "type": "INT64", "mode": "NULLABLE"},
+    {"name": "table", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "query", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "message_id", "type": "STRING", "mode": "NULLABLE"},
+]}
+_FEATURE_TYPES = {"float32": "FLOAT64", "int64": "INT64", "string": "STRING"}
+
+
+class SchemaError(ValueError):
+    """Outputs that cannot be given a BigQuery column."""
+
+
+def bigquery_type(dtype: np.dtype) -> str:
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        return "FLOAT64"
+    if kind in "iu":
+        return "INT64"
+    if kind == "b":
+        return "BOOL"
+    if kind in "SOU":
+        return "STRING"
+    raise SchemaError(f"no BigQuery type for dtype {dtype}")
+
+
+def column(name: str, dtype: np.dtype, shape: Tuple[int, ...]) -> Dict[str, Any]:
+    field = {"name": name, "type": bigquery_type(dtype), "mode": "REPEATED" if shape else "NULLABLE"}
+    if len(shape) > 1:
+        field["description"] = f"shape {list(shape)}, flattened row-major"
+    return field
+
+
+def _zero_outputs(model) -> Dict[str, np.ndarray]:
+    outputs = {}
+    for name, dtype, shape in model.output_specs:
+        if shape is None:
+            raise SchemaError(f"model {model.name!r}: output {name!r} has an unknown rank; "
+                              "BigQuery needs a fixed column shape")
+        dims = tuple(1 if d < 0 else d for d in shape[1:])  # shape[0] is the batch
+        outputs[name] = np.zeros((1,) + dims, dtype=object if dtype == "string" else dtype)
+    return outputs
+
+
+def model_record(node) -> Dict[str, Any]:
+    """The RECORD column of one model's (post-processed) outputs."""
+    try:
+        outputs = apply_steps(node.postprocess, _zero_outputs(node.model))
+    except SchemaError:
+        raise
+    except Exception as e:  # pylint: disable=broad-except  # a user step that rejects zeros
+        raise SchemaError(f"model {node.name!r}: cannot derive the BigQuery columns of its "
+                          f"post-processed outputs ({type(e).__name__}: {e})") from e
+    fields = [column(name, np.asarray(value).dtype, np.asarray(value).shape[1:])
+              for name, value in sorted(outputs.items())]
+    return {"name": node.name, "type": "RECORD", "mode": "NULLABLE", "fields": fields}
+
+
+def prediction_schema(graph: ModelGraph, passthrough_types: Optional[Mapping[str, Tuple[str, int]]] = None,
+                      with_source: bool = False) -> Dict[str, Any]:
+    """The table schema of one row per key. passthrough_types: feature -> (storage dtype, size)."""
+    fields = [{"name": KEY_FIELD, "type": "STRING", "mode": "REQUIRED"}]
+    fields += [model_record(node) for node in graph.nodes]
+    if graph.passthrough:
+        types = passthrough_types or {}
+        inputs = []
+        for name in graph.passthrough:
+            dtype, size = types.get(name, ("string", 1))
+            inputs.append({"name": name, "type": _FEATURE_TYPES[dtype],
+                           "mode": "REPEATED" if size > 1 else "NULLABLE"})
+        fields.append({"name": INPUTS_FIELD, "type": "RECORD", "mode": "NULLABLE", "fields": inputs})
+    if with_source:
+        fields.append(SOURCE_SCHEMA)
+    return {"fields": fields}
+
+
+def _flat(value: Any) -> List[Any]:
+    if isinstance(value, list):
+        return [v for item in value for v in _flat(item)]
+    return [value]
+
+
+def _fit(value: Any, field: Mapping[str, Any]) -> Any:
+    if value is None:
+        return None
+    if field["type"] == "RECORD":
+        return fit_record(value, field["fields"]) if isinstance(value, Mapping) else None
+    if field["mode"] == "REPEATED":
+        return [_scalar(v, field) for v in _flat(value)]
+    if isinstance(value, list):  # a one-value list for a scalar column (passthrough)
+        return _scalar(value[0], field) if len(value) == 1 else str(value)
+    return _scalar(value, field)
+
+
+def _scalar(value: Any, field: Mapping[str, Any]) -> Any:
+    if isinstance(value, Mapping) and "b64" in value:  # bytes that are not UTF-8, as base64 text
+        return value["b64"]
+    if field["type"] == "STRING" and not isinstance(value, str):
+        return str(value)
+    return value
+
+
+def fit_record(row: Mapping[str, Any], fields: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """A JSON-ready row (transforms.rows values) shaped for the schema's fields; unknown keys dropped."""
+    return {f["name"]: _fit(row[f["name"]], f) for f in fields if f["name"] in row}

@@ -1,0 +1,66 @@
+"""WriteRowsToBigQuery: prediction rows or dead letters into a BigQuery table, nothing lost.
+
+The table is created when needed with the schema given (transforms.bigquery_schema) and rows are
+appended. STREAMING_INSERTS and FILE_LOADS work with the Python SDK alone; STORAGE_WRITE_API runs
+through Beam's Java expansion service (a jar Beam downloads, so not offline). With
+STREAMING_INSERTS, a row BigQuery refuses for good comes back as a dead letter at stage write
+(its prediction no longer counted), so inputs = predictions + dead letters still holds; with
+FILE_LOADS a refused load fails the job with BigQuery's error.
+"""
+
+from typing import Any, Dict, Mapping, Optional
+
+import apache_beam as beam
+import orjson
+from apache_beam.io.gcp.bigquery_tools import RetryStrategy
+
+from transforms import metrics
+from transforms.bigquery_schema import fit_record
+from transforms.dead_letters import WRITE, dead_letter
+
+STREAMING_INSERTS, FILE_LOADS, STORAGE_WRITE_API = "STREAMING_INSERTS", "FILE_LOADS", "STORAGE_WRITE_API"
+WRITE_METHODS = (STREAMING_INSERTS, FILE_LOADS, STORAGE_WRITE_API)
+
+
+def refused_row_dead_letter(failed: Any) -> Dict[str, Any]:
+    """The dead letter of a prediction row BigQuery refused ((destination, row, errors), as
+    WriteToBigQuery reports it); the row no longer counts as a prediction."""
+    destination, row, errors = (tuple(failed) + (None,))[:3]
+    metrics.counter(metrics.PREDICTIONS_WRITTEN).dec()
+    metrics.dead_letter_counter(WRITE).inc()
+    key = row.get("key") if isinstance(row, Mapping) else None
+    return dead_letter(WRITE, f"BigQuery refused the row for {destination}: {errors}", key=key,
+                       raw=orjson.dumps(row, default=str), error_type="BigQueryInsertError")
+
+
+class WriteRowsToBigQuery(beam.PTransform):
+    """Rows -> table (created if needed); returns the rows BigQuery refused for good, as
+    (destination, row, errors) (STREAMING_INSERTS; always empty with the other methods)."""
+
+    def __init__(self, table: str, schema: Mapping[str, Any], method: str = STREAMING_INSERTS,
+                 project: Optional[str] = None, gcs_temp_location: Optional[str] = None):
+        super().__init__()
+        if method not in WRITE_METHODS:
+            raise ValueError(f"BigQuery write method {method!r} is not one of {', '.join(WRITE_METHODS)}")
+        self._table = table
+        self._schema = dict(schema)
+        self._method = method
+        self._project = project
+        self._gcs_temp_location = gcs_temp_location
+
+    def expand(self, rows):
+        fields = self._schema["fields"]
+        kwargs = {}
+        if self._method == STREAMING_INSERTS:
+            kwargs["insert_retry_strategy"] = RetryStrategy.RETRY_ON_TRANSIENT_ERROR
+        if self._gcs_temp_location:
+            kwargs["custom_gcs_temp_location"] = self._gcs_temp_location
+        result = (rows
+                  | "FitSchema" >> beam.Map(fit_record, fields)
+                  | "WriteToBigQuery" >> beam.io.WriteToBigQuery(
+                      self._table, schema=self._schema, method=self._method, project=self._project,
+                      create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
+                      write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND, **kwargs))
+        if self._method != STREAMING_INSERTS:
+            return rows.pipeline | "NoRefusedRows" >> beam.Create([])
+        return result.failed_rows_with_errors

@@ -1,0 +1,153 @@
+"""ReadKeyedBigQueryRows: a BigQuery table or query -> keyed tf.Example records + dead letters.
+
+Rows are read with Beam's ReadFromBigQuery (DIRECT_READ, the Storage Read API, by default; or
+EXPORT through GCS) and converted by the model's feature spec with the same rules as JSON/CSV
+instances (transforms.instances):
+
+- INT64 and BOOL -> int64; FLOAT64 and NUMERIC -> float (or int64 when whole); STRING and
+  BYTES -> bytes; REPEATED -> lists.
+- NULL, and an empty REPEATED value (BigQuery stores a NULL array as an empty one) -> a missing
+  feature: the spec's default, or a convert dead letter.
+- DATE, DATETIME, TIMESTAMP -> ISO 8601 text for string features, seconds since the epoch (UTC)
+  for numeric ones (DIRECT_READ gives DATETIME as text, EXPORT as a datetime: both work).
+
+The key column gives each record's key and is not a feature. A row that cannot be converted is
+a dead letter, never a crash.
+"""
+
+import base64
+import dataclasses
+import datetime
+import decimal
+from typing import Any, Dict, List, Optional, Tuple
+
+import apache_beam as beam
+import orjson
+
+from transforms import metrics
+from transforms.dead_letters import CONVERT, DEAD_LETTER_TAG, dead_letter
+from transforms.instance_source import InstanceOptions
+from transforms.instances import ConversionError
+from transforms.record_chunks import RecordChunk
+
+DIRECT_READ, EXPORT = "DIRECT_READ", "EXPORT"
+READ_METHODS = (DIRECT_READ, EXPORT)
+
+
+@dataclasses.dataclass(frozen=True)
+class BigQueryInput:
+    """Where rows come from: a table ('project:dataset.table' or 'dataset.table') or a query."""
+
+    table: Optional[str] = None
+    query: Optional[str] = None
+    method: str = DIRECT_READ
+    project: Optional[str] = None  # billing project for query jobs and exports
+    gcs_location: Optional[str] = None  # EXPORT's temporary files (default: --temp_location)
+
+    def __post_init__(self):
+        if bool(self.table) == bool(self.query):
+            raise ValueError("give a table or a query, not both")
+        if self.method not in READ_METHODS:
+            raise ValueError(f"read method {self.method!r} is not one of {', '.join(READ_METHODS)}")
+
+    @property
+    def source(self) -> Dict[str, str]:
+        """What --with_source writes for rows from here."""
+        return {"table": self.table} if self.table else {"query": self.query}
+
+    def describe(self) -> str:
+        return f"table {self.table}" if self.table else f"query {self.query}"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    return str(value)
+
+
+def row_bytes(row: Dict[str, Any]) -> bytes:
+    """The row as JSON, the raw input of its dead letter (BYTES as {"b64"}, dates as ISO text)."""
+    return orjson.dumps(row, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+def row_to_record(row: Dict[str, Any], options: InstanceOptions) -> Tuple[str, bytes]:
+    """(key, serialized tf.Example) of one row; raises ConversionError naming the problem.
+
+    An empty REPEATED value counts as NULL: BigQuery stores a NULL array as an empty one.
+    """
+    row = {name: (None if value == [] else value) for name, value in row.items()}
+    return options.key_of(row), options.convert(row)
+
+
+class RowsToRecordsFn(beam.DoFn):
+    """Rows (or lists of rows, when chunking) -> (key, bytes) or RecordChunks + dead letters."""
+
+    def __init__(self, options: InstanceOptions, source: Dict[str, str], chunked: bool,
+                 with_source: bool = False):
+        self._options = options
+        self._source = source
+        self._chunked = chunked
+        self._with_source = with_source
+
+    def _convert(self, rows: List[Dict[str, Any]]):
+        keys, records = [], []
+        for row in rows:
+            metrics.counter(metrics.RECORDS_READ).inc()
+            try:
+                key, record = row_to_record(row, self._options)
+            except ConversionError as e:
+                metrics.dead_letter_counter(CONVERT).inc()
+                key = self._options.key_or_none(row)
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+                    CONVERT, e, key=key, raw=row_bytes(row), source=next(iter(self._source.values()))))
+                continue
+            keys.append(key)
+            records.append(record)
+        metrics.PROGRESS.add(metrics.RECORDS_READ, len(rows))
+        if not self._chunked:
+            yield from zip(keys, records)
+        elif keys:
+            yield RecordChunk(keys, records, [self._source] * len(keys) if self._with_source else None)
+
+    def process(self, element):
+        yield from self._convert(element if self._chunked else [element])
+
+
+class ReadKeyedBigQueryRows(beam.PTransform):
+    """Reads a BigQuery table or query as keyed records: (records, dead letters).
+
+    columns: the columns to read (the key, the features, passthrough ones); DIRECT_READ on a table
+    reads only those. chunk_size: emit RecordChunks of up to that many records (the fast path).
+    """
+
+    def __init__(self, source: BigQueryInput, options: InstanceOptions, columns: Tuple[str, ...],
+                 chunk_size: Optional[int] = None, with_source: bool = False):
+        super().__init__()
+        self._input = source
+        self._options = options
+        self._columns = tuple(columns)
+        self._chunk_size = chunk_size
+        self._with_source = with_source
+
+    def _read(self):
+        kwargs = {"method": self._input.method, "project": self._input.project}
+        if self._input.gcs_location:
+            kwargs["gcs_location"] = self._input.gcs_location
+        if self._input.table:
+            if self._input.method == DIRECT_READ:
+                kwargs["selected_fields"] = list(self._columns)
+            return beam.io.ReadFromBigQuery(table=self._input.table, **kwargs)
+        return beam.io.ReadFromBigQuery(query=self._input.query, use_standard_sql=True, **kwargs)
+
+    def expand(self, pbegin):
+        rows = pbegin | "ReadFromBigQuery" >> self._read()
+        if self._chunk_size:
+            rows = rows | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._chunk_size)
+        result = rows | "RowsToExamples" >> beam.ParDo(RowsToRecordsFn(
+            self._options, self._input.source, bool(self._chunk_size), self._with_source)
+        ).with_outputs(DEAD_LETTER_TAG, main="records")
+        return result.records, result[DEAD_LETTER_TAG]
