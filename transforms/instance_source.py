@@ -20,7 +20,7 @@ from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
 from transforms.instances import ConversionError, instance_key, instance_to_example, select_fields
 from transforms.record_chunks import RecordChunk
 from transforms.text_instances import CSV, JSONL, InstanceError, iter_csv, iter_jsonl
-from transforms.tfrecord_source import expand_patterns, key_names
+from transforms.tfrecord_source import expand_patterns, read_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,10 +164,4 @@ class ReadKeyedInstances(beam.PTransform):
         return list(self._paths)
 
     def expand(self, pbegin):
-        names = key_names(self._paths)
-        result = (
-            pbegin
-            | "Files" >> beam.Create([(p, names[p]) for p in self._paths])
-            | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadInstances" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main="records"))
-        return result.records, result[DEAD_LETTER_TAG]
+        return read_files(pbegin, self._paths, "ReadInstances", self._fn)

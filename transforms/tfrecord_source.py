@@ -223,13 +223,17 @@ class ReadKeyedTFRecords(beam.PTransform):
         return list(self._paths)
 
     def expand(self, pbegin):
-        names = key_names(self._paths)
-        result = (
-            pbegin
-            | "Files" >> beam.Create([(p, names[p]) for p in self._paths])
-            | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadRecords" >> beam.ParDo(
-                ReadRecordsFn() if self._chunk_size is None
-                else ReadRecordChunksFn(self._chunk_size, self._chunk_bytes, self._with_source)
-            ).with_outputs(DEAD_LETTER_TAG, main="records"))
-        return result.records, result[DEAD_LETTER_TAG]
+        return read_files(pbegin, self._paths, "ReadRecords",
+                          ReadRecordsFn() if self._chunk_size is None
+                          else ReadRecordChunksFn(self._chunk_size, self._chunk_bytes, self._with_source))
+
+
+def read_files(pbegin, paths: Sequence[str], label: str, read_fn: beam.DoFn):
+    """(path, key name) per file, spread over workers, read by read_fn: (records, dead letters)."""
+    names = key_names(paths)
+    result = (
+        pbegin
+        | "Files" >> beam.Create([(p, names[p]) for p in paths])
+        | "SpreadFiles" >> beam.Reshuffle()
+        | label >> beam.ParDo(read_fn).with_outputs(DEAD_LETTER_TAG, main="records"))
+    return result.records, result[DEAD_LETTER_TAG]
