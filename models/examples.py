@@ -11,6 +11,7 @@ import numpy as np
 from tensorflow.core.example import example_pb2
 
 from models.feature_spec import RAW, Feature, flatten_default
+from models.preprocess_spec import IMAGE
 
 _KIND_BY_DTYPE = {"float32": "float_list", "int64": "int64_list", "string": "bytes_list"}
 
@@ -116,14 +117,25 @@ def feature_values(example: example_pb2.Example, name: str) -> List[Any]:
     return list(getattr(feature, kind).value) if kind else []
 
 
-def golden_values(spec: Sequence[Feature], count: int, seed: int = 0) -> List[Dict[str, Any]]:
-    """Deterministic, varied values for every feature: the inputs verification runs on."""
+def golden_values(spec: Sequence[Feature], count: int, seed: int = 0,
+                  vocabularies: Optional[Mapping[str, Sequence[str]]] = None) -> List[Dict[str, Any]]:
+    """Deterministic, varied values for every feature: the inputs verification runs on.
+
+    Image features get real PNG and JPEG bytes, of the model's size and of other sizes (so
+    resizing is exercised); text features get sentences of vocabulary words (vocabularies:
+    feature name -> words), out-of-vocabulary words and mixed case, shorter and longer than the
+    model's length.
+    """
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(count):
         row = {}
         for f in spec:
-            if f.encoding == RAW:
+            if f.preprocess is not None and f.preprocess.kind == IMAGE:
+                row[f.name] = golden_image(f.preprocess, i, rng)
+            elif f.preprocess is not None:
+                row[f.name] = golden_text((vocabularies or {}).get(f.name), f.preprocess.length, i, rng)
+            elif f.encoding == RAW:
                 values = rng.normal(size=f.shape) * 3
                 if not f.model_dtype.startswith("float"):
                     values = np.abs(values)
@@ -140,6 +152,37 @@ def golden_values(spec: Sequence[Feature], count: int, seed: int = 0) -> List[Di
                 row[f.name] = [f"{f.name}-{i}-{j}".encode() for j in range(f.size)]
         rows.append(row)
     return rows
+
+
+_PLAIN_WORDS = ("the", "model", "reads", "raw", "text", "and", "images", "inside", "its", "graph")
+
+
+def golden_image(p, i: int, rng) -> bytes:
+    """Encoded bytes of a random image: PNG on even i (and for 4 channels), else JPEG; the model's
+    size every third image, otherwise larger or smaller."""
+    import tensorflow as tf
+
+    sizes = [(p.height, p.width), (2 * p.height + 1, p.width + 3),
+             (max(1, p.height // 2), max(1, p.width // 2) + 1)]
+    height, width = sizes[i % 3]
+    pixels = rng.integers(0, 256, size=(height, width, p.channels), dtype=np.uint8)
+    if i % 2 == 0 or p.channels == 4:
+        return tf.io.encode_png(pixels).numpy()
+    return tf.io.encode_jpeg(pixels).numpy()
+
+
+def golden_text(words: Optional[Sequence[str]], length: int, i: int, rng) -> str:
+    """i % (length + 4) words (none up to more than length): vocabulary words, some capitalised,
+    and one word in four outside the vocabulary."""
+    known = list(words or _PLAIN_WORDS)
+    chosen = []
+    for j in range(i % (length + 4)):
+        if j % 4 == 3:
+            chosen.append(f"unseen{i}x{j}")
+            continue
+        word = known[int(rng.integers(0, len(known)))]
+        chosen.append(word.upper() if j % 3 == 1 else word.capitalize() if j % 3 == 2 else word)
+    return ("  " if i % 2 else " ").join(chosen)
 
 
 def dense_batch(rows: Sequence[Mapping[str, Any]], spec: Sequence[Feature]) -> Dict[str, np.ndarray]:

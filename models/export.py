@@ -4,6 +4,11 @@ The source is a Keras 3 model (`.keras` file or in-memory) or a SavedModel direc
 signature takes dense tensors. The export goes through keras.export.ExportArchive, the one way
 found to give a SavedModel that both tf.saved_model.load and tfx-bsl's TF1 session loader
 restore (docs/ARCHITECTURE.md, "Export"). The dense signature stays as `serving_dense`.
+
+The serving signature is parse (the feature spec) -> signature_body: in-graph preprocessing of
+raw features (models.preprocessing), the model, the method's outputs (models.signature_methods),
+and passthrough features copied to outputs of the same name. Verification calls the same body
+eagerly on golden values as its reference.
 """
 
 import dataclasses
@@ -140,26 +145,69 @@ def parse_to_dense(examples: tf.Tensor, spec: FeatureSpec) -> Dict[str, tf.Tenso
     return dense
 
 
-def serving_fn(model: SourceModel, spec: FeatureSpec) -> Callable:
-    missing = sorted(set(model.inputs) - {f.name for f in spec})
+Body = Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]]
+
+
+def signature_body(model: SourceModel, spec: FeatureSpec, preprocessor: Optional[Callable] = None,
+                   method: str = "predict", class_labels: Optional[Sequence[str]] = None) -> Body:
+    """Parsed features {name: [batch, ...]} -> the serving signature's outputs.
+
+    preprocessor (models.preprocessing.Preprocessor) turns the spec's raw features into the model
+    inputs they feed; passthrough features are copied to outputs of their own name, as parsed:
+    shape [batch, *feature shape], or [batch, 1] for a feature of shape [].
+    """
+    from models.signature_methods import method_outputs
+
+    missing = sorted(set(model.inputs) - {f.model_input for f in spec})
     if missing:
         raise FeatureSpecError(f"the feature spec does not cover model inputs {missing}")
+    if preprocessor is None and any(f.preprocess is not None for f in spec):
+        raise FeatureSpecError("the feature spec preprocesses features but no preprocessor was given")
+    passthrough = [f.name for f in spec if f.passthrough]
+
+    def body(parsed: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        inputs = dict(preprocessor(parsed)) if preprocessor is not None else {}
+        for name, value in parsed.items():
+            if name in model.inputs and name not in inputs:
+                inputs[name] = value
+        outputs = method_outputs(model.call({n: inputs[n] for n in model.inputs}), method, class_labels)
+        clashing = sorted(set(passthrough) & set(outputs))
+        if clashing:
+            raise FeatureSpecError(f"passthrough features {clashing} have the names of model outputs")
+        # a feature of shape [] passes through as [batch, 1]: tfx-bsl's predict handler cannot
+        # split a string output with no per-example axis (it reads output[i].dtype)
+        outputs.update({name: parsed[name] if parsed[name].shape.rank > 1 else tf.reshape(parsed[name], [-1, 1])
+                        for name in passthrough})
+        return outputs
+
+    return body
+
+
+def serving_fn(model: SourceModel, spec: FeatureSpec, body: Optional[Body] = None) -> Callable:
+    body = body or signature_body(model, spec)
 
     def serve(examples):
-        return model.call({n: v for n, v in parse_to_dense(examples, spec).items() if n in model.inputs})
+        return body(parse_to_dense(examples, spec))
 
     return serve
 
 
-def write_export(model: SourceModel, spec: FeatureSpec, export_dir: str) -> None:
-    """Writes the SavedModel with both signatures and our feature-spec file into export_dir."""
+def write_export(model: SourceModel, spec: FeatureSpec, export_dir: str, body: Optional[Body] = None,
+                 input_name: str = EXAMPLES_INPUT, resources: Sequence[Any] = ()) -> None:
+    """Writes the SavedModel with both signatures and our feature-spec file into export_dir.
+
+    body defaults to the model on the parsed features; resources (lookup tables the body reads)
+    are tracked so that both loaders initialize them.
+    """
     import keras
 
     archive = keras.export.ExportArchive()
     archive.track(model.trackable)
+    for resource in resources:
+        archive.track(resource)
     archive.add_endpoint(
-        SERVING_SIGNATURE, serving_fn(model, spec),
-        input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+        SERVING_SIGNATURE, serving_fn(model, spec, body),
+        input_signature=[tf.TensorSpec([None], tf.string, name=input_name)])
     archive.add_endpoint(DENSE_SIGNATURE, model.call, input_signature=[dict(model.inputs)])
     archive.write_out(export_dir, verbose=False)
     spec_path = os.path.join(export_dir, SPEC_FILE)

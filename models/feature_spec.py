@@ -10,6 +10,8 @@ import json
 import math
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from models.preprocess_spec import IMAGE, Preprocess, PreprocessSpecError, preprocess_from_json
+
 # tf.Example stores three kinds of lists; every feature is stored as one of them.
 STORAGE_DTYPES = ("float32", "int64", "string")
 SPEC_FILE = "assets.extra/feature_spec.json"
@@ -37,6 +39,11 @@ class Feature:
 
     encoding "raw" stores the whole tensor as one bytes value (tf.io.decode_raw of model_dtype,
     reshaped to shape): the compact way to ship images and other dense numeric blocks.
+
+    preprocess (models.preprocess_spec), when set, says the feature holds one raw value (encoded
+    image bytes or text, dtype string, shape []) that preprocessing inside the signature turns
+    into the model input preprocess.input. passthrough says the signature copies the feature's
+    parsed value to an output of the same name (it need not be a model input).
     """
 
     name: str
@@ -45,6 +52,8 @@ class Feature:
     model_dtype: Optional[str] = None
     default: Any = None
     encoding: Optional[str] = None
+    preprocess: Optional[Preprocess] = None
+    passthrough: bool = False
 
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
@@ -64,6 +73,8 @@ class Feature:
                     f"feature {self.name!r}: raw encoding needs dtype string and a numeric model_dtype")
             if self.default is not None:
                 raise FeatureSpecError(f"feature {self.name!r}: a raw feature cannot have a default")
+        if self.preprocess is not None:
+            self._check_preprocess()
         if self.default is not None:
             values = flatten_default(self.default)
             if len(values) != self.size:
@@ -74,6 +85,22 @@ class Feature:
             if wrong:
                 raise FeatureSpecError(
                     f"feature {self.name!r}: default value {wrong[0]!r} is not {self.dtype}")
+
+    def _check_preprocess(self):
+        if self.dtype != "string" or self.shape != () or self.encoding is not None:
+            raise FeatureSpecError(
+                f"feature {self.name!r}: {self.preprocess.kind} preprocessing reads one bytes value "
+                "(dtype string, shape [], no encoding)")
+        if self.model_dtype not in (None, "string"):
+            raise FeatureSpecError(
+                f"feature {self.name!r}: the model dtype of a preprocessed feature is in its preprocess entry")
+        if self.preprocess.kind == IMAGE and self.default is not None:
+            raise FeatureSpecError(f"feature {self.name!r}: an image feature cannot have a default")
+
+    @property
+    def model_input(self) -> str:
+        """The model input this feature feeds (a passthrough-only feature feeds none of that name)."""
+        return self.preprocess.input if self.preprocess is not None else self.name
 
     @property
     def size(self) -> int:
@@ -108,6 +135,10 @@ class Feature:
             out["default"] = self.default
         if self.encoding:
             out["encoding"] = self.encoding
+        if self.preprocess is not None:
+            out["preprocess"] = self.preprocess.to_json()
+        if self.passthrough:
+            out["passthrough"] = True
         return out
 
 
@@ -141,7 +172,8 @@ def feature_from_json(name: Optional[str], obj: Mapping[str, Any]) -> Feature:
     name = obj.get("name", name)
     if not name:
         raise FeatureSpecError(f"feature without a name: {obj}")
-    unknown = set(obj) - {"name", "dtype", "shape", "model_dtype", "default", "encoding"}
+    unknown = set(obj) - {"name", "dtype", "shape", "model_dtype", "default", "encoding", "preprocess",
+                          "passthrough"}
     if unknown:
         raise FeatureSpecError(f"feature {name!r}: unknown fields {sorted(unknown)}")
     dtype = obj.get("dtype")
@@ -151,8 +183,16 @@ def feature_from_json(name: Optional[str], obj: Mapping[str, Any]) -> Feature:
     encoding = obj.get("encoding")
     if dtype not in STORAGE_DTYPES:  # a model dtype given as dtype: store it the tf.Example way
         model_dtype, dtype = dtype, "string" if encoding == RAW else storage_dtype_for(dtype)
+    try:
+        preprocess = preprocess_from_json(obj["preprocess"]) if obj.get("preprocess") else None
+    except PreprocessSpecError as e:
+        raise FeatureSpecError(f"feature {name!r}: {e}") from e
+    passthrough = obj.get("passthrough", False)
+    if not isinstance(passthrough, bool):
+        raise FeatureSpecError(f"feature {name!r}: passthrough is true or false")
     return Feature(name=name, dtype=dtype, shape=tuple(obj.get("shape", ())),
-                   model_dtype=model_dtype, default=obj.get("default"), encoding=encoding)
+                   model_dtype=model_dtype, default=obj.get("default"), encoding=encoding,
+                   preprocess=preprocess, passthrough=passthrough)
 
 
 def spec_from_json(obj: Any) -> FeatureSpec:
@@ -176,6 +216,14 @@ def make_spec(features: Iterable[Feature]) -> FeatureSpec:
         raise FeatureSpecError(f"duplicate features in spec: {duplicates}")
     if not features:
         raise FeatureSpecError("a feature spec needs at least one feature")
+    # a preprocessed feature feeds a model input that neither another preprocessed feature nor
+    # a plain feature of that name (which feeds the input of its own name) may feed
+    fed = [f.model_input for f in features if f.preprocess is not None]
+    clashing = sorted({n for n in fed if fed.count(n) > 1} | {
+        f.model_input for f in features if f.preprocess is not None and f.model_input != f.name
+        and f.model_input in names})
+    if clashing:
+        raise FeatureSpecError(f"model inputs fed by more than one feature: {clashing}")
     return features
 
 
@@ -216,13 +264,42 @@ def override_spec(derived: FeatureSpec, overrides: FeatureSpec) -> FeatureSpec:
     return tuple(merged)
 
 
+def with_passthrough(spec: FeatureSpec, names: Sequence[str], declared: Sequence[Feature] = ()
+                     ) -> FeatureSpec:
+    """Marks the named features as passed through, adding those the model does not read.
+
+    A feature the spec lacks is taken from declared (a --feature_spec entry) or else added as an
+    optional string of shape [] with default "" (a record without it passes through "").
+    """
+    by_name = {f.name: f for f in spec}
+    declared_by_name = {f.name: f for f in declared}
+    fed = {f.model_input: f.name for f in spec if f.preprocess is not None}
+    added = []
+    for name in names:
+        if name in fed and name not in by_name:
+            raise FeatureSpecError(
+                f"passthrough {name!r} is a model input fed by feature {fed[name]!r}; pass {fed[name]!r} through")
+        if name in by_name:
+            by_name[name] = dataclasses.replace(by_name[name], passthrough=True)
+        elif name not in [f.name for f in added]:
+            base = declared_by_name.get(name) or Feature(name, "string", (), default="")
+            added.append(dataclasses.replace(base, passthrough=True))
+    unused = sorted(set(declared_by_name) - set(names))
+    if unused:
+        raise FeatureSpecError(f"feature spec names {unused}, which are neither model inputs nor passed through")
+    return make_spec([by_name[f.name] for f in spec] + added)
+
+
 def describe(spec: Sequence[Feature]) -> str:
     lines = []
     for f in spec:
         cast = f" -> {f.model_dtype}" if f.model_dtype and f.model_dtype != f.dtype else ""
         default = "required" if f.required else f"default={f.default!r}"
+        passed = ", passed through" if f.passthrough else ""
         if f.encoding == RAW:
-            lines.append(f"  {f.name}: raw bytes of {f.model_dtype}{list(f.shape)} ({default})")
+            lines.append(f"  {f.name}: raw bytes of {f.model_dtype}{list(f.shape)} ({default}{passed})")
+        elif f.preprocess is not None:
+            lines.append(f"  {f.name}: {f.preprocess.describe()} ({default}{passed})")
         else:
-            lines.append(f"  {f.name}: {f.dtype}{list(f.shape)}{cast} ({default})")
+            lines.append(f"  {f.name}: {f.dtype}{list(f.shape)}{cast} ({default}{passed})")
     return "\n".join(lines)

@@ -41,6 +41,14 @@ def inspect_report(path: str, signature: str = "serving_default") -> (str, bool)
         lines.append(describe(spec))
     except Exception as e:
         lines.append(f"feature spec: unavailable ({e})")
+    from models.warmup import WARMUP_FILE, read_warmup
+
+    try:
+        requests = read_warmup(version_dir)
+        lines.append(f"TF Serving warmup: {len(requests)} requests ({WARMUP_FILE})" if requests
+                     else "TF Serving warmup: none")
+    except Exception as e:
+        lines.append(f"TF Serving warmup: unreadable ({e})")
     problems = contract_problems(version_dir, signature)
     if problems:
         lines.append(f"tfx-bsl contract ({signature}): FAILS")

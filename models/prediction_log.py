@@ -2,7 +2,9 @@
 
 A predict log holds one TensorProto per output with a leading axis of 1 (tfx-bsl splits the
 batch); classify and regress logs hold their results as protos. All three become
-{output name: np.ndarray for one example}, the engine-neutral form rows are built from.
+{output name: np.ndarray for one example}, the engine-neutral form rows are built from, under the
+names the signature gives them (classify: classes, scores; regress: outputs), so that both engines
+give the same rows.
 """
 
 from typing import Dict
@@ -32,5 +34,5 @@ def outputs_from_log(log: prediction_log_pb2.PredictionLog) -> Dict[str, np.ndar
         }
     if kind == "regress_log":
         (regression,) = log.regress_log.response.result.regressions
-        return {"value": np.float32(regression.value)}
+        return {tf.saved_model.REGRESS_OUTPUTS: np.float32(regression.value)}
     raise UnsupportedLogError(f"PredictionLog of type {kind!r} is not supported")

@@ -3,10 +3,17 @@
 Golden examples are generated from the feature spec; the reference is the in-memory model called
 on the same values as dense tensors. The export is run through tfx-bsl's own model handler (its TF1
 session loader and its PredictionLog building) and through tf.saved_model.load.
+
+For raw inputs (encoded images, text; models.preprocessing) the golden values are real PNG/JPEG
+bytes and sentences over the vocabulary shipped in the export's assets, and the reference applies
+the same preprocessing eagerly before calling the model (models.export.signature_body), so the
+check covers the export's parsing, its assets and lookup-table initialization in both loaders,
+classify/regress outputs and passthrough features. TF Serving warmup requests, when the export
+has them, are replayed through the signature they name.
 """
 
 import dataclasses
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -27,8 +34,9 @@ class VerificationResult:
         return not self.problems
 
 
-def golden_serialized(spec: FeatureSpec, count: int = 8, seed: int = 0):
-    rows = ex.golden_values(spec, count, seed)
+def golden_serialized(spec: FeatureSpec, count: int = 8, seed: int = 0,
+                      vocabularies: Optional[Mapping[str, List[str]]] = None):
+    rows = ex.golden_values(spec, count, seed, vocabularies)
     return rows, [ex.make_example(r, spec).SerializeToString() for r in rows]
 
 
@@ -72,7 +80,13 @@ def compare_outputs(reference: Mapping[str, np.ndarray], actual: Mapping[str, np
 def verify_export(export_dir: str, spec: FeatureSpec, reference_call, count: int = 8,
                   seed: int = 0) -> VerificationResult:
     """reference_call maps dense inputs {name: array} to {output: tensor} (the in-memory model)."""
-    rows, serialized = golden_serialized(spec, count, seed)
+    from models.preprocessing import read_vocabularies
+
+    try:
+        vocabularies = read_vocabularies(export_dir, spec)
+    except Exception as e:  # a vocabulary missing from the export's assets is a finding
+        return VerificationResult(problems=[f"export assets: {_first_line(e)}"], checked_examples=0)
+    rows, serialized = golden_serialized(spec, count, seed, vocabularies)
     try:
         reference = {k: np.asarray(v) for k, v in reference_call(
             {k: tf.constant(v) for k, v in ex.dense_batch(rows, spec).items()}).items()}
@@ -88,7 +102,23 @@ def verify_export(export_dir: str, spec: FeatureSpec, reference_call, count: int
             problems.append(f"{label}: {type(e).__name__}: {_first_line(e)}")
             continue
         problems += compare_outputs(reference, actual, label)
+    problems += warmup_problems(export_dir)
     return VerificationResult(problems=problems, checked_examples=count)
+
+
+def warmup_problems(export_dir: str) -> List[str]:
+    """TF Serving warmup requests must each run through the signature they name."""
+    from models import warmup
+
+    try:
+        for log, outputs in zip(warmup.read_warmup(export_dir), warmup.replay(export_dir)):
+            size = len(warmup.request_examples(log)[2])
+            wrong = sorted(name for name, value in outputs.items() if value.shape[:1] != (size,))
+            if wrong:
+                return [f"warmup requests: outputs {wrong} lack a batch axis of {size}"]
+    except Exception as e:
+        return [f"warmup requests ({warmup.WARMUP_FILE}): {type(e).__name__}: {_first_line(e)}"]
+    return []
 
 
 def _first_line(error: Exception) -> str:

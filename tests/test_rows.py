@@ -249,9 +249,9 @@ def test_outputs_from_regress_log():
     log = prediction_log_pb2.PredictionLog(regress_log=prediction_log_pb2.RegressLog(
         response=regression_pb2.RegressionResponse(result=result)))
     outputs = outputs_from_log(log)
-    assert list(outputs) == ["value"]
-    assert outputs["value"] == np.float32(1.5) and np.shape(outputs["value"]) == ()
-    assert outputs_to_json(outputs) == {"value": 1.5}
+    assert list(outputs) == ["outputs"]
+    assert outputs["outputs"] == np.float32(1.5) and np.shape(outputs["outputs"]) == ()
+    assert outputs_to_json(outputs) == {"outputs": 1.5}
 
 
 def test_unsupported_or_empty_log_raises():
