@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean bigquery-install bigquery-local
+.PHONY: demo test bench bench-stream install clean bigquery-install bigquery-local pubsub-local
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+	$(PY) -m bench.stream_latency
+
+# publish -> result latency of stream_infer on the Pub/Sub emulator (needs the gcloud SDK's emulator)
+bench-stream: $(STAMP)
+	$(PY) -m bench.stream_latency
+
+# Google's Pub/Sub emulator on 127.0.0.1:8085 in the foreground, with demo topics + subscriptions
+pubsub-local: $(STAMP)
+	$(PY) -m pipelines.pubsub_emulator --topic requests --topic predictions --topic errors
 
 # A local BigQuery (REST :9050, Storage Read gRPC :9060) and GCS (:9023) on 127.0.0.1, in the
 # foreground; their own Python 3.13 venv, .bigquery-venv (tools/bigquery_local). Jobs reach them

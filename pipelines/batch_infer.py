@@ -19,8 +19,7 @@ import time
 from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions,
-                                                  StandardOptions)
+from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions
 
 from models.serving_model import ModelContractError, load_serving_models
 from pipelines import manifest
@@ -28,6 +27,7 @@ from pipelines.bigquery_io import (BIGQUERY, BigQuerySettings, activate_emulator
                                    write_dead_letters, write_predictions)
 from pipelines.inputs import input_format_of, read_records
 from pipelines.options import BatchInferOptions, OptionsError, check_options, field_list
+from pipelines.runners import is_local
 from transforms import metrics
 from transforms.bigquery_schema import SchemaError
 from transforms.chunked import ChunkToJsonLinesFn, ChunkToPredictionLogsFn, ScoreChunks
@@ -40,8 +40,6 @@ from transforms.score import DEAD_LETTERS, OUTPUTS, ROWS, ScoreKeyedExamples
 from transforms.sinks import WriteJsonLines, WritePredictionLogs
 from transforms.text_instances import TFRECORD
 from transforms.tfrecord_source import NoInputFilesError
-
-LOCAL_RUNNERS = ("DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner", "PrismRunner")
 
 
 @dataclasses.dataclass
@@ -181,16 +179,11 @@ def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
         dead_letters | "WriteDeadLetters" >> WriteJsonLines(job.errors)
 
 
-def _is_local(options: PipelineOptions) -> bool:
-    runner = options.view_as(StandardOptions).runner
-    return runner is None or (isinstance(runner, str) and runner in LOCAL_RUNNERS)
-
-
 def warn_about_unsafe_runner_modes(options: PipelineOptions) -> Optional[str]:
     """Beam 2.77's FnApiRunner in multi_threading mode can drop elements that cross a stage
     boundary (a timed flush of its output buffer races the writing thread; docs/ARCHITECTURE.md,
     "Local runs"). We keep the DirectRunner's default in_memory mode; say so if a user asks."""
-    if _is_local(options) and options.view_as(DirectOptions).direct_running_mode == "multi_threading":
+    if is_local(options) and options.view_as(DirectOptions).direct_running_mode == "multi_threading":
         message = ("warning: --direct_running_mode=multi_threading can silently drop elements on "
                    "Beam 2.77 (see docs/ARCHITECTURE.md, 'Local runs'); the default in_memory mode does not")
         print(message, file=sys.stderr)
@@ -249,7 +242,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
     options.view_as(SetupOptions).save_main_session = save_main_session
     warn_about_unsafe_runner_modes(options)
     cloud = options.view_as(GoogleCloudOptions)
-    redirected = activate_emulators(opts, cloud.project, _is_local(options))
+    redirected = activate_emulators(opts, cloud.project, is_local(options))
     try:
         return _run_job(job_from_options(opts, cloud), options, test_pipeline)
     finally:
@@ -281,7 +274,7 @@ def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[be
         raise
     counters = metrics.query_counters(result)
     write_manifest(counters)
-    if test_pipeline is None and _is_local(options):
+    if test_pipeline is None and is_local(options):
         print(summarize(job, counters, time.monotonic() - started))
     return result, counters
 

@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 
 from tests import helpers  # noqa: E402
 from tests.bigquery_local import bigquery_emulated, bigquery_emulator  # noqa: E402,F401  (fixtures)
+from tests.pubsub_local import pubsub_emulator  # noqa: E402,F401  (fixture)
 
 
 @pytest.fixture(scope="session")

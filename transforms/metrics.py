@@ -11,6 +11,7 @@ NAMESPACE = "tfinfer"
 RECORDS_READ = "records_read"
 PREDICTIONS_WRITTEN = "predictions_written"
 DEAD_LETTER_PREFIX = "dead_letters_"
+STREAM_BATCH_SIZE = "stream_batch_size"  # a distribution: messages per scored streaming batch
 
 _counters: Dict[str, "beam.metrics.metric.Metrics.DelegatingCounter"] = {}
 
@@ -23,6 +24,10 @@ def counter(name: str):
 
 def dead_letter_counter(stage: str):
     return counter(DEAD_LETTER_PREFIX + stage)
+
+
+def distribution(name: str):
+    return beam.metrics.Metrics.distribution(NAMESPACE, name)
 
 
 def query_counters(result) -> Dict[str, int]:

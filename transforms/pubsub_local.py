@@ -1,0 +1,76 @@
+"""Prompt Pub/Sub reads on the local DirectRunner (streaming), for local runs and tests only.
+
+Beam 2.77's DirectRunner runs a streaming pipeline on ONE worker thread
+(executor._ExecutorServiceParallelExecutor.NUM_WORKERS = 1), and its Pub/Sub read pulls at most
+10 messages with a 30 s blocking pull. While the stream is idle that pull holds the only thread, so
+no processing-time timer fires: a half-full batch waits up to 30 s for the next message, and
+cancel() waits as long. use_prompt_pulls() wraps the read's subscriber client so each pull waits
+at most poll_s (an empty answer is no error) and takes up to max_messages at once. Dataflow and
+other runners have their own Pub/Sub reader and are not touched.
+"""
+
+from typing import Optional
+
+_original = None
+
+
+class _PromptPulls:
+    """A SubscriberClient whose pull() waits at most poll_s and returns an empty response then."""
+
+    def __init__(self, client, poll_s: float, max_messages: int):
+        self._client = client
+        self._poll_s = poll_s
+        self._max_messages = max_messages
+
+    def pull(self, subscription, max_messages=10, timeout=None, **kwargs):
+        from google.api_core import exceptions
+        from google.pubsub_v1 import PullResponse
+
+        try:
+            return self._client.pull(subscription=subscription, timeout=self._poll_s,
+                                     max_messages=max(max_messages, self._max_messages), **kwargs)
+        except (exceptions.DeadlineExceeded, exceptions.RetryError):
+            return PullResponse()
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def use_prompt_pulls(poll_s: float = 0.05, max_messages: int = 500) -> None:
+    """Make the DirectRunner's Pub/Sub reads in this process prompt (idempotent)."""
+    global _original
+    from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator
+
+    if _original is None:
+        _original = _PubSubReadEvaluator.__dict__["_get_subscriber_client"]
+    original = _original.__func__
+
+    def prompt_client(cls, transform):
+        return _PromptPulls(original(cls, transform), poll_s, max_messages)
+
+    _PubSubReadEvaluator._get_subscriber_client = classmethod(prompt_client)
+
+
+def restore() -> Optional[bool]:
+    """Undo use_prompt_pulls; returns whether anything was undone."""
+    global _original
+    if _original is None:
+        return False
+    from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator
+
+    _PubSubReadEvaluator._get_subscriber_client = _original
+    _original = None
+    return True
+
+
+def close_readers() -> int:
+    """Close the DirectRunner's Pub/Sub readers of this process now (deleting the temporary
+    subscriptions of --input_topic reads) rather than at interpreter exit, when the service may
+    be gone and each deletion retries for 60 s. Returns how many were open."""
+    from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator
+
+    with _PubSubReadEvaluator._subscriber_client_cache_lock:
+        readers = list(_PubSubReadEvaluator._subscriber_client_cache.values())
+    for reader in readers:
+        reader.close()
+    return len(readers)
