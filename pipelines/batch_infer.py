@@ -11,7 +11,6 @@ Every run writes OUTPUT.manifest.json: inputs, model hashes, options, counts, ve
 With no arguments it runs the embedded demo (pipelines/demo.py) on the DirectRunner.
 """
 
-import argparse
 import dataclasses
 import logging
 import sys
@@ -25,13 +24,16 @@ from models.serving_model import ModelContractError, load_serving_models
 from pipelines import manifest
 from pipelines.bigquery_io import (BIGQUERY, BigQuerySettings, activate_emulators, settings_from_options,
                                    write_dead_letters, write_predictions)
+from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runner_options, report_dry_run
+from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.inputs import input_format_of, read_records
-from pipelines.options import BatchInferOptions, OptionsError, check_options, field_list
+from pipelines.options import BatchInferOptions, OptionsError, check_options, field_list, print_options_help
 from pipelines.runners import is_local
 from transforms import metrics
 from transforms.bigquery_schema import SchemaError
 from transforms.chunked import ChunkToJsonLinesFn, ChunkToPredictionLogsFn, ScoreChunks
 from transforms.dead_letters import DEAD_LETTER_TAG
+from transforms.gpu import GPU_BATCH, GpuSettings
 from transforms.graph import GraphError, ModelGraph, chain_graph, parallel_graph
 from transforms.graph_file import load_graph_file
 from transforms.inference import DEFAULT_ENGINE
@@ -62,6 +64,7 @@ class BatchJob:
     with_source: bool = False
     bigquery: BigQuerySettings = BigQuerySettings()
     manifest: Optional[str] = None  # the run manifest's path (None: none is written)
+    gpu: GpuSettings = GpuSettings()  # applied by the scoring DoFns before the models load
 
     @property
     def scoring_key_feature(self) -> Optional[str]:
@@ -95,7 +98,9 @@ def graph_from_options(opts: BatchInferOptions) -> ModelGraph:
     return build(models, opts.engine, passthrough)
 
 
-def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions] = None) -> BatchJob:
+def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions] = None,
+                     gpu: GpuSettings = GpuSettings(), gpu_batches: bool = False) -> BatchJob:
+    """gpu_batches: the job runs on GPU workers, so batch sizes the user left unset get GPU defaults."""
     check_options(opts)
     graph = graph_from_options(opts)
     cloud = cloud or GoogleCloudOptions([])
@@ -106,13 +111,16 @@ def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions
                    errors=errors, key_feature=opts.key_feature or opts.key_column,
                    output_format=opts.output_format, engine=opts.engine,
                    min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
-                   max_batch_bytes=opts.max_batch_bytes, num_shards=opts.num_shards,
+                   max_batch_bytes=opts.max_batch_bytes, num_shards=opts.num_shards, gpu=gpu,
                    row_per_model=opts.row_per_model,
                    input_format=BIGQUERY if bigquery.source else input_format_of(opts.input, opts.input_format),
                    included_fields=field_list(opts.included_fields),
                    excluded_fields=field_list(opts.excluded_fields), with_source=opts.with_source,
                    bigquery=bigquery,
                    manifest=opts.manifest or (manifest.manifest_path(opts.output) if opts.output else None))
+    if gpu_batches:
+        job.max_batch_size = job.max_batch_size or GPU_BATCH.max_batch_size
+        job.max_batch_bytes = job.max_batch_bytes or GPU_BATCH.max_batch_bytes
     if job.input_format in (TFRECORD, BIGQUERY) and (job.included_fields or job.excluded_fields):
         raise OptionsError("--included_fields/--excluded_fields apply to JSON Lines and CSV inputs "
                            "(BigQuery: --feature_columns)")
@@ -130,7 +138,7 @@ def build_record_pipeline(p: beam.Pipeline, job: BatchJob):
     """One record per element (tfx-bsl engine): read -> validate -> RunInference -> rows."""
     records, unreadable = read_records(p, job, chunked=False)
     scored = records | "Score" >> ScoreKeyedExamples(
-        job.model, job.engine, job.scoring_key_feature, job.min_batch_size, job.max_batch_size)
+        job.model, job.engine, job.scoring_key_feature, job.min_batch_size, job.max_batch_size, job.gpu)
     if job.output_format == "tfrecord":
         scored[OUTPUTS] | "WritePredictionLogs" >> WritePredictionLogs(job.output, job.num_shards)
     else:
@@ -141,7 +149,7 @@ def build_record_pipeline(p: beam.Pipeline, job: BatchJob):
 def build_chunked_pipeline(p: beam.Pipeline, job: BatchJob):
     """A chunk of records per element (fast engine): read chunks -> score -> write chunk text."""
     chunks, unreadable = read_records(p, job, chunked=True)
-    scored, unscored = chunks | "Score" >> ScoreChunks(job.model, job.scoring_key_feature)
+    scored, unscored = chunks | "Score" >> ScoreChunks(job.model, job.scoring_key_feature, job.gpu)
     if job.output_format == "tfrecord":
         (scored
          | "ToPredictionLogs" >> beam.ParDo(ChunkToPredictionLogsFn(job.model.signature))
@@ -156,7 +164,7 @@ def build_chunked_pipeline(p: beam.Pipeline, job: BatchJob):
 def build_graph_pipeline(p: beam.Pipeline, job: BatchJob):
     """Several models (or post-processing) per chunk: read chunks -> score the graph -> rows."""
     chunks, unreadable = read_records(p, job, chunked=True)
-    scored, unscored = chunks | "Score" >> ScoreGraphChunks(job.graph, job.scoring_key_feature)
+    scored, unscored = chunks | "Score" >> ScoreGraphChunks(job.graph, job.scoring_key_feature, job.gpu)
     to_table = bool(job.bigquery.output_table)
     text = scored | "ToJsonLines" >> beam.ParDo(GraphScoreToLinesFn(
         job.graph, job.row_per_model, as_rows=to_table)).with_outputs(DEAD_LETTER_TAG, main="text")
@@ -215,17 +223,16 @@ def summarize(job: BatchJob, counters: dict, seconds: float) -> str:
 
 
 def print_help() -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.batch_infer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    BatchInferOptions._add_argparse_args(parser)  # pylint: disable=protected-access
-    parser.print_help()
-    print("\nStandard Beam options (--runner, --project, --region, --temp_location, ...) pass through.")
+    print_options_help("python -m pipelines.batch_infer", __doc__,
+                       [(BatchInferOptions, None), (DataflowJobOptions, "Dataflow")],
+                       "Standard Beam options (--runner, --project, --region, --temp_location, --sdk_container_image, ...)\n"
+                       "pass through. With --runner DataflowRunner, --dry_run builds the job without submitting it.")
 
 
 def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
         test_pipeline: Optional[beam.Pipeline] = None):
     """Builds and runs the job; returns (PipelineResult, counters). Raises on bad flags or models."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = normalize_dry_run_argv(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print_help()
         return None, {}
@@ -244,12 +251,25 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
     cloud = options.view_as(GoogleCloudOptions)
     redirected = activate_emulators(opts, cloud.project, is_local(options))
     try:
-        return _run_job(job_from_options(opts, cloud), options, test_pipeline)
+        job = job_from_options(opts, cloud, gpu_settings(options), bool(options.view_as(DataflowJobOptions).gpu))
+        for warning in prepare_runner_options(options, worker_paths(job)):
+            print(f"warning: {warning}", file=sys.stderr)
+        if is_dry_run(options):
+            p = beam.Pipeline(options=options)
+            build_pipeline(p, job)
+            report_dry_run(p, options)
+            return None, {}
+        return _run_job(job, options, test_pipeline)
     finally:
         if redirected:
             from transforms import bigquery_emulator
 
             bigquery_emulator.restore()
+
+
+def worker_paths(job: BatchJob) -> List[str]:
+    """The files workers read or write: inputs, models, outputs (not the launcher's manifest)."""
+    return [p for p in job.inputs + [n.model.path for n in job.graph.nodes] + [job.output, job.errors] if p]
 
 
 def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[beam.Pipeline]):

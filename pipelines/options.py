@@ -1,5 +1,7 @@
 """BatchInferOptions: the job's own flags, parsed with Beam's PipelineOptions so runner flags pass through."""
 
+import argparse
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.bigquery_sink import FILE_LOADS, WRITE_METHODS
@@ -153,3 +155,15 @@ def bigquery_problems(opts: BatchInferOptions) -> list:
         problems.append("--bigquery_emulator with DIRECT_READ needs --bigquery_emulator_grpc "
                         "(the Storage Read API)")
     return problems
+
+
+def print_options_help(prog: str, description: str, option_classes, epilog: str) -> None:
+    """--help for an entry point: its PipelineOptions classes' flags ([(class, group title or None)])
+    and an epilog (Beam's own flags are not listed, only named)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for options_class, title in option_classes:
+        options_class._add_argparse_args(  # pylint: disable=protected-access
+            parser.add_argument_group(title) if title else parser)
+    parser.print_help()
+    print("\n" + epilog)

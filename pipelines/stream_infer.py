@@ -13,7 +13,6 @@ error_stage, error_type, error) and/or a row in --errors_table. Streaming mode i
 Locally (DirectRunner), --pubsub_emulator HOST:PORT points the Pub/Sub clients at an emulator.
 """
 
-import argparse
 import base64
 import logging
 import os
@@ -28,11 +27,14 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 
 from models.serving_model import ModelContractError
 from pipelines.batch_infer import graph_from_options
-from pipelines.options import BatchInferOptions, OptionsError
+from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runner_options, report_dry_run
+from pipelines.gpu_options import DataflowJobOptions, gpu_settings
+from pipelines.options import BatchInferOptions, OptionsError, print_options_help
 from pipelines.runners import is_local
 from transforms import metrics, pubsub_local
 from transforms.bigquery_schema import DEAD_LETTER_SCHEMA, SchemaError, prediction_schema
 from transforms.bigquery_sink import STORAGE_WRITE_API, STREAMING_INSERTS, WriteRowsToBigQuery, refused_row_dead_letter
+from transforms.gpu import GPU_BATCH, GpuSettings
 from transforms.graph import GraphError, record_spec
 from transforms.pubsub_messages import PAYLOAD_FORMATS, dead_letter_message, prediction_message
 from transforms.stream_scoring import DEAD_LETTERS, ROWS, DeadLetter, ScoreMessages
@@ -96,7 +98,8 @@ def _as_pubsub_message(pair) -> PubsubMessage:
 
 
 def build_pipeline(p: beam.Pipeline, stream: StreamInferOptions, shared: BatchInferOptions, graph,
-                   project: Optional[str]) -> None:
+                   project: Optional[str], gpu: GpuSettings = GpuSettings(),
+                   default_batch_size: int = DEFAULT_STREAM_BATCH_SIZE) -> None:
     if stream.input_subscription:
         read = beam.io.ReadFromPubSub(subscription=stream.input_subscription, with_attributes=True)
     else:
@@ -105,8 +108,8 @@ def build_pipeline(p: beam.Pipeline, stream: StreamInferOptions, shared: BatchIn
               | "ReadFromPubSub" >> read
               | "Score" >> ScoreMessages(
                   graph, record_spec(graph), stream.payload_format, stream.key_attribute,
-                  stream.max_payload_bytes, shared.max_batch_size or DEFAULT_STREAM_BATCH_SIZE,
-                  stream.max_batch_latency_ms / 1000.0, shared.with_source))
+                  stream.max_payload_bytes, shared.max_batch_size or default_batch_size,
+                  stream.max_batch_latency_ms / 1000.0, shared.with_source, gpu=gpu))
     rows, dead = scored[ROWS], scored[DEAD_LETTERS]
     write_method = STORAGE_WRITE_API if shared.bigquery_write_method.upper() == STORAGE_WRITE_API \
         else STREAMING_INSERTS  # load jobs need a triggering frequency; a stream inserts rows
@@ -137,8 +140,8 @@ def build_pipeline(p: beam.Pipeline, stream: StreamInferOptions, shared: BatchIn
 
 def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True, wait: bool = True):
     """Builds and starts the stream; with wait, blocks until it ends (Ctrl-C cancels it).
-    Returns the PipelineResult. Raises OptionsError on bad flags."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    Returns the PipelineResult (None for a --dry_run). Raises OptionsError on bad flags."""
+    argv = normalize_dry_run_argv(sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(argv)
     stream, shared = options.view_as(StreamInferOptions), options.view_as(BatchInferOptions)
     check_stream_options(stream, shared)
@@ -152,8 +155,15 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True, wa
     if local:
         pubsub_local.use_prompt_pulls()
     graph = graph_from_options(shared)
+    for warning in prepare_runner_options(options, [n.model.path for n in graph.nodes]):
+        print(f"warning: {warning}", file=sys.stderr)
+    on_gpus = bool(options.view_as(DataflowJobOptions).gpu)
     p = beam.Pipeline(options=options)
-    build_pipeline(p, stream, shared, graph, options.view_as(GoogleCloudOptions).project)
+    build_pipeline(p, stream, shared, graph, options.view_as(GoogleCloudOptions).project, gpu_settings(options),
+                   GPU_BATCH.stream_max_batch_size if on_gpus else DEFAULT_STREAM_BATCH_SIZE)
+    if is_dry_run(options):
+        report_dry_run(p, options)
+        return None
     result = p.run()
     if wait:
         try:
@@ -167,12 +177,11 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True, wa
 
 
 def print_help() -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.stream_infer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    StreamInferOptions._add_argparse_args(parser)  # pylint: disable=protected-access
-    parser.print_help()
-    print("\nFrom batch_infer: --model/--graph/--chain, --engine, --signature, --passthrough, --with_source,\n"
-          "--max_batch_size, --output_table/--errors_table. Standard Beam options pass through.")
+    print_options_help("python -m pipelines.stream_infer", __doc__,
+                       [(StreamInferOptions, None), (DataflowJobOptions, "Dataflow")],
+                       "From batch_infer: --model/--graph/--chain, --engine, --signature, --passthrough, --with_source,\n"
+                       "--max_batch_size, --output_table/--errors_table. Standard Beam options pass through; with\n"
+                       "--runner DataflowRunner, --dry_run builds the job without submitting it.")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -187,6 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OptionsError, ModelContractError, GraphError, SchemaError) as e:
         print(f"stream_infer: error: {e}", file=sys.stderr)
         return 2
+    if result is None:  # a dry run
+        return 0
     counters = metrics.query_counters(result)
     print(f"stream ended after {time.monotonic() - started:.0f} s\n" + metrics.format_counters(counters))
     return 0

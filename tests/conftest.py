@@ -7,6 +7,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("NO_GCE_CHECK", "true")
 os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:1")
 
+import socket  # noqa: E402
+
 import pytest  # noqa: E402
 
 from tests import helpers  # noqa: E402
@@ -51,3 +53,23 @@ def graph_models(tmp_path_factory):
         model = keras.Model(x, {"y": keras.layers.Rescaling(factor, name="y")(x)})
         built[name] = (prepare_model(model, str(base / name)), model)
     return built
+
+
+class NetworkUsed(AssertionError):
+    pass
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any connection attempt fails at once (instead of stalling on retries) and fails the test,
+    even if some library swallowed the error."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:2])
+        raise NetworkUsed(f"network use in a dry run: {args[:2]}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    yield
+    assert attempts == []

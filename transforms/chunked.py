@@ -15,6 +15,7 @@ from models.serving_model import ServingModel
 from transforms import metrics
 from transforms.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, dead_letter
 from transforms.fast_engine import shared_signature
+from transforms.gpu import GpuSettings
 from transforms.jsonl import scored_chunk_text
 from transforms.prediction_logs import predict_log
 from transforms.record_chunks import score_chunk
@@ -36,10 +37,11 @@ class PipelinedChunkFn(beam.DoFn):
     Formatting and writing are fused into this stage and run on the bundle's thread; TensorFlow
     releases the GIL, so the model and the Python around it overlap. At most two chunks are in
     flight. Subclasses load their models in _load and return (result or None, dead letters) from
-    _score.
+    _score. `gpu` is applied before the models load (memory growth or limit; GPU required or not).
     """
 
-    def __init__(self):
+    def __init__(self, gpu: Optional[GpuSettings] = None):
+        self._gpu = gpu or GpuSettings()
         self._executor = None
         self._pending = None
 
@@ -50,6 +52,7 @@ class PipelinedChunkFn(beam.DoFn):
         raise NotImplementedError
 
     def setup(self):
+        self._gpu.apply()
         self._load()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="score-chunks")
 
@@ -86,8 +89,8 @@ class PipelinedChunkFn(beam.DoFn):
 class ScoreChunksFn(PipelinedChunkFn):
     """RecordChunk -> ScoredChunk (+ dead letters); the model is loaded once per process."""
 
-    def __init__(self, model: ServingModel, key_feature: Optional[str] = None):
-        super().__init__()
+    def __init__(self, model: ServingModel, key_feature: Optional[str] = None, gpu: Optional[GpuSettings] = None):
+        super().__init__(gpu)
         self._model = model
         self._key_feature = key_feature
         self._call = None
@@ -136,12 +139,13 @@ class ChunkToPredictionLogsFn(beam.DoFn):
 class ScoreChunks(beam.PTransform):
     """RecordChunks -> (ScoredChunks, dead letters at stages decode, validate, infer)."""
 
-    def __init__(self, model: ServingModel, key_feature: Optional[str] = None):
+    def __init__(self, model: ServingModel, key_feature: Optional[str] = None, gpu: Optional[GpuSettings] = None):
         super().__init__()
         self._model = model
         self._key_feature = key_feature
+        self._gpu = gpu
 
     def expand(self, chunks):
         result = chunks | f"ScoreChunks[{self._model.name}]" >> beam.ParDo(
-            ScoreChunksFn(self._model, self._key_feature)).with_outputs(DEAD_LETTER_TAG, main="scored")
+            ScoreChunksFn(self._model, self._key_feature, self._gpu)).with_outputs(DEAD_LETTER_TAG, main="scored")
         return result.scored, result[DEAD_LETTER_TAG]

@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from apache_beam.ml.inference import base
 
+from transforms.gpu import GpuSettings
+
 _CACHE: Dict[Tuple[str, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -62,13 +64,15 @@ def split_rows(outputs: Mapping[str, np.ndarray], count: int) -> List[Dict[str, 
 class FastKeyedHandler(base.ModelHandler):
     """(key, serialized example) batches -> (key, {output: per-example array})."""
 
-    def __init__(self, path: str, signature: str, batching: Mapping[str, int]):
+    def __init__(self, path: str, signature: str, batching: Mapping[str, int], gpu: Optional[GpuSettings] = None):
         super().__init__()
         self._path = path
         self._signature = signature
         self._batching = dict(batching)
+        self._gpu = gpu or GpuSettings()
 
     def load_model(self) -> LoadedSignature:
+        self._gpu.apply()
         return shared_signature(self._path, self._signature)
 
     def run_inference(self, batch, model, inference_args=None):

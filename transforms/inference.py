@@ -22,6 +22,7 @@ from models.serving_model import ServingModel
 from transforms import metrics
 from transforms.dead_letters import clean_message, model_failure_dead_letter
 from transforms.fast_engine import isolate_failures
+from transforms.gpu import GpuSettings
 
 ENGINES = ("fast", "tfx-bsl")
 DEFAULT_ENGINE = "fast"
@@ -89,15 +90,16 @@ def batch_kwargs(min_batch_size: Optional[int], max_batch_size: Optional[int]) -
     return kwargs
 
 
-def make_handler(engine: str, model: ServingModel, batching: Dict[str, int], project=None):
+def make_handler(engine: str, model: ServingModel, batching: Dict[str, int], project=None,
+                 gpu: Optional[GpuSettings] = None):
     if engine == "tfx-bsl":
         from transforms.tfx_bsl_engine import KeyedTfxBslHandler
 
-        return KeyedTfxBslHandler(model.path, model.signature, batching, project)
+        return KeyedTfxBslHandler(model.path, model.signature, batching, project, gpu)
     if engine == "fast":
         from transforms.fast_engine import FastKeyedHandler
 
-        return FastKeyedHandler(model.path, model.signature, batching)
+        return FastKeyedHandler(model.path, model.signature, batching, gpu)
     raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
 
 
@@ -126,18 +128,20 @@ class RunKeyedInference(beam.PTransform):
     """(key, serialized tf.Example) -> ((key, outputs), dead letters at stage infer)."""
 
     def __init__(self, model: ServingModel, engine: str = DEFAULT_ENGINE,
-                 min_batch_size: Optional[int] = None, max_batch_size: Optional[int] = None):
+                 min_batch_size: Optional[int] = None, max_batch_size: Optional[int] = None,
+                 gpu: Optional[GpuSettings] = None):
         super().__init__()
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
         self._model = model
+        self._gpu = gpu
         self._engine = engine
         self._batching = batch_kwargs(min_batch_size, max_batch_size)
 
     def expand(self, records):
         name = self._model.name
         project = records.pipeline.options.view_as(GoogleCloudOptions).project
-        handler = IsolateFailures(make_handler(self._engine, self._model, self._batching, project))
+        handler = IsolateFailures(make_handler(self._engine, self._model, self._batching, project, self._gpu))
         outputs, failed = records | f"RunInference[{name}]" >> base.RunInference(
             handler).with_exception_handling()
         split = outputs | f"SplitRejected[{name}]" >> beam.ParDo(_SplitRejected()).with_outputs(

@@ -16,6 +16,7 @@ from transforms import metrics
 from transforms.chunked import DEFAULT_CHUNK_SIZE, PipelinedChunkFn
 from transforms.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, dead_letter
 from transforms.fast_engine import shared_model, shared_signature
+from transforms.gpu import GpuSettings
 from transforms.graph import ModelGraph
 from transforms.graph_executor import GraphScore, score_graph_chunk
 from transforms.graph_rows import rows_from_lines, rows_text
@@ -48,8 +49,8 @@ def passthrough_scalars(graph: ModelGraph) -> Dict[str, Optional[bool]]:
 
 
 class ScoreGraphChunksFn(PipelinedChunkFn):
-    def __init__(self, graph: ModelGraph, key_feature: Optional[str] = None):
-        super().__init__()
+    def __init__(self, graph: ModelGraph, key_feature: Optional[str] = None, gpu: Optional[GpuSettings] = None):
+        super().__init__(gpu)
         self._graph = graph
         self._key_feature = key_feature
         self._calls = None
@@ -72,15 +73,16 @@ class ScoreGraphChunksFn(PipelinedChunkFn):
 class ScoreGraphChunks(beam.PTransform):
     """RecordChunks -> (GraphScores, dead letters at stages decode, validate, convert, infer, postprocess)."""
 
-    def __init__(self, graph: ModelGraph, key_feature: Optional[str] = None):
+    def __init__(self, graph: ModelGraph, key_feature: Optional[str] = None, gpu: Optional[GpuSettings] = None):
         super().__init__()
         self._graph = graph
         self._key_feature = key_feature
+        self._gpu = gpu
 
     def expand(self, chunks):
         label = "+".join(self._graph.names)
         result = chunks | f"ScoreGraph[{label}]" >> beam.ParDo(
-            ScoreGraphChunksFn(self._graph, self._key_feature)).with_outputs(DEAD_LETTER_TAG, main="scored")
+            ScoreGraphChunksFn(self._graph, self._key_feature, self._gpu)).with_outputs(DEAD_LETTER_TAG, main="scored")
         return result.scored, result[DEAD_LETTER_TAG]
 
 
@@ -127,9 +129,11 @@ class RunModelGraph(beam.PTransform):
     """
 
     def __init__(self, graph: ModelGraph, key_feature: Optional[str] = None,
-                 max_batch_size: int = DEFAULT_CHUNK_SIZE, row_per_model: bool = False):
+                 max_batch_size: int = DEFAULT_CHUNK_SIZE, row_per_model: bool = False,
+                 gpu: Optional[GpuSettings] = None):
         super().__init__()
         self._graph = graph
+        self._gpu = gpu
         self._key_feature = key_feature
         self._max_batch_size = max_batch_size
         self._row_per_model = row_per_model
@@ -138,7 +142,7 @@ class RunModelGraph(beam.PTransform):
         chunks = (records
                   | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._max_batch_size)
                   | "ToChunks" >> beam.Map(_to_chunk))
-        scored, unscored = chunks | "Score" >> ScoreGraphChunks(self._graph, self._key_feature)
+        scored, unscored = chunks | "Score" >> ScoreGraphChunks(self._graph, self._key_feature, self._gpu)
         rows = scored | "ToRows" >> beam.ParDo(GraphScoreToLinesFn(
             self._graph, self._row_per_model, as_rows=True)).with_outputs(DEAD_LETTER_TAG, main="rows")
         dead = (unscored, rows[DEAD_LETTER_TAG]) | "DeadLetters" >> beam.Flatten()

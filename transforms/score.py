@@ -5,6 +5,7 @@ from typing import Optional
 import apache_beam as beam
 
 from models.serving_model import ServingModel
+from transforms.gpu import GpuSettings
 from transforms.inference import DEFAULT_ENGINE, RunKeyedInference
 from transforms.postprocess import ToPredictionRows
 from transforms.validate import ValidateRecords
@@ -22,9 +23,10 @@ class ScoreKeyedExamples(beam.PTransform):
 
     def __init__(self, model: ServingModel, engine: str = DEFAULT_ENGINE,
                  key_feature: Optional[str] = None, min_batch_size: Optional[int] = None,
-                 max_batch_size: Optional[int] = None):
+                 max_batch_size: Optional[int] = None, gpu: Optional[GpuSettings] = None):
         super().__init__()
         self._model = model
+        self._gpu = gpu
         self._engine = engine
         self._key_feature = key_feature
         self._batching = (min_batch_size, max_batch_size)
@@ -34,7 +36,7 @@ class ScoreKeyedExamples(beam.PTransform):
         valid, invalid = records | f"Validate[{name}]" >> ValidateRecords(
             self._model.feature_spec, self._key_feature)
         outputs, failed = valid | f"Infer[{name}]" >> RunKeyedInference(
-            self._model, self._engine, *self._batching)
+            self._model, self._engine, *self._batching, gpu=self._gpu)
         rows, unconvertible = outputs | f"ToRows[{name}]" >> ToPredictionRows(name)
         dead = (invalid, failed, unconvertible) | f"DeadLetters[{name}]" >> beam.Flatten()
         return {ROWS: rows, OUTPUTS: outputs, DEAD_LETTERS: dead}

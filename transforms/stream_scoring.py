@@ -21,6 +21,7 @@ import apache_beam as beam
 from models.feature_spec import Feature
 from transforms import metrics
 from transforms.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, dead_letter
+from transforms.gpu import GpuSettings
 from transforms.graph import ModelGraph
 from transforms.graph_executor import score_graph_chunk
 from transforms.graph_rows import rows_from_lines, rows_text
@@ -76,13 +77,15 @@ class MessagesToRecordsFn(beam.DoFn):
 class ScoreMessageBatchFn(beam.DoFn):
     """(shard, [StreamRecord]) -> Predictions, and DeadLetters for what a model could not score."""
 
-    def __init__(self, graph: ModelGraph, with_source: bool = False):
+    def __init__(self, graph: ModelGraph, with_source: bool = False, gpu: Optional[GpuSettings] = None):
         self._graph = graph
+        self._gpu = gpu or GpuSettings()
         self._with_source = with_source
         self._scalars = passthrough_scalars(graph)
         self._calls = None
 
     def setup(self):
+        self._gpu.apply()
         self._calls = {n.name: shared_batch_call(n.engine, n.model.path, n.model.signature)
                        for n in self._graph.nodes}
 
@@ -140,9 +143,11 @@ class ScoreMessages(beam.PTransform):
     def __init__(self, graph: ModelGraph, spec: Sequence[Feature], payload_format: str = EXAMPLE,
                  key_attribute: Optional[str] = None, max_payload_bytes: Optional[int] = None,
                  max_batch_size: int = 256, max_batch_latency_s: float = 0.1, with_source: bool = False,
-                 clock: Callable[[], float] = time.time):
-        """clock: what GroupIntoBatches sets its processing-time timers from (tests: a fake)."""
+                 clock: Callable[[], float] = time.time, gpu: Optional[GpuSettings] = None):
+        """clock: what GroupIntoBatches sets its processing-time timers from (tests: a fake);
+        gpu: applied on workers before the models load."""
         super().__init__()
+        self._gpu = gpu
         self._graph = graph
         self._to_records = MessagesToRecordsFn(spec, payload_format, key_attribute, max_payload_bytes)
         self._max_batch_size = max_batch_size
@@ -157,7 +162,7 @@ class ScoreMessages(beam.PTransform):
         scored = (records.records
                   | "Batch" >> BatchRecords(self._max_batch_size, self._max_batch_latency_s, self._clock)
                   | f"ScoreBatches[{label}]" >> beam.ParDo(
-                      ScoreMessageBatchFn(self._graph, self._with_source)).with_outputs(
+                      ScoreMessageBatchFn(self._graph, self._with_source, self._gpu)).with_outputs(
                       DEAD_LETTER_TAG, main="rows"))
         dead = (records[DEAD_LETTER_TAG], scored[DEAD_LETTER_TAG]) | "DeadLetters" >> beam.Flatten()
         return {ROWS: scored.rows, DEAD_LETTERS: dead}
