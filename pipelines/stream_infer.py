@@ -10,7 +10,8 @@ Each message is one instance; the results are messages on --output_topic (the pr
 JSON, the key as the `key` attribute) and/or rows in --output_table; every message that cannot be
 scored becomes one message on --errors_topic (its payload and attributes unchanged, plus
 error_stage, error_type, error) and/or a row in --errors_table. Streaming mode is set here.
-Locally (DirectRunner), --pubsub_emulator HOST:PORT points the Pub/Sub clients at an emulator.
+Locally (DirectRunner), --pubsub_emulator HOST:PORT points the Pub/Sub clients at an emulator, and
+--bigquery_emulator/--storage_emulator the BigQuery and GCS clients (as in batch_infer).
 """
 
 import base64
@@ -27,6 +28,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 
 from models.serving_model import ModelContractError
 from pipelines.batch_infer import graph_from_options
+from pipelines.bigquery_io import activate_emulators
 from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runner_options, report_dry_run
 from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.options import BatchInferOptions, OptionsError, print_options_help
@@ -154,6 +156,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True, wa
         os.environ["PUBSUB_EMULATOR_HOST"] = stream.pubsub_emulator
     if local:
         pubsub_local.use_prompt_pulls()
+    # local BigQuery/GCS for --output_table/--errors_table: stays redirected while the stream runs
+    activate_emulators(shared, options.view_as(GoogleCloudOptions).project, local)
     graph = graph_from_options(shared)
     for warning in prepare_runner_options(options, [n.model.path for n in graph.nodes]):
         print(f"warning: {warning}", file=sys.stderr)

@@ -147,3 +147,54 @@ def test_flag_mistakes_are_reported(flags, message, capsys):
     assert message in capsys.readouterr().err
     with pytest.raises(OptionsError):
         stream_infer.run(flags, wait=False)
+
+
+def test_predictions_and_dead_letters_stream_into_bigquery_tables(pubsub_emulator, bigquery_emulator, penguin_model):
+    """Pub/Sub emulator -> stream -> the local BigQuery (streaming inserts): every message is one
+    row in the predictions table or one in the errors table, with the Keras model's values."""
+    import uuid
+
+    from tests.test_bigquery import emulator_flags
+
+    version_dir, keras_model = penguin_model
+    emulator, bigquery = pubsub_emulator, bigquery_emulator
+    client = bigquery.client()
+    dataset = "s_" + uuid.uuid4().hex[:8]
+    client.create_dataset(dataset)
+    requests = emulator.topic("bq-requests")
+    values = penguin_values(25, seed=5)
+    messages = [(json.dumps({"measurements": v["measurements"], "island": v["island"]}).encode(), {"id": v["id"]})
+                for v in values] + [(b"{broken", {"id": "broken"})]
+    out, errors = f"{bigquery.project}:{dataset}.scored", f"{bigquery.project}:{dataset}.errors"
+    result = start(["--input_subscription", emulator.subscription(requests), "--model", f"clf={version_dir}",
+                    "--output_table", out, "--errors_table", errors, "--payload_format", "json",
+                    "--key_attribute", "id", "--max_batch_latency_ms", "50"] + emulator_flags(bigquery))
+    try:
+        publish_all(requests, messages)
+        deadline = time.monotonic() + 90
+        rows, dead = {}, {}
+        while time.monotonic() < deadline and len(rows) + len(dead) < len(messages):
+            time.sleep(1.0)
+            rows, dead = ({r["key"]: r for r in client.query(f"SELECT * FROM `{t.replace(':', '.')}`").result()}
+                          if table_exists(client, t) else {} for t in (out, errors))
+    finally:
+        stop(result)
+        from transforms import bigquery_emulator as redirect
+
+        redirect.restore()
+        client.delete_dataset(dataset, delete_contents=True)
+    assert set(rows) == {v["id"] for v in values}
+    assert {k: d["stage"] for k, d in dead.items()} == {"broken": "decode"}
+    expected = expected_outputs(keras_model, values)
+    for i, v in enumerate(values):
+        np.testing.assert_allclose(rows[v["id"]]["clf"]["probabilities"], expected["probabilities"][i], rtol=1e-6)
+
+
+def table_exists(client, table):
+    from google.api_core import exceptions
+
+    try:
+        client.get_table(table.replace(":", "."))
+        return True
+    except exceptions.NotFound:
+        return False
