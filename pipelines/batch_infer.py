@@ -254,11 +254,6 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
         job = job_from_options(opts, cloud, gpu_settings(options), bool(options.view_as(DataflowJobOptions).gpu))
         for warning in prepare_runner_options(options, worker_paths(job)):
             print(f"warning: {warning}", file=sys.stderr)
-        if is_dry_run(options):
-            p = beam.Pipeline(options=options)
-            build_pipeline(p, job)
-            report_dry_run(p, options)
-            return None, {}
         return _run_job(job, options, test_pipeline)
     finally:
         if redirected:
@@ -273,12 +268,17 @@ def worker_paths(job: BatchJob) -> List[str]:
 
 
 def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[beam.Pipeline]):
+    """Builds the pipeline, then either reports it (--dry_run: (None, {})) or runs it, writing the
+    manifest either way the run ends."""
     started, started_at = time.monotonic(), manifest.utc_now()
+    p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
+    build_pipeline(p, job)
+    if is_dry_run(options):
+        report_dry_run(p, options)
+        return None, {}
     inputs = manifest.input_listing(job.inputs) if job.inputs else job.bigquery.source.source
     models = manifest.model_entries(job.graph)
     metrics.PROGRESS.reset()
-    p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
-    build_pipeline(p, job)
     all_options = options.get_all_options(drop_default=True, retain_unknown_options=True)
 
     def write_manifest(counters, error=None):

@@ -160,7 +160,7 @@ def gpu_workers(options: PipelineOptions) -> List[str]:
         worker.machine_type = default_machine_type(gpu, count)
         if not worker.machine_type:
             warnings.append(f"no default machine type for {count} x {gpu}: give --machine_type")
-    elif machine_family_problem(gpu, worker.machine_type):
-        warnings.append(machine_family_problem(gpu, worker.machine_type))
+    elif problem := machine_family_problem(gpu, worker.machine_type):
+        warnings.append(problem)
     worker.disk_size_gb = worker.disk_size_gb or GPU_DISK_SIZE_GB
     return warnings

@@ -37,6 +37,18 @@ def shared_batch_call(engine: str, path: str, signature: str):
     return shared_model((engine, path, signature), lambda: TfxBslBatchCall(path, signature))
 
 
+def count_model_dead_letter(row: Dict) -> None:
+    """The per-model dead-letter counter of a dead letter that names its model."""
+    if row.get("model"):
+        metrics.counter(MODEL_DEAD_LETTERS_PREFIX + row["model"]).inc()
+
+
+def count_model_outputs(score: GraphScore) -> None:
+    """The per-model output counters of a scored chunk (batch) or batch of messages (stream)."""
+    for name, result in score.models.items():
+        metrics.counter(MODEL_OUTPUTS_PREFIX + name).inc(len(result.indices))
+
+
 def passthrough_scalars(graph: ModelGraph) -> Dict[str, Optional[bool]]:
     """Per passthrough feature: scalar when a model reads it with shape [], list when with a shape,
     None (a single value becomes a scalar) when no model reads it."""
@@ -66,8 +78,7 @@ class ScoreGraphChunksFn(PipelinedChunkFn):
     def _count(self, dead) -> None:
         super()._count(dead)
         for row in dead:
-            if row.get("model"):
-                metrics.counter(MODEL_DEAD_LETTERS_PREFIX + row["model"]).inc()
+            count_model_dead_letter(row)
 
 
 class ScoreGraphChunks(beam.PTransform):
@@ -108,8 +119,7 @@ class GraphScoreToLinesFn(beam.DoFn):
         rows = len(score.row_positions()) if self._row_per_model else len(lines)
         metrics.counter(metrics.PREDICTIONS_WRITTEN).inc(rows)
         metrics.PROGRESS.add(metrics.PREDICTIONS_WRITTEN, rows)
-        for name, result in score.models.items():
-            metrics.counter(MODEL_OUTPUTS_PREFIX + name).inc(len(result.indices))
+        count_model_outputs(score)
         if self._as_rows:
             yield from rows_from_lines(lines)
         elif lines:

@@ -25,8 +25,7 @@ from transforms.gpu import GpuSettings
 from transforms.graph import ModelGraph
 from transforms.graph_executor import score_graph_chunk
 from transforms.graph_rows import rows_from_lines, rows_text
-from transforms.model_graph import (MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, passthrough_scalars,
-                                    shared_batch_call)
+from transforms.model_graph import count_model_dead_letter, count_model_outputs, passthrough_scalars, shared_batch_call
 from transforms.pubsub_messages import EXAMPLE, MessageError, StreamRecord, message_id_of, message_to_record
 from transforms.record_chunks import RecordChunk
 from transforms.rows import KEY_FIELD
@@ -99,8 +98,7 @@ class ScoreMessageBatchFn(beam.DoFn):
         for row in score.dead:
             record = records[row["key"]]
             row["key"] = record.key
-            if row.get("model"):
-                metrics.counter(MODEL_DEAD_LETTERS_PREFIX + row["model"]).inc()
+            count_model_dead_letter(row)
             yield _dead(row, record.payload, record.attributes, record.message_id)
         try:
             rows = rows_from_lines(rows_text(score.keys, score.models, score.records, self._graph.passthrough,
@@ -111,8 +109,7 @@ class ScoreMessageBatchFn(beam.DoFn):
                 yield _dead(dead_letter(POSTPROCESS, e, key=record.key, raw=record.payload, source=record.message_id),
                             record.payload, record.attributes, record.message_id)
             return
-        for name, result in score.models.items():
-            metrics.counter(MODEL_OUTPUTS_PREFIX + name).inc(len(result.indices))
+        count_model_outputs(score)
         for row in rows:
             record = records[row[KEY_FIELD]]
             row[KEY_FIELD] = record.key
