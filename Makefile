@@ -32,7 +32,7 @@ bench-stream: $(STAMP)
 
 # Google's Pub/Sub emulator on 127.0.0.1:8085 in the foreground, with demo topics + subscriptions
 pubsub-local: $(STAMP)
-	$(PY) -m pipelines.pubsub_emulator --topic requests --topic predictions --topic errors
+	$(PY) -m pipelines.local.pubsub_emulator --topic requests --topic predictions --topic errors
 
 # A local BigQuery (REST :9050, Storage Read gRPC :9060) and GCS (:9023) on 127.0.0.1, in the
 # foreground; their own Python 3.13 venv, .bigquery-venv (tools/bigquery_local). Jobs reach them

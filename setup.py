@@ -5,7 +5,7 @@ Also what Dataflow workers install (--setup_file ./setup.py).
 
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -19,7 +19,7 @@ setup(
     name="tf-beam-inference",
     version="0.1.0",
     description="Apache Beam pipelines for batch and streaming inference with TensorFlow SavedModels",
-    packages=["models", "transforms", "pipelines"],
+    packages=find_packages(include=["models", "transforms", "transforms.*", "pipelines", "pipelines.*"]),
     python_requires=">=3.10,<3.13",
     install_requires=requirements(),
     license="Apache-2.0",

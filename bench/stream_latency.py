@@ -114,8 +114,8 @@ def publish_at_rate(publisher, requests, rate, seconds, bad_every):
 def measure(args) -> dict:
     from google.cloud import pubsub_v1
 
-    from pipelines.demo import ensure_demo
-    from pipelines.pubsub_emulator import running_emulator
+    from pipelines.local.demo import ensure_demo
+    from pipelines.local.pubsub_emulator import running_emulator
 
     os.makedirs(args.out, exist_ok=True)
     model = ensure_demo()["model"]

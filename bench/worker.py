@@ -20,8 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def measure_raw(model_dir: str, pattern: str, chunk_bytes=None) -> dict:
     import tensorflow as tf
 
-    from transforms.tfrecord_reader import read_records
-    from transforms.tfrecord_source import split_by_bytes
+    from transforms.sources.framing import read_records
+    from transforms.sources.tfrecord import split_by_bytes
 
     records = []
     for path in sorted(glob.glob(pattern)):
@@ -59,7 +59,7 @@ def main(argv):
     if mode == "raw":
         result = measure_raw(model_dir, pattern)
     elif mode == "raw-chunked":
-        from transforms.chunked import DEFAULT_CHUNK_BYTES
+        from transforms.scoring.chunked import DEFAULT_CHUNK_BYTES
 
         result = measure_raw(model_dir, pattern, DEFAULT_CHUNK_BYTES)
     else:

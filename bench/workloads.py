@@ -78,7 +78,7 @@ def ensure_data(workload: Workload, root: str, records: int, tag: str = "") -> s
     """Shards of SHARD_RECORDS records under root/data/<name><tag>-<records>/; returns the glob."""
     from models.examples import make_example
     from models.feature_spec import spec_from_json
-    from transforms.tfrecord_reader import encode_record
+    from transforms.sources.framing import encode_record
 
     spec = spec_from_json(workload.feature_spec) if workload.feature_spec else None
     directory = os.path.join(root, "data", f"{workload.name}{tag}-{records}")

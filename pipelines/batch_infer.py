@@ -8,7 +8,7 @@
 
 Every run writes OUTPUT.manifest.json: inputs, model hashes, options, counts, versions.
 
-With no arguments it runs the embedded demo (pipelines/demo.py) on the DirectRunner.
+With no arguments it runs the embedded demo (pipelines/local/demo.py) on the DirectRunner.
 """
 
 import dataclasses
@@ -29,19 +29,19 @@ from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.inputs import input_format_of, read_records
 from pipelines.options import BatchInferOptions, OptionsError, check_options, field_list, print_options_help
 from pipelines.runners import is_local
-from transforms import metrics
-from transforms.bigquery_schema import SchemaError
-from transforms.chunked import ChunkToJsonLinesFn, ChunkToPredictionLogsFn, ScoreChunks
-from transforms.dead_letters import DEAD_LETTER_TAG
-from transforms.gpu import GPU_BATCH, GpuSettings
-from transforms.graph import GraphError, ModelGraph, chain_graph, parallel_graph
-from transforms.graph_file import load_graph_file
+from transforms.runtime import metrics
+from transforms.sinks.bigquery_schema import SchemaError
+from transforms.scoring.chunked import ChunkToJsonLinesFn, ChunkToPredictionLogsFn, ScoreChunks
+from transforms.records.dead_letters import DEAD_LETTER_TAG
+from transforms.runtime.gpu import GPU_BATCH, GpuSettings
+from transforms.graph.model import GraphError, ModelGraph, chain_graph, parallel_graph
+from transforms.graph.file import load_graph_file
 from transforms.inference import DEFAULT_ENGINE
-from transforms.model_graph import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, GraphScoreToLinesFn, ScoreGraphChunks
+from transforms.scoring.model_graph import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, GraphScoreToLinesFn, ScoreGraphChunks
 from transforms.score import DEAD_LETTERS, OUTPUTS, ROWS, ScoreKeyedExamples
-from transforms.sinks import WriteJsonLines, WritePredictionLogs
-from transforms.text_instances import TFRECORD
-from transforms.tfrecord_source import NoInputFilesError
+from transforms.sinks.files import WriteJsonLines, WritePredictionLogs
+from transforms.sources.text_formats import TFRECORD
+from transforms.sources.tfrecord import NoInputFilesError
 
 
 @dataclasses.dataclass
@@ -240,7 +240,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
     opts = options.view_as(BatchInferOptions)
     if not (opts.input or opts.input_table or opts.input_query or opts.model or opts.output
             or opts.output_table) and test_pipeline is None:
-        from pipelines import demo
+        from pipelines.local import demo
 
         argv = argv + demo.demo_args()
         options = PipelineOptions(argv)
@@ -257,7 +257,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
         return _run_job(job, options, test_pipeline)
     finally:
         if redirected:
-            from transforms import bigquery_emulator
+            from pipelines.local import bigquery_emulator
 
             bigquery_emulator.restore()
 

@@ -7,12 +7,12 @@ from typing import Optional, Tuple
 import apache_beam as beam
 
 from pipelines.options import BatchInferOptions, OptionsError, field_list
-from transforms.bigquery_schema import DEAD_LETTER_SCHEMA, prediction_schema
-from transforms import metrics
-from transforms.bigquery_sink import WriteRowsToBigQuery, refused_row_dead_letter
-from transforms.bigquery_source import BigQueryInput, ReadKeyedBigQueryRows
-from transforms.graph import ModelGraph, record_spec
-from transforms.instance_source import InstanceOptions
+from transforms.sinks.bigquery_schema import DEAD_LETTER_SCHEMA, prediction_schema
+from transforms.runtime import metrics
+from transforms.sinks.bigquery import WriteRowsToBigQuery, refused_row_dead_letter
+from transforms.sources.bigquery import BigQueryInput, ReadKeyedBigQueryRows
+from transforms.graph.model import ModelGraph, record_spec
+from transforms.sources.text import InstanceOptions
 
 BIGQUERY = "bigquery"
 ERRORS_TABLE_REFUSED = "errors_table_refused"
@@ -92,7 +92,7 @@ def activate_emulators(opts: BatchInferOptions, project: Optional[str], local: b
     if not local:
         raise OptionsError("--bigquery_emulator/--storage_emulator are for local runs (DirectRunner): "
                            "remote workers cannot reach this machine's emulators")
-    from transforms import bigquery_emulator
+    from pipelines.local import bigquery_emulator
 
     if opts.bigquery_emulator:
         bigquery_emulator.use_bigquery_emulator(opts.bigquery_emulator, opts.bigquery_emulator_grpc or "",

@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import DebugOptions, GoogleCloudOption
 
 from pipelines.options import OptionsError
 from pipelines.runners import is_local
-from transforms.gpu import GpuSettings
+from transforms.runtime.gpu import GpuSettings
 
 SINGLE_PROCESS, MPS = "single_process", "mps"
 GPU_SHARING = (SINGLE_PROCESS, MPS)
@@ -109,7 +109,7 @@ def machine_family_problem(gpu: str, machine_type: str) -> Optional[str]:
 
 
 def gpu_settings(options: PipelineOptions) -> GpuSettings:
-    """What the model-loading DoFns apply on the worker (transforms.gpu.configure_gpus). A worker
+    """What the model-loading DoFns apply on the worker (transforms.runtime.gpu.configure_gpus). A worker
     must see a GPU only when --gpu is given on a remote runner (the DirectRunner ignores --gpu)."""
     job = options.view_as(DataflowJobOptions)
     return GpuSettings(require_gpu=bool(job.gpu) and not is_local(options), memory_limit_mb=job.gpu_memory_limit_mb)

@@ -6,11 +6,11 @@ import apache_beam as beam
 
 from pipelines.bigquery_io import BIGQUERY, read_bigquery
 from pipelines.options import OptionsError
-from transforms.chunked import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
-from transforms.graph import record_spec
-from transforms.instance_source import InstanceOptions, ReadKeyedInstances
-from transforms.text_instances import TFRECORD, format_of_path
-from transforms.tfrecord_source import ReadKeyedTFRecords, expand_patterns
+from transforms.scoring.chunked import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
+from transforms.graph.model import record_spec
+from transforms.sources.text import InstanceOptions, ReadKeyedInstances
+from transforms.sources.text_formats import TFRECORD, format_of_path
+from transforms.sources.tfrecord import ReadKeyedTFRecords, expand_patterns
 
 
 def input_format_of(patterns: Sequence[str], given: Optional[str] = None) -> str:

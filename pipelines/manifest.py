@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from apache_beam.io.filesystems import FileSystems
 
 from models.fingerprint import saved_model_fingerprint
-from transforms import metrics
-from transforms.model_graph import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX
+from transforms.runtime import metrics
+from transforms.scoring.model_graph import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX
 
 MANIFEST_SUFFIX = ".manifest.json"
 REDACTED = "<redacted>"

@@ -4,11 +4,11 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.bigquery_sink import FILE_LOADS, WRITE_METHODS
-from transforms.bigquery_source import DIRECT_READ, READ_METHODS
+from transforms.sinks.bigquery import FILE_LOADS, WRITE_METHODS
+from transforms.sources.bigquery import DIRECT_READ, READ_METHODS
 from transforms.inference import DEFAULT_ENGINE, ENGINES
-from transforms.sinks import OUTPUT_FORMATS
-from transforms.text_instances import INPUT_FORMATS
+from transforms.sinks.files import OUTPUT_FORMATS
+from transforms.sources.text_formats import INPUT_FORMATS
 
 
 class OptionsError(ValueError):

@@ -33,13 +33,14 @@ from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runne
 from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.options import BatchInferOptions, OptionsError, print_options_help
 from pipelines.runners import is_local
-from transforms import metrics, pubsub_local
-from transforms.bigquery_schema import DEAD_LETTER_SCHEMA, SchemaError, prediction_schema
-from transforms.bigquery_sink import STORAGE_WRITE_API, STREAMING_INSERTS, WriteRowsToBigQuery, refused_row_dead_letter
-from transforms.gpu import GPU_BATCH, GpuSettings
-from transforms.graph import GraphError, record_spec
-from transforms.pubsub_messages import PAYLOAD_FORMATS, dead_letter_message, prediction_message
-from transforms.stream_scoring import DEAD_LETTERS, ROWS, DeadLetter, ScoreMessages
+from transforms.runtime import metrics
+from pipelines.local import pubsub_prompt_pulls as pubsub_local
+from transforms.sinks.bigquery_schema import DEAD_LETTER_SCHEMA, SchemaError, prediction_schema
+from transforms.sinks.bigquery import STORAGE_WRITE_API, STREAMING_INSERTS, WriteRowsToBigQuery, refused_row_dead_letter
+from transforms.runtime.gpu import GPU_BATCH, GpuSettings
+from transforms.graph.model import GraphError, record_spec
+from transforms.sources.pubsub import PAYLOAD_FORMATS, dead_letter_message, prediction_message
+from transforms.scoring.stream import DEAD_LETTERS, ROWS, DeadLetter, ScoreMessages
 
 DEFAULT_STREAM_BATCH_SIZE = 256
 DEFAULT_MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # Pub/Sub's own message limit

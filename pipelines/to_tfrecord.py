@@ -3,7 +3,7 @@
     python -m pipelines.to_tfrecord --input 'data/*.csv' --output out/examples
         (--feature_spec spec.json | --model models/clf) [--image_columns image] [--gzip]
 
-The same conversion batch_infer applies to JSON/CSV inputs (transforms.instances), written as
+The same conversion batch_infer applies to JSON/CSV inputs (transforms.sources.instances), written as
 PREFIX-SSSSS-of-NNNNN.tfrecord[.gz] as a Beam job (DirectRunner here, --runner=DataflowRunner at
 scale). Every field is kept (the key field too, so a later `batch_infer --key_feature` finds it):
 spec features by the spec's dtype, other fields by their values. --image_columns reads each
@@ -22,11 +22,11 @@ from models.feature_spec import FeatureSpecError, load_spec_file
 from models.serving_model import ModelContractError, load_serving_model
 from pipelines.inputs import input_format_of
 from pipelines.options import OptionsError, field_list
-from transforms import metrics
-from transforms.instance_source import InstanceOptions, ReadKeyedInstances
-from transforms.sinks import WriteJsonLines
-from transforms.text_instances import CSV, JSONL
-from transforms.tfrecord_source import NoInputFilesError
+from transforms.runtime import metrics
+from transforms.sources.text import InstanceOptions, ReadKeyedInstances
+from transforms.sinks.files import WriteJsonLines
+from transforms.sources.text_formats import CSV, JSONL
+from transforms.sources.tfrecord import NoInputFilesError
 
 
 def converter_parser() -> argparse.ArgumentParser:

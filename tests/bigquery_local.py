@@ -5,7 +5,7 @@
   loopback ports with a fresh data folder, waits until they answer, and yields a
   :class:`BigQueryEmulator`. Stopped (whole process group) at the end of the session.
 - ``bigquery_emulated`` (function): the same object, with this process's Google Cloud clients
-  (Beam's included) redirected to it for the test (transforms.bigquery_emulator), undone after.
+  (Beam's included) redirected to it for the test (pipelines.local.bigquery_emulator), undone after.
 """
 
 import dataclasses
@@ -52,15 +52,15 @@ class BigQueryEmulator:
                               client_options={"api_endpoint": self.storage_url})
 
     def activate(self):
-        """Redirect this process's clients (Beam's too) here; see transforms.bigquery_emulator."""
-        from transforms import bigquery_emulator
+        """Redirect this process's clients (Beam's too) here; see pipelines.local.bigquery_emulator."""
+        from pipelines.local import bigquery_emulator
 
         bigquery_emulator.use_bigquery_emulator(self.rest_url, self.grpc_address, self.project)
         bigquery_emulator.use_storage_emulator(self.storage_url)
 
     @staticmethod
     def deactivate():
-        from transforms import bigquery_emulator
+        from pipelines.local import bigquery_emulator
 
         bigquery_emulator.restore()
 

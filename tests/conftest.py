@@ -20,7 +20,7 @@ from tests.pubsub_local import pubsub_emulator  # noqa: E402,F401  (fixture)
 def penguin_model(tmp_path_factory):
     """The demo classifier exported and verified by models.prepare: (version dir, keras model)."""
     from models.prepare import prepare_model
-    from pipelines.demo import build_demo_model
+    from pipelines.local.demo import build_demo_model
 
     keras_model = build_demo_model()
     version_dir = prepare_model(keras_model, str(tmp_path_factory.mktemp("models") / "penguins"))

@@ -1,14 +1,14 @@
 """Pytest fixture for Google's Pub/Sub emulator (installed with the gcloud SDK on these machines),
 for a conftest to import.
 
-``pubsub_emulator`` (session): pipelines.pubsub_emulator.running_emulator on a free loopback port,
+``pubsub_emulator`` (session): pipelines.local.pubsub_emulator.running_emulator on a free loopback port,
 with this process's Pub/Sub clients pointed at it; yields a PubSubEmulator. A missing or failing
 emulator fails the tests that use it with the reason; it never skips.
 """
 
 import pytest
 
-from pipelines.pubsub_emulator import EmulatorError, running_emulator
+from pipelines.local.pubsub_emulator import EmulatorError, running_emulator
 
 
 @pytest.fixture(scope="session")

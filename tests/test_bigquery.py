@@ -16,8 +16,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from models.examples import feature_values, parse_example
 from models.feature_spec import Feature
 from pipelines import batch_infer
-from transforms.bigquery_source import BigQueryInput, ReadKeyedBigQueryRows
-from transforms.instance_source import InstanceOptions
+from transforms.sources.bigquery import BigQueryInput, ReadKeyedBigQueryRows
+from transforms.sources.text import InstanceOptions
 from tests.test_batch_infer import expected_outputs, penguin_values
 
 UTC = datetime.timezone.utc

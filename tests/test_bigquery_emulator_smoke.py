@@ -1,4 +1,4 @@
-"""Plain Beam against the local BigQuery + GCS (tools/bigquery_local, transforms.bigquery_emulator).
+"""Plain Beam against the local BigQuery + GCS (tools/bigquery_local, pipelines.local.bigquery_emulator).
 
 Proves the plumbing, not project code: every ReadFromBigQuery method and the STREAMING_INSERTS and
 FILE_LOADS writes, on the DirectRunner (default in_memory mode). The expected rows pin down the

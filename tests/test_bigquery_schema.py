@@ -3,9 +3,9 @@
 import pytest
 
 from models.serving_model import load_serving_model
-from transforms.bigquery_schema import SchemaError, fit_record, prediction_schema
-from transforms.graph import GraphNode, ModelGraph, check_graph
-from transforms.postprocessors import CallFunction, Classify, Keep, Regress
+from transforms.sinks.bigquery_schema import SchemaError, fit_record, prediction_schema
+from transforms.graph.model import GraphNode, ModelGraph, check_graph
+from transforms.graph.postprocessors import CallFunction, Classify, Keep, Regress
 
 
 def fields_of(schema):

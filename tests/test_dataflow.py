@@ -1,6 +1,6 @@
 """Dataflow runs checked offline: the worker image (hadolint, versions), worker packaging, the
 runner options (GPU, MPS, machine types, paths), real dry runs of small Beam pipelines asserted on
-the job JSON (batch/streaming x CPU/GPU) with the network blocked, and transforms.gpu."""
+the job JSON (batch/streaming x CPU/GPU) with the network blocked, and transforms.runtime.gpu."""
 
 import contextlib
 import io
@@ -24,7 +24,7 @@ from pipelines.dataflow import (REPO_SETUP_PY, DataflowOptionsError, dry_run_job
                                 normalize_dry_run_argv, prepare_runner_options, report_dry_run, summarize_job,
                                 write_job_file)
 from pipelines.options import OptionsError
-from transforms import gpu
+from transforms.runtime import gpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKERFILE = os.path.join(REPO, "docker", "Dockerfile")
@@ -94,7 +94,7 @@ def test_setup_file_sdist_carries_what_setup_py_reads(tmp_path):
     names = {name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name}
     assert "requirements.txt" in names, ("the sdist lacks requirements.txt, so workers cannot install it: "
                                          "add MANIFEST.in with 'include requirements.txt'")
-    assert {"pipelines/dataflow.py", "transforms/gpu.py", "models/serving_model.py"} <= names
+    assert {"pipelines/dataflow.py", "transforms/runtime/gpu.py", "models/serving_model.py"} <= names
 
 
 # --- runner options -----------------------------------------------------------------------------
@@ -339,7 +339,7 @@ def test_dry_run_streaming_gpu_with_mps(offline):
     assert job["environment"]["sdkPipelineOptions"]["options"]["gpu_memory_limit_mb"] == 3000
 
 
-# --- transforms.gpu -----------------------------------------------------------------------------
+# --- transforms.runtime.gpu -----------------------------------------------------------------------------
 
 class FakeDevice:
     def __init__(self, name):
@@ -430,7 +430,7 @@ def test_real_tensorflow_on_this_machine(fresh_gpu_state):
 
 
 def test_gpu_settings_travel_to_workers_and_gpu_batches_are_larger():
-    from transforms.chunked import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
+    from transforms.scoring.chunked import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
 
     settings = gpu_options.gpu_settings(options_of("--gpu=nvidia-l4", "--gpu_memory_limit_mb=2048"))
     assert settings == gpu.GpuSettings(require_gpu=True, memory_limit_mb=2048)

@@ -12,12 +12,13 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from models.examples import make_example
 from models.serving_model import load_serving_model
-from pipelines import batch_infer, stream_infer
+from pipelines import batch_infer
+from pipelines import stream_infer
 from pipelines.options import BatchInferOptions
 from tests.test_batch_infer import penguin_values
-from transforms import gpu
-from transforms.chunked import ScoreChunks
-from transforms.tfrecord_source import ReadKeyedTFRecords
+from transforms.runtime import gpu
+from transforms.scoring.chunked import ScoreChunks
+from transforms.sources.tfrecord import ReadKeyedTFRecords
 
 IMAGE = "us-central1-docker.pkg.dev/my-project/workers/tf-beam-inference-gpu:1"
 DATAFLOW = ["--runner", "DataflowRunner", "--project", "my-project", "--region", "us-central1",

@@ -13,10 +13,10 @@ from models.serving_model import load_serving_model
 from pipelines import batch_infer
 from tests.helpers import read_jsonl
 from tests.test_batch_infer import expected_outputs, penguin_values
-from transforms.fast_engine import LoadedSignature, shared_signature
-from transforms.jsonl import scored_chunk_text, to_json_line
-from transforms.record_chunks import RecordChunk, score_chunk
-from transforms.rows import outputs_to_json, prediction_row
+from transforms.scoring.fast_engine import LoadedSignature, shared_signature
+from transforms.records.json_lines import scored_chunk_text, to_json_line
+from transforms.records.chunk import RecordChunk, score_chunk
+from transforms.records.rows import outputs_to_json, prediction_row
 from transforms.score import DEAD_LETTERS, ROWS, ScoreKeyedExamples
 
 
@@ -170,7 +170,7 @@ def test_bytes_only_tensorflow_rejects_are_decode_dead_letters(penguin_model, wr
 
 
 def test_key_fragments_survive_quotes_commas_and_backslashes():
-    from transforms.jsonl import key_fragments
+    from transforms.records.json_lines import key_fragments
 
     keys = ["", '","', "a\\", '\\","', "x,y", "ü\n", '"']
     assert [json.loads('"' + fragment + '"') for fragment in key_fragments(keys)] == keys

@@ -364,7 +364,7 @@ LENIENT_PROTO_CASES = [
 @pytest.mark.parametrize("spec,serialized", [c[1:] for c in LENIENT_PROTO_CASES],
                          ids=[c[0] for c in LENIENT_PROTO_CASES])
 def test_bytes_only_tensorflow_rejects_become_decode_dead_letters(spec, serialized):
-    from transforms.dead_letters import model_failure_dead_letter
+    from transforms.records.dead_letters import model_failure_dead_letter
 
     assert validate_raises(serialized, spec) is None  # the lenient first gate
     assert tf_parse_raises(serialized, spec)
@@ -476,7 +476,7 @@ def test_validate_example_agrees_with_tf_parse_example_on_random_records():
 def test_under_byte_corruption_every_record_is_caught_by_one_of_the_two_gates():
     # Flip one byte of valid records: whatever TensorFlow's parser rejects is rejected by
     # validate_example or, if protobuf let it through, filed under decode by the model-failure path.
-    from transforms.dead_letters import model_failure_dead_letter
+    from transforms.records.dead_letters import model_failure_dead_letter
 
     rng = np.random.default_rng(7)
     lenient = 0

@@ -8,10 +8,10 @@ import tensorflow as tf
 
 from models.examples import make_example
 from models.feature_spec import Feature
-from transforms.bridges import BridgeError, bridged_record
-from transforms.graph_executor import ModelResult
-from transforms.graph_rows import rows_text
-from transforms.rows import outputs_to_json
+from transforms.graph.bridges import BridgeError, bridged_record
+from transforms.scoring.executor import ModelResult
+from transforms.records.graph_rows import rows_text
+from transforms.records.rows import outputs_to_json
 
 
 def test_a_bridged_record_keeps_the_original_features_and_replaces_same_named_ones():

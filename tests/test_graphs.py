@@ -14,10 +14,10 @@ from models.examples import make_example
 from models.serving_model import load_serving_model
 from pipelines import batch_infer
 from tests.helpers import read_jsonl
-from transforms.graph import chain_graph, parallel_graph
-from transforms.graph_executor import score_graph_chunk
-from transforms.model_graph import RunModelGraph, shared_batch_call
-from transforms.record_chunks import RecordChunk
+from transforms.graph.model import chain_graph, parallel_graph
+from transforms.scoring.executor import score_graph_chunk
+from transforms.scoring.model_graph import RunModelGraph, shared_batch_call
+from transforms.records.chunk import RecordChunk
 from transforms.score import DEAD_LETTERS, ROWS
 
 ENGINES = ["fast", "tfx-bsl"]

@@ -11,9 +11,9 @@ import tensorflow as tf
 
 from models.examples import feature_values, parse_example
 from models.feature_spec import Feature
-from transforms.instances import (ConversionError, epoch_seconds, instance_key, instance_to_example,
+from transforms.sources.instances import (ConversionError, epoch_seconds, instance_key, instance_to_example,
                                   select_fields)
-from transforms.text_instances import CSV, JSONL, TFRECORD, InstanceError, format_of_path, iter_csv, iter_jsonl
+from transforms.sources.text_formats import CSV, JSONL, TFRECORD, InstanceError, format_of_path, iter_csv, iter_jsonl
 
 SPEC = (
     Feature("f", "float32"),

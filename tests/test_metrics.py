@@ -1,6 +1,6 @@
 """The progress line and the end-of-run counter table (pure; a clock is injected)."""
 
-from transforms import metrics
+from transforms.runtime import metrics
 
 
 def test_progress_prints_at_most_once_per_interval(capsys):

@@ -7,7 +7,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.postprocess import PostprocessRows
-from transforms.postprocessors import (CallFunction, Classify, Keep, PostprocessError, Regress, apply_steps,
+from transforms.graph.postprocessors import (CallFunction, Classify, Keep, PostprocessError, Regress, apply_steps,
                                        step_from_config)
 
 PROBS = np.asarray([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3], [0.3, 0.3, 0.4]], np.float32)

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from transforms.dead_letters import MAX_MESSAGE_CHARS, STAGES, dead_letter
-from transforms.rows import KEY_FIELD, outputs_to_json, prediction_row, to_json_value
+from transforms.records.dead_letters import MAX_MESSAGE_CHARS, STAGES, dead_letter
+from transforms.records.rows import KEY_FIELD, outputs_to_json, prediction_row, to_json_value
 
 
 def strict_json(value):

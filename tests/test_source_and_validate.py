@@ -13,8 +13,8 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from models.examples import make_example
 from models.feature_spec import Feature, make_spec
-from transforms.tfrecord_reader import encode_record
-from transforms.tfrecord_source import NoInputFilesError, ReadKeyedTFRecords, expand_patterns, key_names
+from transforms.sources.framing import encode_record
+from transforms.sources.tfrecord import NoInputFilesError, ReadKeyedTFRecords, expand_patterns, key_names
 from transforms.validate import ValidateRecords
 
 SPEC = make_spec([

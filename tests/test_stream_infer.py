@@ -11,7 +11,7 @@ import pytest
 from models.examples import make_example
 from pipelines import stream_infer
 from pipelines.options import OptionsError
-from transforms import pubsub_local
+from pipelines.local import pubsub_prompt_pulls as pubsub_local
 from tests.test_batch_infer import expected_outputs, penguin_values
 
 CANCEL_LIMIT_S = 10
@@ -179,7 +179,7 @@ def test_predictions_and_dead_letters_stream_into_bigquery_tables(pubsub_emulato
                           if table_exists(client, t) else {} for t in (out, errors))
     finally:
         stop(result)
-        from transforms import bigquery_emulator as redirect
+        from pipelines.local import bigquery_emulator as redirect
 
         redirect.restore()
         client.delete_dataset(dataset, delete_contents=True)

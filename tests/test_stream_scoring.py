@@ -1,4 +1,4 @@
-"""The streaming logic without Pub/Sub: pure message conversion (transforms.pubsub_messages), and
+"""The streaming logic without Pub/Sub: pure message conversion (transforms.sources.pubsub), and
 ScoreMessages on Beam's TestStream (streaming DirectRunner): batches close at max_batch_size or
 after max_batch_latency_s of processing time, and every message ends as one prediction or one
 dead letter carrying its payload and attributes."""
@@ -13,10 +13,10 @@ from apache_beam.testing.util import assert_that, equal_to
 from models.examples import make_example
 from models.feature_spec import Feature
 from models.serving_model import load_serving_model
-from transforms.graph import parallel_graph, record_spec
-from transforms.pubsub_messages import (MAX_ATTRIBUTE_BYTES, MessageError, dead_letter_message, message_id_of,
+from transforms.graph.model import parallel_graph, record_spec
+from transforms.sources.pubsub import (MAX_ATTRIBUTE_BYTES, MessageError, dead_letter_message, message_id_of,
                                         message_to_record, prediction_message)
-from transforms.stream_scoring import DEAD_LETTERS, ROWS, BatchRecords, ScoreMessages
+from transforms.scoring.stream import DEAD_LETTERS, ROWS, BatchRecords, ScoreMessages
 
 SPEC = (Feature("measurements", "float32", (4,)), Feature("island", "int64", (), default=0))
 

@@ -13,7 +13,8 @@ import tensorflow as tf
 from models.examples import make_example
 from models.fingerprint import saved_model_fingerprint
 from models.inspect import inspect_report
-from pipelines import batch_infer, to_tfrecord
+from pipelines import batch_infer
+from pipelines import to_tfrecord
 from pipelines.manifest import read_manifest
 from pipelines.options import OptionsError
 from tests.helpers import read_jsonl

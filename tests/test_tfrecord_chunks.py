@@ -5,9 +5,9 @@ import gzip
 import numpy as np
 import pytest
 
-from transforms.tfrecord_reader import Corruption, Record, encode_record
-from transforms.tfrecord_source import iter_chunks, open_records_stream
-from transforms.tfrecord_reader import read_records
+from transforms.sources.framing import Corruption, Record, encode_record
+from transforms.sources.tfrecord import iter_chunks, open_records_stream
+from transforms.sources.framing import read_records
 
 
 def reference(path):
@@ -85,7 +85,7 @@ def test_empty_file_gives_nothing(tmp_path):
 
 
 def test_split_by_bytes_caps_input_bytes_and_keeps_order():
-    from transforms.tfrecord_source import split_by_bytes
+    from transforms.sources.tfrecord import split_by_bytes
 
     records = [b"x" * n for n in (10, 10, 10, 50, 5, 5, 5, 100, 1)]
     parts = list(split_by_bytes(records, 30))

@@ -1,4 +1,4 @@
-"""transforms.tfrecord_reader against files written by TensorFlow's own TFRecordWriter.
+"""transforms.sources.framing against files written by TensorFlow's own TFRecordWriter.
 
 Pure tests (no pipeline). Every case checks conservation: each record written is accounted for
 by exactly one Record or Corruption, except after a fatal Corruption, where the framing is lost
@@ -12,9 +12,9 @@ import zlib
 import numpy as np
 import pytest
 
-from transforms.tfrecord_reader import Corruption, Record, encode_record, masked_crc32c, read_records
-from transforms.gzip_stream import GzipRecoveringReader
-from transforms.tfrecord_source import is_gzip, open_records_stream
+from transforms.sources.framing import Corruption, Record, encode_record, masked_crc32c, read_records
+from transforms.sources.gzip_recovering import GzipRecoveringReader
+from transforms.sources.tfrecord import is_gzip, open_records_stream
 
 HEADER_BYTES = 12  # uint64 length + masked crc32c of the length
 FRAMING_BYTES = 16  # header + masked crc32c of the data

@@ -2,7 +2,7 @@
 
 Engines are Beam ModelHandlers over (key, serialized example):
 - "tfx-bsl": tfx-bsl's SavedModel handler; outputs are PredictionLogs;
-- "fast": transforms.fast_engine; outputs are {name: per-example array}.
+- "fast": transforms.scoring.fast_engine; outputs are {name: per-example array}.
 transforms.postprocess turns either into a prediction row. A batch the model fails on is re-run
 in halves until each record the model rejects stands alone, so only those become dead letters
 (stage infer) and the rest of the batch is still predicted. The re-runs happen inside the
@@ -19,10 +19,10 @@ from apache_beam.ml.inference import base
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from models.serving_model import ServingModel
-from transforms import metrics
-from transforms.dead_letters import clean_message, model_failure_dead_letter
-from transforms.fast_engine import isolate_failures
-from transforms.gpu import GpuSettings
+from transforms.runtime import metrics
+from transforms.records.dead_letters import clean_message, model_failure_dead_letter
+from transforms.scoring.fast_engine import isolate_failures
+from transforms.runtime.gpu import GpuSettings
 
 ENGINES = ("fast", "tfx-bsl")
 DEFAULT_ENGINE = "fast"
@@ -97,7 +97,7 @@ def make_handler(engine: str, model: ServingModel, batching: Dict[str, int], pro
 
         return KeyedTfxBslHandler(model.path, model.signature, batching, project, gpu)
     if engine == "fast":
-        from transforms.fast_engine import FastKeyedHandler
+        from transforms.scoring.fast_engine import FastKeyedHandler
 
         return FastKeyedHandler(model.path, model.signature, batching, gpu)
     raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")

@@ -7,10 +7,10 @@ import apache_beam as beam
 from tensorflow_serving.apis import prediction_log_pb2
 
 from models.prediction_log import outputs_from_log
-from transforms import metrics
-from transforms.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, dead_letter
-from transforms.postprocessors import apply_steps, as_batch_of_one, first_of_batch
-from transforms.rows import KEY_FIELD, outputs_to_json, prediction_row
+from transforms.runtime import metrics
+from transforms.records.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, dead_letter
+from transforms.graph.postprocessors import apply_steps, as_batch_of_one, first_of_batch
+from transforms.records.rows import KEY_FIELD, outputs_to_json, prediction_row
 
 
 def engine_outputs(value):
@@ -52,7 +52,7 @@ class ToPredictionRows(beam.PTransform):
 
 
 class PostprocessRowsFn(beam.DoFn):
-    """Applies post-processing steps (transforms.postprocessors) to one model's outputs in a row.
+    """Applies post-processing steps (transforms.graph.postprocessors) to one model's outputs in a row.
 
     Usable on its own on any prediction rows: the row's outputs for `model_name` become a batch
     of one, go through the steps and are written back. A row the steps fail on is a dead letter

@@ -5,7 +5,7 @@ from typing import Optional
 import apache_beam as beam
 
 from models.serving_model import ServingModel
-from transforms.gpu import GpuSettings
+from transforms.runtime.gpu import GpuSettings
 from transforms.inference import DEFAULT_ENGINE, RunKeyedInference
 from transforms.postprocess import ToPredictionRows
 from transforms.validate import ValidateRecords

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional
 from tfx_bsl.beam import run_inference as tfx_run_inference
 
 from models.tfx_bsl_call import inference_spec
-from transforms.gpu import GpuSettings
+from transforms.runtime.gpu import GpuSettings
 
 
 class KeyedTfxBslHandler(tfx_run_inference._ModelHandlerWrapper):  # pylint: disable=protected-access

@@ -9,8 +9,8 @@ import apache_beam as beam
 
 from models.examples import RecordError, feature_values, validate_example
 from models.feature_spec import Feature
-from transforms import metrics
-from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
+from transforms.runtime import metrics
+from transforms.records.dead_letters import DEAD_LETTER_TAG, dead_letter
 
 
 def key_from_feature(example, key_feature: str) -> str:

@@ -11,7 +11,7 @@
 # EXPORT read) write to it and load jobs (Beam's FILE_LOADS) read from it. --bucket is created
 # on start. Clients: BIGQUERY_EMULATOR_HOST=http://127.0.0.1:9050,
 # STORAGE_EMULATOR_HOST=http://127.0.0.1:9023, Storage Read at 127.0.0.1:9060 (plain gRPC);
-# in Python, transforms.bigquery_emulator does all of it.
+# in Python, pipelines.local.bigquery_emulator does all of it.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

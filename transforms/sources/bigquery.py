@@ -2,7 +2,7 @@
 
 Rows are read with Beam's ReadFromBigQuery (DIRECT_READ, the Storage Read API, by default; or
 EXPORT through GCS) and converted by the model's feature spec with the same rules as JSON/CSV
-instances (transforms.instances):
+instances (transforms.sources.instances):
 
 - INT64 and BOOL -> int64; FLOAT64 and NUMERIC -> float (or int64 when whole); STRING and
   BYTES -> bytes; REPEATED -> lists.
@@ -24,11 +24,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import apache_beam as beam
 import orjson
 
-from transforms import metrics
-from transforms.dead_letters import CONVERT, DEAD_LETTER_TAG, dead_letter
-from transforms.instance_source import InstanceOptions
-from transforms.instances import ConversionError
-from transforms.record_chunks import RecordChunk
+from transforms.runtime import metrics
+from transforms.records.dead_letters import CONVERT, DEAD_LETTER_TAG, dead_letter
+from transforms.sources.text import InstanceOptions
+from transforms.sources.instances import ConversionError
+from transforms.records.chunk import RecordChunk
 
 DIRECT_READ, EXPORT = "DIRECT_READ", "EXPORT"
 READ_METHODS = (DIRECT_READ, EXPORT)

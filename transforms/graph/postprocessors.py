@@ -9,7 +9,7 @@ prediction row (a batch of one) in transforms.postprocess.PostprocessRows.
 - Keep: only the named outputs;
 - CallFunction: a user's own function, by reference ("package.module:function") or as a callable.
 
-transforms.graph checks the outputs classify and regress name before the job runs.
+transforms.graph.model checks the outputs classify and regress name before the job runs.
 """
 
 import importlib

@@ -2,7 +2,7 @@
 
 Read TFRecord shards in chunks -> score each chunk with one signature call -> write each chunk's
 rows as one text element. Keys stay aligned with outputs inside the chunk; every record that
-cannot be scored leaves as a dead letter (transforms.record_chunks.score_chunk).
+cannot be scored leaves as a dead letter (transforms.records.chunk.score_chunk).
 """
 
 import concurrent.futures
@@ -12,13 +12,13 @@ import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
 from models.serving_model import ServingModel
-from transforms import metrics
-from transforms.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, dead_letter
-from transforms.fast_engine import shared_signature
-from transforms.gpu import GpuSettings
-from transforms.jsonl import scored_chunk_text
-from transforms.prediction_logs import predict_log
-from transforms.record_chunks import score_chunk
+from transforms.runtime import metrics
+from transforms.records.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, dead_letter
+from transforms.scoring.fast_engine import shared_signature
+from transforms.runtime.gpu import GpuSettings
+from transforms.records.json_lines import scored_chunk_text
+from transforms.sinks.prediction_logs import predict_log
+from transforms.records.chunk import score_chunk
 
 DEFAULT_CHUNK_SIZE = 1024
 # Input bytes per chunk. Heavy models with large inputs run faster on CPU in smaller batches (a

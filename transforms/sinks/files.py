@@ -3,7 +3,7 @@
 import apache_beam as beam
 from tensorflow_serving.apis import prediction_log_pb2
 
-from transforms.jsonl import to_json_line
+from transforms.records.json_lines import to_json_line
 
 OUTPUT_FORMATS = ("jsonl", "tfrecord")
 

@@ -17,12 +17,12 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 import numpy as np
 
 from models.examples import RecordError, parse_example, validate_example
-from transforms.bridges import BridgeError, bridged_batch, bridged_record
-from transforms.dead_letters import CONVERT, INFER, POSTPROCESS, dead_letter, error_text, model_failure_dead_letter
-from transforms.fast_engine import concat_parts, isolate_failures
-from transforms.graph import GraphNode, ModelGraph
-from transforms.postprocessors import apply_steps
-from transforms.record_chunks import RecordChunk, keys_by_feature
+from transforms.graph.bridges import BridgeError, bridged_batch, bridged_record
+from transforms.records.dead_letters import CONVERT, INFER, POSTPROCESS, dead_letter, error_text, model_failure_dead_letter
+from transforms.scoring.fast_engine import concat_parts, isolate_failures
+from transforms.graph.model import GraphNode, ModelGraph
+from transforms.graph.postprocessors import apply_steps
+from transforms.records.chunk import RecordChunk, keys_by_feature
 from transforms.validate import key_from_feature, record_dead_letter
 
 BatchCall = Callable[[Sequence[bytes]], Dict[str, np.ndarray]]

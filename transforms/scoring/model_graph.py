@@ -1,9 +1,9 @@
-"""Beam transforms that run a model graph (transforms.graph) on chunks of keyed records.
+"""Beam transforms that run a model graph (transforms.graph.model) on chunks of keyed records.
 
 - ScoreGraphChunks: RecordChunks -> GraphScores (+ dead letters); every model of the graph runs
-  in the same DoFn on the same chunk (transforms.graph_executor), each through its engine's batch
+  in the same DoFn on the same chunk (transforms.scoring.executor), each through its engine's batch
   call, loaded once per process.
-- GraphScoresToJsonLines / GraphScoresToRows: prediction rows (transforms.graph_rows).
+- GraphScoresToJsonLines / GraphScoresToRows: prediction rows (transforms.records.graph_rows).
 - RunModelGraph: the keyed API, (key, serialized tf.Example) -> {"rows", "dead_letters"}, for any
   source (files, tables, streams).
 """
@@ -12,15 +12,15 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
-from transforms import metrics
-from transforms.chunked import DEFAULT_CHUNK_SIZE, PipelinedChunkFn
-from transforms.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, dead_letter
-from transforms.fast_engine import shared_model, shared_signature
-from transforms.gpu import GpuSettings
-from transforms.graph import ModelGraph
-from transforms.graph_executor import GraphScore, score_graph_chunk
-from transforms.graph_rows import rows_from_lines, rows_text
-from transforms.record_chunks import RecordChunk
+from transforms.runtime import metrics
+from transforms.scoring.chunked import DEFAULT_CHUNK_SIZE, PipelinedChunkFn
+from transforms.records.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, dead_letter
+from transforms.scoring.fast_engine import shared_model, shared_signature
+from transforms.runtime.gpu import GpuSettings
+from transforms.graph.model import ModelGraph
+from transforms.scoring.executor import GraphScore, score_graph_chunk
+from transforms.records.graph_rows import rows_from_lines, rows_text
+from transforms.records.chunk import RecordChunk
 from transforms.score import DEAD_LETTERS, ROWS
 
 MODEL_OUTPUTS_PREFIX = "model_outputs_"

@@ -1,7 +1,7 @@
 """Pub/Sub messages <-> keyed records, prediction messages and dead-letter messages. Pure.
 
 A request message holds one instance: a serialized tf.Example (payload format `example`) or a
-JSON object of features converted by the model's feature spec (`json`, transforms.instances). Its
+JSON object of features converted by the model's feature spec (`json`, transforms.sources.instances). Its
 key is a message attribute (--key_attribute) or else the message id. A prediction message carries
 the prediction row as JSON and the key as an attribute, so callers match results to requests. A
 dead-letter message carries the original payload and attributes unchanged, plus attributes that
@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 import orjson
 
 from models.feature_spec import Feature
-from transforms.instances import ConversionError, instance_to_example
+from transforms.sources.instances import ConversionError, instance_to_example
 
 EXAMPLE, JSON = "example", "json"
 PAYLOAD_FORMATS = (EXAMPLE, JSON)

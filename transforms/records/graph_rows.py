@@ -7,7 +7,7 @@ which every model failed has no row. With row_per_model, one row per (key, model
 {"key": k, "model": "<model>", "outputs": {...}, "inputs": {...}}.
 
 Each output column is serialised once for the chunk and cut into per-row fragments
-(transforms.jsonl.output_fragments); only columns that are not finite numbers go value by value.
+(transforms.records.json_lines.output_fragments); only columns that are not finite numbers go value by value.
 """
 
 from typing import List, Mapping, Optional, Sequence
@@ -15,10 +15,10 @@ from typing import List, Mapping, Optional, Sequence
 import orjson
 
 from models.examples import RecordError, feature_values, parse_example
-from transforms.graph import INPUTS_FIELD, MODEL_FIELD, OUTPUTS_FIELD, SOURCE_FIELD
-from transforms.graph_executor import ModelResult, covered_positions
-from transforms.jsonl import key_fragments, output_fragments
-from transforms.rows import KEY_FIELD, to_json_value
+from transforms.graph.model import INPUTS_FIELD, MODEL_FIELD, OUTPUTS_FIELD, SOURCE_FIELD
+from transforms.scoring.executor import ModelResult, covered_positions
+from transforms.records.json_lines import key_fragments, output_fragments
+from transforms.records.rows import KEY_FIELD, to_json_value
 
 
 def _dumps(value) -> str:

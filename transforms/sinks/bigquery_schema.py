@@ -17,9 +17,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from transforms.graph import INPUTS_FIELD, SOURCE_FIELD, ModelGraph
-from transforms.postprocessors import apply_steps
-from transforms.rows import KEY_FIELD
+from transforms.graph.model import INPUTS_FIELD, SOURCE_FIELD, ModelGraph
+from transforms.graph.postprocessors import apply_steps
+from transforms.records.rows import KEY_FIELD
 
 DEAD_LETTER_SCHEMA = {"fields": [
     {"name": "key", "type": "STRING", "mode": "NULLABLE"},
@@ -135,5 +135,5 @@ def _scalar(value: Any, field: Mapping[str, Any]) -> Any:
 
 
 def fit_record(row: Mapping[str, Any], fields: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-    """A JSON-ready row (transforms.rows values) shaped for the schema's fields; unknown keys dropped."""
+    """A JSON-ready row (transforms.records.rows values) shaped for the schema's fields; unknown keys dropped."""
     return {f["name"]: _fit(row[f["name"]], f) for f in fields if f["name"] in row}

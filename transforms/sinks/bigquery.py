@@ -1,6 +1,6 @@
 """WriteRowsToBigQuery: prediction rows or dead letters into a BigQuery table, nothing lost.
 
-The table is created when needed with the schema given (transforms.bigquery_schema) and rows are
+The table is created when needed with the schema given (transforms.sinks.bigquery_schema) and rows are
 appended. STREAMING_INSERTS and FILE_LOADS work with the Python SDK alone; STORAGE_WRITE_API runs
 through Beam's Java expansion service (a jar Beam downloads, so not offline). With
 STREAMING_INSERTS, a row BigQuery refuses for good comes back as a dead letter at stage write
@@ -14,9 +14,9 @@ import apache_beam as beam
 import orjson
 from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 
-from transforms import metrics
-from transforms.bigquery_schema import fit_record
-from transforms.dead_letters import WRITE, dead_letter
+from transforms.runtime import metrics
+from transforms.sinks.bigquery_schema import fit_record
+from transforms.records.dead_letters import WRITE, dead_letter
 
 STREAMING_INSERTS, FILE_LOADS, STORAGE_WRITE_API = "STREAMING_INSERTS", "FILE_LOADS", "STORAGE_WRITE_API"
 WRITE_METHODS = (STREAMING_INSERTS, FILE_LOADS, STORAGE_WRITE_API)

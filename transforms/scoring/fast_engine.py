@@ -1,9 +1,9 @@
 """The fast engine: tf.saved_model.load once per process, the signature called on whole batches.
 
 Outputs stay columnar ({name: array [batch, ...]}); no per-example proto is built unless
-PredictionLog output is asked for (transforms.prediction_logs). Two users:
+PredictionLog output is asked for (transforms.sinks.prediction_logs). Two users:
 - FastKeyedHandler, here: a Beam ModelHandler for keyed records, so RunKeyedInference composes;
-- transforms.record_chunks.score_chunk: a whole RecordChunk scored in one call (the chunked batch
+- transforms.records.chunk.score_chunk: a whole RecordChunk scored in one call (the chunked batch
   path, where a batch of records, not one record, is the pipeline element).
 isolate_failures, shared by both paths and both engines, halves a failing batch.
 """
@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from apache_beam.ml.inference import base
 
-from transforms.gpu import GpuSettings
+from transforms.runtime.gpu import GpuSettings
 
 _CACHE: Dict[Tuple[str, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()

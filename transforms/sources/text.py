@@ -1,7 +1,7 @@
 """ReadKeyedInstances: JSON Lines or CSV files -> keyed tf.Example records + dead letters.
 
 Each line (or CSV row) is one instance, converted by the model's feature spec
-(transforms.instances). Keys come from a key field, which is then removed from the features, or
+(transforms.sources.instances). Keys come from a key field, which is then removed from the features, or
 are '<file>:<line>' (1-based line numbers, the header being line 1 of a CSV). A line that is not
 an instance is a dead letter at stage decode; one whose values do not fit is one at stage convert;
 both carry the line number and the line itself. Files are the unit of parallelism, as for TFRecord.
@@ -15,12 +15,12 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from models.feature_spec import Feature
-from transforms import metrics
-from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
-from transforms.instances import ConversionError, instance_key, instance_to_example, select_fields
-from transforms.record_chunks import RecordChunk
-from transforms.text_instances import CSV, JSONL, InstanceError, iter_csv, iter_jsonl
-from transforms.tfrecord_source import expand_patterns, read_files
+from transforms.runtime import metrics
+from transforms.records.dead_letters import DEAD_LETTER_TAG, dead_letter
+from transforms.sources.instances import ConversionError, instance_key, instance_to_example, select_fields
+from transforms.records.chunk import RecordChunk
+from transforms.sources.text_formats import CSV, JSONL, InstanceError, iter_csv, iter_jsonl
+from transforms.sources.tfrecord import expand_patterns, read_files
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ scored_chunk_text formats a whole ScoredChunk at once: each numeric output colum
 in one call and cut into per-row fragments (the keys likewise), so the per-row Python work is
 one string concatenation.
 Columns that are not finite numbers (strings, NaN, inf) go value by value through
-transforms.rows; both give the same values.
+transforms.records.rows; both give the same values.
 """
 
 from typing import List, Mapping, Optional
@@ -12,7 +12,7 @@ from typing import List, Mapping, Optional
 import numpy as np
 import orjson
 
-from transforms.rows import KEY_FIELD, to_json_value
+from transforms.records.rows import KEY_FIELD, to_json_value
 
 
 def to_json_line(row: Mapping) -> str:
@@ -41,7 +41,7 @@ def output_fragments(outputs: Mapping[str, np.ndarray]) -> List[str]:
     columns = []
     for name in names:
         fragments = column_fragments(outputs[name])
-        if fragments is None:  # strings, NaN, inf: value by value (transforms.rows)
+        if fragments is None:  # strings, NaN, inf: value by value (transforms.records.rows)
             fragments = [orjson.dumps(to_json_value(v)).decode() for v in outputs[name]]
         columns.append(fragments)
     labels = [orjson.dumps(name).decode() + ":" for name in names]

@@ -1,6 +1,6 @@
 """JSON Lines and CSV text -> instances (dicts of Python values), with their line numbers.
 
-Pure parsing, before transforms.instances turns an instance into a tf.Example. Each item is
+Pure parsing, before transforms.sources.instances turns an instance into a tf.Example. Each item is
 (line number, instance or InstanceError, the line's raw bytes); line numbers are 1-based, as an
 editor shows them (a CSV header is line 1). Blank lines are not instances and are skipped.
 
@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Uni
 import orjson
 
 from models.feature_spec import RAW, Feature
-from transforms.instances import ConversionError
+from transforms.sources.instances import ConversionError
 
 JSONL, CSV, TFRECORD = "jsonl", "csv", "tfrecord"
 INPUT_FORMATS = (TFRECORD, JSONL, CSV)

@@ -25,9 +25,9 @@ from typing import Any, List, Mapping
 import yaml
 
 from models.serving_model import ServingModel, load_serving_model
-from transforms.graph import Bridge, GraphError, GraphNode, ModelGraph, auto_bridges, check_graph
+from transforms.graph.model import Bridge, GraphError, GraphNode, ModelGraph, auto_bridges, check_graph
 from transforms.inference import DEFAULT_ENGINE
-from transforms.postprocessors import Keep, PostprocessError, step_from_config
+from transforms.graph.postprocessors import Keep, PostprocessError, step_from_config
 
 TOP_LEVEL_KEYS = {"models", "passthrough"}
 MODEL_KEYS = {"name", "path", "signature", "engine", "inputs", "postprocess", "keep"}

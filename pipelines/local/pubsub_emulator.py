@@ -1,6 +1,6 @@
 """Google's Pub/Sub emulator on loopback, for local streams, tests and the latency benchmark.
 
-    python -m pipelines.pubsub_emulator [--port 8085] [--topic NAME ...]
+    python -m pipelines.local.pubsub_emulator [--port 8085] [--topic NAME ...]
 
 runs it in the foreground (Ctrl-C stops it), creating each --topic with a subscription of the
 same name in project `local-project`; jobs then reach it with --pubsub_emulator 127.0.0.1:PORT.
@@ -137,7 +137,7 @@ def running_emulator(port: Optional[int] = None, log_dir: Optional[str] = None,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.pubsub_emulator", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.local.pubsub_emulator", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8085)
     parser.add_argument("--topic", action="append", default=[], help="create this topic and its subscription")
     args = parser.parse_args(argv)

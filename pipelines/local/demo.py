@@ -48,7 +48,7 @@ def write_demo_data(data_dir: str) -> List[str]:
     import gzip
 
     from models.examples import make_example
-    from transforms.tfrecord_reader import encode_record
+    from transforms.sources.framing import encode_record
 
     os.makedirs(data_dir, exist_ok=True)
     paths = []

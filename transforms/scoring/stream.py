@@ -2,7 +2,7 @@
 
     messages -> MessagesToRecordsFn (key, size check, JSON -> tf.Example)       -> dead letters
              -> GroupIntoBatches.WithShardedKey(max_batch_size, max_batch_latency)
-             -> ScoreMessageBatchFn (the graph on the batch: transforms.graph_executor) -> rows
+             -> ScoreMessageBatchFn (the graph on the batch: transforms.scoring.executor) -> rows
                                                                                  -> dead letters
 
 A batch closes when it holds max_batch_size messages or when its first message has waited
@@ -19,22 +19,22 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 import apache_beam as beam
 
 from models.feature_spec import Feature
-from transforms import metrics
-from transforms.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, dead_letter
-from transforms.gpu import GpuSettings
-from transforms.graph import ModelGraph
-from transforms.graph_executor import score_graph_chunk
-from transforms.graph_rows import rows_from_lines, rows_text
-from transforms.model_graph import count_model_dead_letter, count_model_outputs, passthrough_scalars, shared_batch_call
-from transforms.pubsub_messages import EXAMPLE, MessageError, StreamRecord, message_id_of, message_to_record
-from transforms.record_chunks import RecordChunk
-from transforms.rows import KEY_FIELD
+from transforms.runtime import metrics
+from transforms.records.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, dead_letter
+from transforms.runtime.gpu import GpuSettings
+from transforms.graph.model import ModelGraph
+from transforms.scoring.executor import score_graph_chunk
+from transforms.records.graph_rows import rows_from_lines, rows_text
+from transforms.scoring.model_graph import count_model_dead_letter, count_model_outputs, passthrough_scalars, shared_batch_call
+from transforms.sources.pubsub import EXAMPLE, MessageError, StreamRecord, message_id_of, message_to_record
+from transforms.records.chunk import RecordChunk
+from transforms.records.rows import KEY_FIELD
 
 ROWS, DEAD_LETTERS = "rows", "dead_letters"
 
 
 class DeadLetter(NamedTuple):
-    row: Dict[str, Any]  # the dead-letter row (transforms.dead_letters)
+    row: Dict[str, Any]  # the dead-letter row (transforms.records.dead_letters)
     payload: bytes  # the message as received
     attributes: Dict[str, str]
     message_id: str

@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from models.feature_spec import RAW, Feature
 from models.serving_model import ServingModel
 from transforms.inference import DEFAULT_ENGINE, ENGINES
-from transforms.postprocessors import CallFunction, Classify, Regress
-from transforms.rows import KEY_FIELD
+from transforms.graph.postprocessors import CallFunction, Classify, Regress
+from transforms.records.rows import KEY_FIELD
 
 # Fields of the row-per-model form ({"key", "model": name, "outputs"}) and of passthrough features.
 MODEL_FIELD, OUTPUTS_FIELD, INPUTS_FIELD, SOURCE_FIELD = "model", "outputs", "inputs", "source"
@@ -49,7 +49,7 @@ class GraphNode:
     model: ServingModel
     engine: str = DEFAULT_ENGINE
     bridges: Tuple[Bridge, ...] = ()
-    postprocess: Tuple[Any, ...] = ()  # transforms.postprocessors steps, applied in order
+    postprocess: Tuple[Any, ...] = ()  # transforms.graph.postprocessors steps, applied in order
 
     @property
     def name(self) -> str:

@@ -11,8 +11,8 @@ import numpy as np
 
 from models.examples import RecordError
 from models.feature_spec import Feature
-from transforms.dead_letters import model_failure_dead_letter
-from transforms.fast_engine import concat_parts, isolate_failures
+from transforms.records.dead_letters import model_failure_dead_letter
+from transforms.scoring.fast_engine import concat_parts, isolate_failures
 from transforms.validate import checked_key, record_dead_letter
 
 

@@ -14,11 +14,11 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import metrics
-from transforms.dead_letters import DEAD_LETTER_TAG, READ, dead_letter
-from transforms.gzip_stream import GzipRecoveringReader
-from transforms.record_chunks import RecordChunk
-from transforms.tfrecord_reader import RECORD_OVERHEAD, Corruption, read_records
+from transforms.runtime import metrics
+from transforms.records.dead_letters import DEAD_LETTER_TAG, READ, dead_letter
+from transforms.sources.gzip_recovering import GzipRecoveringReader
+from transforms.records.chunk import RecordChunk
+from transforms.sources.framing import RECORD_OVERHEAD, Corruption, read_records
 
 GZIP_SUFFIXES = (".gz", ".gzip")
 
