@@ -2,8 +2,10 @@
 
 MODE is raw (the signature called on prebuilt batches of 1024 serialized examples: the limit),
 raw-chunked (the same, batched as the fast engine batches: 1024 records and 512 KiB at most),
-tfx-bsl or fast (the batch_infer pipeline end to end: TFRecord in, JSON Lines out), or graph-x2
-(the same model twice in parallel as a model graph, fast engine). Seconds are
+tfx-bsl-beam (the pipeline people write by hand around tfx-bsl: ReadFromTFRecord ->
+tfx_bsl.public.beam.RunInference -> PredictionLogs as TFRecord, as TFX's BulkInferrer does),
+tfx-bsl or fast (the batch_infer pipeline end to end with that engine: TFRecord in, JSON Lines
+out), or graph-x2 (the same model twice in parallel as a model graph, fast engine). Seconds are
 measured around the work only; peak RSS is this process's high-water mark.
 """
 
@@ -20,8 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def measure_raw(model_dir: str, pattern: str, chunk_bytes=None) -> dict:
     import tensorflow as tf
 
+    from transforms.records.chunk import split_by_bytes
     from transforms.sources.framing import read_records
-    from transforms.sources.tfrecord import split_by_bytes
 
     records = []
     for path in sorted(glob.glob(pattern)):
@@ -37,6 +39,35 @@ def measure_raw(model_dir: str, pattern: str, chunk_bytes=None) -> dict:
         for value in outputs.values():
             value.numpy()
     return {"seconds": time.perf_counter() - start, "records": len(records)}
+
+
+def measure_tfx_bsl_beam(model_dir: str, pattern: str, output: str) -> dict:
+    """tfx-bsl's public RunInference in a plain Beam pipeline, on the same runner as ours."""
+    import apache_beam as beam
+    from tensorflow_serving.apis import prediction_log_pb2
+    from tfx_bsl.public.beam import RunInference
+    from tfx_bsl.public.proto import model_spec_pb2
+
+    spec = model_spec_pb2.InferenceSpecType(saved_model_spec=model_spec_pb2.SavedModelSpec(
+        model_path=model_dir, signature_name=["serving_default"]))
+    written = beam.metrics.Metrics.counter("bench", "logs")
+
+    def count(log):
+        written.inc()
+        return log
+
+    start = time.perf_counter()
+    p = beam.Pipeline()
+    (p
+     | beam.io.ReadFromTFRecord(pattern)
+     | RunInference(spec)
+     | beam.Map(count)
+     | beam.io.WriteToTFRecord(output, coder=beam.coders.ProtoCoder(prediction_log_pb2.PredictionLog)))
+    result = p.run()
+    result.wait_until_finish()
+    seconds = time.perf_counter() - start
+    (logs,) = result.metrics().query(beam.metrics.MetricsFilter().with_name("logs"))["counters"]
+    return {"seconds": seconds, "records": logs.committed or logs.attempted}
 
 
 def measure_pipeline(engine: str, model_dir: str, pattern: str, output: str) -> dict:
@@ -59,7 +90,7 @@ def main(argv):
     if mode == "raw":
         result = measure_raw(model_dir, pattern)
     elif mode == "raw-chunked":
-        from transforms.scoring.chunked import DEFAULT_CHUNK_BYTES
+        from transforms.records.chunk import DEFAULT_CHUNK_BYTES
 
         result = measure_raw(model_dir, pattern, DEFAULT_CHUNK_BYTES)
     else:
@@ -67,7 +98,10 @@ def main(argv):
         from contextlib import redirect_stdout
 
         with redirect_stdout(io.StringIO()):
-            result = measure_pipeline(mode, model_dir, pattern, output)
+            if mode == "tfx-bsl-beam":
+                result = measure_tfx_bsl_beam(model_dir, pattern, output)
+            else:
+                result = measure_pipeline(mode, model_dir, pattern, output)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 

@@ -1,7 +1,7 @@
 """Pure conversions between Python values, tf.Example protos and a feature spec.
 
 validate_example is the per-record gate in front of inference: a record it accepts is one that
-tf.io.parse_example with the spec accepts (tests/test_examples.py checks that equivalence), so a
+tf.io.parse_example with the spec accepts (tests/test_feature_spec.py checks that equivalence), so a
 bad record becomes a dead letter instead of failing a whole batch inside the model.
 """
 

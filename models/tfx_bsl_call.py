@@ -1,8 +1,10 @@
 """tfx-bsl's in-process SavedModel handler as a plain batch call (no pipeline around it).
 
 Serialized examples -> {output: array [n, ...]}: the handler tfx-bsl's RunInference runs (its TF1
-session loader and PredictionLog building), decoded back to columns. Export verification and
-model-graph nodes on the tfx-bsl engine use it.
+session loader, inference and PredictionLog building), decoded back to columns. The "tfx-bsl"
+engine of the pipelines (transforms.scoring.engines) and export verification use it. With
+keep_logs, tfx-bsl's own PredictionLogs (predict, classify or regress) come back too, as one more
+column (models.prediction_log.PREDICTION_LOG), for PredictionLog output.
 """
 
 from typing import Dict, Optional, Sequence
@@ -10,7 +12,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from tfx_bsl.public.proto import model_spec_pb2
 
-from models.prediction_log import outputs_from_log
+from models.prediction_log import PREDICTION_LOG, outputs_from_log
 
 
 def inference_spec(model_path: str, signature: str) -> model_spec_pb2.InferenceSpecType:
@@ -19,14 +21,22 @@ def inference_spec(model_path: str, signature: str) -> model_spec_pb2.InferenceS
 
 
 class TfxBslBatchCall:
-    def __init__(self, model_path: str, signature: str = "serving_default", project: Optional[str] = None):
+    def __init__(self, model_path: str, signature: str = "serving_default", project: Optional[str] = None,
+                 keep_logs: bool = False):
         from tfx_bsl.beam import run_inference as tfx_run_inference
 
         self._handler = tfx_run_inference.create_model_handler(
             inference_spec(model_path, signature), None, project)
         self._model = self._handler.load_model()
+        self._keep_logs = keep_logs
 
     def __call__(self, serialized: Sequence[bytes]) -> Dict[str, np.ndarray]:
         logs = list(self._handler.run_inference(list(serialized), self._model))
         per_example = [outputs_from_log(log) for log in logs]
-        return {name: np.stack([o[name] for o in per_example]) for name in per_example[0]}
+        outputs = {name: np.stack([o[name] for o in per_example]) for name in per_example[0]}
+        if self._keep_logs:
+            column = np.empty(len(logs), dtype=object)
+            for i, log in enumerate(logs):
+                column[i] = log
+            outputs[PREDICTION_LOG] = column
+        return outputs

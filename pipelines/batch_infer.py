@@ -11,176 +11,57 @@ Every run writes OUTPUT.manifest.json: inputs, model hashes, options, counts, ve
 With no arguments it runs the embedded demo (pipelines/local/demo.py) on the DirectRunner.
 """
 
-import dataclasses
 import logging
 import sys
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions
 
-from models.serving_model import ModelContractError, load_serving_models
+from models.serving_model import ModelContractError
 from pipelines import manifest
-from pipelines.bigquery_io import (BIGQUERY, BigQuerySettings, activate_emulators, settings_from_options,
-                                   write_dead_letters, write_predictions)
+from pipelines.bigquery_io import activate_emulators, write_dead_letters
 from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runner_options, report_dry_run
 from pipelines.gpu_options import DataflowJobOptions, gpu_settings
-from pipelines.inputs import input_format_of, read_records
-from pipelines.options import BatchInferOptions, OptionsError, check_options, field_list, print_options_help
+from pipelines.inputs import read_chunks
+from pipelines.job import BatchJob, job_from_options
+from pipelines.options import BatchInferOptions, OptionsError, print_options_help
 from pipelines.runners import is_local
+from transforms.graph.model import GraphError
 from transforms.runtime import metrics
+from transforms.runtime.accounting import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX
+from transforms.scoring.beam import FormatPredictionLogsFn, FormatRows, ScoreChunks
+from transforms.sinks.bigquery import WritePredictionRows
 from transforms.sinks.bigquery_schema import SchemaError
-from transforms.scoring.chunked import ChunkToJsonLinesFn, ChunkToPredictionLogsFn, ScoreChunks
-from transforms.records.dead_letters import DEAD_LETTER_TAG
-from transforms.runtime.gpu import GPU_BATCH, GpuSettings
-from transforms.graph.model import GraphError, ModelGraph, chain_graph, parallel_graph
-from transforms.graph.file import load_graph_file
-from transforms.inference import DEFAULT_ENGINE
-from transforms.scoring.model_graph import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, GraphScoreToLinesFn, ScoreGraphChunks
-from transforms.score import DEAD_LETTERS, OUTPUTS, ROWS, ScoreKeyedExamples
 from transforms.sinks.files import WriteJsonLines, WritePredictionLogs
-from transforms.sources.text_formats import TFRECORD
-from transforms.sources.tfrecord import NoInputFilesError
-
-
-@dataclasses.dataclass
-class BatchJob:
-    inputs: List[str]
-    graph: ModelGraph
-    output: Optional[str]
-    errors: Optional[str]
-    key_feature: Optional[str] = None
-    output_format: str = "jsonl"
-    engine: str = DEFAULT_ENGINE
-    min_batch_size: Optional[int] = None
-    max_batch_size: Optional[int] = None
-    max_batch_bytes: Optional[int] = None
-    num_shards: int = 0
-    row_per_model: bool = False
-    input_format: str = TFRECORD
-    included_fields: Tuple[str, ...] = ()
-    excluded_fields: Tuple[str, ...] = ()
-    with_source: bool = False
-    bigquery: BigQuerySettings = BigQuerySettings()
-    manifest: Optional[str] = None  # the run manifest's path (None: none is written)
-    gpu: GpuSettings = GpuSettings()  # applied by the scoring DoFns before the models load
-
-    @property
-    def scoring_key_feature(self) -> Optional[str]:
-        """The key feature read from each example; JSON/CSV/BigQuery readers key records themselves."""
-        return self.key_feature if self.input_format == TFRECORD else None
-
-    @property
-    def model(self):
-        """The model of a one-model job (the single-model paths); None for a graph."""
-        if self.is_graph:
-            return None
-        return self.graph.nodes[0].model
-
-    @property
-    def is_graph(self) -> bool:
-        """Several models, post-processing, passthrough features, one row per model or sources."""
-        node = self.graph.nodes[0]
-        return (len(self.graph.nodes) > 1 or bool(node.postprocess) or bool(self.graph.passthrough)
-                or self.row_per_model or self.with_source or bool(self.bigquery.output_table))
-
-
-def graph_from_options(opts: BatchInferOptions) -> ModelGraph:
-    passthrough = [p.strip() for p in (opts.passthrough or "").split(",") if p.strip()]
-    if opts.graph:
-        graph = load_graph_file(opts.graph, opts.engine, opts.signature)
-        if passthrough:
-            graph = dataclasses.replace(graph, passthrough=tuple(passthrough))
-        return graph
-    models = load_serving_models(opts.model, opts.signature)
-    build = chain_graph if opts.chain else parallel_graph
-    return build(models, opts.engine, passthrough)
-
-
-def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions] = None,
-                     gpu: GpuSettings = GpuSettings(), gpu_batches: bool = False) -> BatchJob:
-    """gpu_batches: the job runs on GPU workers, so batch sizes the user left unset get GPU defaults."""
-    check_options(opts)
-    graph = graph_from_options(opts)
-    cloud = cloud or GoogleCloudOptions([])
-    bigquery = settings_from_options(opts, cloud.project or ("local" if opts.bigquery_emulator else None),
-                                     cloud.temp_location)
-    errors = opts.errors or (f"{opts.output}.errors" if opts.output else None)
-    job = BatchJob(inputs=list(opts.input or []), graph=graph, output=opts.output,
-                   errors=errors, key_feature=opts.key_feature or opts.key_column,
-                   output_format=opts.output_format, engine=opts.engine,
-                   min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
-                   max_batch_bytes=opts.max_batch_bytes, num_shards=opts.num_shards, gpu=gpu,
-                   row_per_model=opts.row_per_model,
-                   input_format=BIGQUERY if bigquery.source else input_format_of(opts.input, opts.input_format),
-                   included_fields=field_list(opts.included_fields),
-                   excluded_fields=field_list(opts.excluded_fields), with_source=opts.with_source,
-                   bigquery=bigquery,
-                   manifest=opts.manifest or (manifest.manifest_path(opts.output) if opts.output else None))
-    if gpu_batches:
-        job.max_batch_size = job.max_batch_size or GPU_BATCH.max_batch_size
-        job.max_batch_bytes = job.max_batch_bytes or GPU_BATCH.max_batch_bytes
-    if job.input_format in (TFRECORD, BIGQUERY) and (job.included_fields or job.excluded_fields):
-        raise OptionsError("--included_fields/--excluded_fields apply to JSON Lines and CSV inputs "
-                           "(BigQuery: --feature_columns)")
-    if opts.output_format == "tfrecord":
-        if job.is_graph:
-            raise OptionsError("--output_format tfrecord writes one model's PredictionLogs; a graph "
-                               "(several models, post-processing, passthrough) writes jsonl")
-        if job.model.method != "tensorflow/serving/predict" and job.engine == "fast":
-            raise OptionsError(f"--output_format tfrecord with the fast engine writes predict logs; the "
-                               f"signature's method is {job.model.method}: use --engine tfx-bsl")
-    return job
-
-
-def build_record_pipeline(p: beam.Pipeline, job: BatchJob):
-    """One record per element (tfx-bsl engine): read -> validate -> RunInference -> rows."""
-    records, unreadable = read_records(p, job, chunked=False)
-    scored = records | "Score" >> ScoreKeyedExamples(
-        job.model, job.engine, job.scoring_key_feature, job.min_batch_size, job.max_batch_size, job.gpu)
-    if job.output_format == "tfrecord":
-        scored[OUTPUTS] | "WritePredictionLogs" >> WritePredictionLogs(job.output, job.num_shards)
-    else:
-        scored[ROWS] | "WritePredictions" >> WriteJsonLines(job.output, job.num_shards)
-    return [unreadable, scored[DEAD_LETTERS]]
-
-
-def build_chunked_pipeline(p: beam.Pipeline, job: BatchJob):
-    """A chunk of records per element (fast engine): read chunks -> score -> write chunk text."""
-    chunks, unreadable = read_records(p, job, chunked=True)
-    scored, unscored = chunks | "Score" >> ScoreChunks(job.model, job.scoring_key_feature, job.gpu)
-    if job.output_format == "tfrecord":
-        (scored
-         | "ToPredictionLogs" >> beam.ParDo(ChunkToPredictionLogsFn(job.model.signature))
-         | "WritePredictionLogs" >> WritePredictionLogs(job.output, job.num_shards))
-        return [unreadable, unscored]
-    text = scored | "ToJsonLines" >> beam.ParDo(ChunkToJsonLinesFn(job.model.name)).with_outputs(
-        DEAD_LETTER_TAG, main="text")
-    text.text | "WritePredictions" >> WriteJsonLines(job.output, job.num_shards, preformatted=True)
-    return [unreadable, unscored, text[DEAD_LETTER_TAG]]
-
-
-def build_graph_pipeline(p: beam.Pipeline, job: BatchJob):
-    """Several models (or post-processing) per chunk: read chunks -> score the graph -> rows."""
-    chunks, unreadable = read_records(p, job, chunked=True)
-    scored, unscored = chunks | "Score" >> ScoreGraphChunks(job.graph, job.scoring_key_feature, job.gpu)
-    to_table = bool(job.bigquery.output_table)
-    text = scored | "ToJsonLines" >> beam.ParDo(GraphScoreToLinesFn(
-        job.graph, job.row_per_model, as_rows=to_table)).with_outputs(DEAD_LETTER_TAG, main="text")
-    if to_table:
-        refused = write_predictions(text.text, job)
-        return [unreadable, unscored, text[DEAD_LETTER_TAG], refused]
-    text.text | "WritePredictions" >> WriteJsonLines(job.output, job.num_shards, preformatted=True)
-    return [unreadable, unscored, text[DEAD_LETTER_TAG]]
+from transforms.sources.files import NoInputFilesError
 
 
 def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
-    if job.is_graph:
-        build = build_graph_pipeline
+    """read chunks -> score every model on each chunk -> rows (or PredictionLogs) -> sinks; the
+    dead letters of every stage -> the dead-letter sink. The one path of every batch job."""
+    chunks, unreadable = read_chunks(p, job)
+    scored, unscored = chunks | "Score" >> ScoreChunks(
+        job.graph, job.scoring_key_feature, job.gpu, keep_logs=job.writes_prediction_logs)
+    dead = [unreadable, unscored]
+    if job.writes_prediction_logs:
+        (scored
+         | "ToPredictionLogs" >> beam.ParDo(FormatPredictionLogsFn())
+         | "WritePredictionLogs" >> WritePredictionLogs(job.output, job.num_shards))
     else:
-        build = build_chunked_pipeline if job.engine == "fast" else build_record_pipeline
-    dead_letters = build(p, job) | "AllDeadLetters" >> beam.Flatten()
+        to_table = bool(job.bigquery.output_table)
+        rows, unformatted = scored | "ToRows" >> FormatRows(
+            job.graph, job.row_per_model, job.with_source, as_dicts=to_table)
+        dead.append(unformatted)
+        if to_table:
+            settings = job.bigquery
+            dead.append(rows | "WritePredictionsToBigQuery" >> WritePredictionRows(
+                job.graph, settings.output_table, settings.write_method, settings.project,
+                settings.temp_location, job.with_source))
+        else:
+            rows | "WritePredictions" >> WriteJsonLines(job.output, job.num_shards, preformatted=True)
+    dead_letters = dead | "AllDeadLetters" >> beam.Flatten()
     if job.bigquery.errors_table:
         write_dead_letters(dead_letters, job)
     else:
@@ -203,13 +84,10 @@ def summarize(job: BatchJob, counters: dict, seconds: float) -> str:
     read = counters.get(metrics.RECORDS_READ, 0)
     written = counters.get(metrics.PREDICTIONS_WRITTEN, 0)
     dead = sum(v for k, v in counters.items() if k.startswith(metrics.DEAD_LETTER_PREFIX))
-    ext = "tfrecord" if job.output_format == "tfrecord" else "jsonl"
-    if job.is_graph:
-        models = ["models:"] + [f"  {line}" for line in job.graph.describe().splitlines()] + [
-            f"  {name}: outputs {counters.get(MODEL_OUTPUTS_PREFIX + name, 0):,}, "
-            f"dead letters {counters.get(MODEL_DEAD_LETTERS_PREFIX + name, 0):,}" for name in job.graph.names]
-    else:
-        models = [f"model:        {job.model.name} = {job.model.path} ({job.engine} engine)"]
+    ext = "tfrecord" if job.writes_prediction_logs else "jsonl"
+    models = ["models:"] + [f"  {line}" for line in job.graph.describe().splitlines()] + [
+        f"  {name}: outputs {counters.get(MODEL_OUTPUTS_PREFIX + name, 0):,}, "
+        f"dead letters {counters.get(MODEL_DEAD_LETTERS_PREFIX + name, 0):,}" for name in job.graph.names]
     return "\n".join(models + [
         f"predictions:  {job.bigquery.output_table or f'{job.output}-*.{ext}'}",
         f"dead letters: {job.bigquery.errors_table or f'{job.errors}-*.jsonl'}",

@@ -7,15 +7,14 @@ from typing import Optional, Tuple
 import apache_beam as beam
 
 from pipelines.options import BatchInferOptions, OptionsError, field_list
-from transforms.sinks.bigquery_schema import DEAD_LETTER_SCHEMA, prediction_schema
-from transforms.runtime import metrics
-from transforms.sinks.bigquery import WriteRowsToBigQuery, refused_row_dead_letter
-from transforms.sources.bigquery import BigQueryInput, ReadKeyedBigQueryRows
 from transforms.graph.model import ModelGraph, record_spec
+from transforms.runtime.accounting import AccountedDoFn
+from transforms.sinks.bigquery import WriteRowsToBigQuery
+from transforms.sinks.bigquery_schema import DEAD_LETTER_SCHEMA
+from transforms.sources.bigquery import BigQueryInput, ReadKeyedBigQueryRows
 from transforms.sources.text import InstanceOptions
 
 BIGQUERY = "bigquery"
-ERRORS_TABLE_REFUSED = "errors_table_refused"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,24 +48,14 @@ def columns_to_read(graph: ModelGraph, key_column: str, feature_columns: Tuple[s
     return tuple(dict.fromkeys((key_column,) + features + tuple(graph.passthrough)))
 
 
-def read_bigquery(p: beam.Pipeline, job, chunk_size: Optional[int]):
-    """(records or RecordChunks, dead letters) from the job's table or query."""
+def read_bigquery(p: beam.Pipeline, job, chunk_size: int, chunk_bytes: Optional[int]):
+    """WithDeadLetters(RecordChunks, dead letters) from the job's table or query."""
     settings = job.bigquery
     columns = columns_to_read(job.graph, job.key_feature, settings.feature_columns)
     options = InstanceOptions(record_spec(job.graph), key_field=job.key_feature,
                               included_fields=columns[1:])
     return p | f"Read[{settings.source.describe()[:60]}]" >> ReadKeyedBigQueryRows(
-        settings.source, options, columns, chunk_size, job.with_source)
-
-
-def write_predictions(rows, job):
-    """Prediction rows -> --output_table; returns the dead letters of rows BigQuery refused."""
-    spec = {f.name: (f.dtype, f.size) for f in record_spec(job.graph)}
-    schema = prediction_schema(job.graph, spec, job.with_source)
-    settings = job.bigquery
-    refused = rows | "WritePredictionsToBigQuery" >> WriteRowsToBigQuery(
-        settings.output_table, schema, settings.write_method, settings.project, settings.temp_location)
-    return refused | "RefusedPredictions" >> beam.Map(refused_row_dead_letter)
+        settings.source, options, columns, chunk_size, chunk_bytes)
 
 
 def write_dead_letters(dead_letters, job):
@@ -76,12 +65,14 @@ def write_dead_letters(dead_letters, job):
     refused = dead_letters | "WriteDeadLettersToBigQuery" >> WriteRowsToBigQuery(
         settings.errors_table, DEAD_LETTER_SCHEMA, settings.write_method, settings.project,
         settings.temp_location)
-    refused | "LogRefusedDeadLetters" >> beam.Map(_log_refused)
+    refused | "LogRefusedDeadLetters" >> beam.ParDo(LogRefusedDeadLettersFn())
 
 
-def _log_refused(failed) -> None:
-    metrics.counter(ERRORS_TABLE_REFUSED).inc()
-    logging.error("BigQuery refused a dead letter: %s", failed)
+class LogRefusedDeadLettersFn(AccountedDoFn):
+
+    def process(self, failed):
+        self._accounting.refused_dead_letter()
+        logging.error("BigQuery refused a dead letter: %s", failed)
 
 
 def activate_emulators(opts: BatchInferOptions, project: Optional[str], local: bool) -> bool:

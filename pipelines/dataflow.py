@@ -9,7 +9,7 @@
     else:
         p.run()
 
-The dry run follows DESIGN.md fact 8: DataflowRunner's own dry run stops before the job's
+The dry run: DataflowRunner's own dry run stops before the job's
 environment is built, so it is built here the way DataflowApplicationClient.create_job_description
 does, minus staging: package names come from the pipeline's artifacts, nothing is uploaded.
 """
@@ -132,7 +132,7 @@ def dry_run_job(pipeline, options: Optional[PipelineOptions] = None) -> Dict:
     if not is_dataflow(options):
         raise DataflowOptionsError("a dry run builds a Dataflow job: give --runner DataflowRunner")
     options.view_as(TestOptions).dry_run = True
-    job = pipeline.run().job  # DataflowRunner: the job with name and type only (DESIGN.md fact 8)
+    job = pipeline.run().job  # DataflowRunner: the job with name and type only
     overrides = options.view_as(WorkerOptions).sdk_harness_container_image_overrides or []
     apiclient.DataflowApplicationClient._apply_sdk_environment_overrides(  # pylint: disable=protected-access
         job.proto_pipeline, dict(o.split(",", 1) for o in overrides), job.options)

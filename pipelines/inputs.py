@@ -6,11 +6,12 @@ import apache_beam as beam
 
 from pipelines.bigquery_io import BIGQUERY, read_bigquery
 from pipelines.options import OptionsError
-from transforms.scoring.chunked import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
 from transforms.graph.model import record_spec
+from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
+from transforms.sources.files import expand_patterns
 from transforms.sources.text import InstanceOptions, ReadKeyedInstances
 from transforms.sources.text_formats import TFRECORD, format_of_path
-from transforms.sources.tfrecord import ReadKeyedTFRecords, expand_patterns
+from transforms.sources.tfrecord import ReadKeyedTFRecords
 
 
 def input_format_of(patterns: Sequence[str], given: Optional[str] = None) -> str:
@@ -27,15 +28,16 @@ def input_format_of(patterns: Sequence[str], given: Optional[str] = None) -> str
     return next(iter(formats))
 
 
-def read_records(p: beam.Pipeline, job, chunked: bool):
-    """(records or RecordChunks, dead letters) for the job's inputs (see the readers' docs)."""
-    size = (job.max_batch_size or DEFAULT_CHUNK_SIZE) if chunked else None
-    max_bytes = (job.max_batch_bytes or DEFAULT_CHUNK_BYTES) if chunked else None
+def read_chunks(p: beam.Pipeline, job):
+    """WithDeadLetters(RecordChunks, dead letters) of the job's inputs: every source emits chunks
+    of up to --max_batch_size records and --max_batch_bytes of input, each record with its source."""
+    size = job.max_batch_size or DEFAULT_CHUNK_SIZE
+    max_bytes = job.max_batch_bytes or DEFAULT_CHUNK_BYTES
     if job.input_format == BIGQUERY:
-        return read_bigquery(p, job, size)
+        return read_bigquery(p, job, size, max_bytes)
     if job.input_format == TFRECORD:
-        return p | "ReadTFRecords" >> ReadKeyedTFRecords(job.inputs, size, max_bytes, job.with_source)
+        return p | "ReadTFRecords" >> ReadKeyedTFRecords(job.inputs, size, max_bytes)
     options = InstanceOptions(record_spec(job.graph), job.key_feature, job.included_fields,
                               job.excluded_fields)
     return p | f"Read{job.input_format.upper()}" >> ReadKeyedInstances(
-        job.inputs, job.input_format, options, size, max_bytes, job.with_source)
+        job.inputs, job.input_format, options, size, max_bytes)

@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from models.fingerprint import saved_model_fingerprint
 from transforms.runtime import metrics
-from transforms.scoring.model_graph import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX
+from transforms.runtime.accounting import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX
 
 MANIFEST_SUFFIX = ".manifest.json"
 REDACTED = "<redacted>"

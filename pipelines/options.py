@@ -4,10 +4,11 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.scoring.engines import DEFAULT_ENGINE, ENGINES
 from transforms.sinks.bigquery import FILE_LOADS, WRITE_METHODS
-from transforms.sources.bigquery import DIRECT_READ, READ_METHODS
-from transforms.inference import DEFAULT_ENGINE, ENGINES
 from transforms.sinks.files import OUTPUT_FORMATS
+from transforms.sources.bigquery import DIRECT_READ, READ_METHODS
+from transforms.sources.messages import PAYLOAD_FORMATS
 from transforms.sources.text_formats import INPUT_FORMATS
 
 
@@ -51,12 +52,11 @@ class BatchInferOptions(PipelineOptions):
         parser.add_argument("--engine", default=DEFAULT_ENGINE, help=f"one of {', '.join(ENGINES)}")
         parser.add_argument("--signature", default="serving_default", help="signature to run")
         parser.add_argument("--min_batch_size", type=int, default=None,
-                            help="smallest batch the model sees (per-record path; Beam BatchElements)")
+                            help="deprecated, no effect: batches are chunks of up to --max_batch_size")
         parser.add_argument("--max_batch_size", type=int, default=None,
-                            help="largest batch the model sees; the chunk size of the fast engine "
-                                 "(default 1024)")
+                            help="largest batch a model sees: the records per chunk (default 1024)")
         parser.add_argument("--max_batch_bytes", type=int, default=None,
-                            help="fast engine: most serialized input bytes per batch (default 512 KiB); "
+                            help="most serialized input bytes per batch (default 512 KiB); "
                                  "keeps batches of large records (images) small")
         parser.add_argument("--num_shards", type=int, default=0,
                             help="output shards (0: let the runner choose)")
@@ -97,26 +97,74 @@ def check_options(opts: BatchInferOptions) -> None:
     if not (opts.output or opts.output_table):
         problems.append("--output (or --output_table) is required")
     problems += bigquery_problems(opts)
-    if opts.graph and opts.model:
-        problems.append("give either --graph or --model, not both")
-    elif not (opts.graph or opts.model):
-        problems.append("--model (or --graph) is required")
-    if opts.chain and (opts.graph or len(opts.model or []) < 2):
-        problems.append("--chain needs two or more --model arguments (a graph file says its own wiring)")
+    problems += model_flag_problems(opts)
     if opts.output_format not in OUTPUT_FORMATS:
         problems.append(f"--output_format {opts.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
     if opts.input_format is not None and opts.input_format not in INPUT_FORMATS:
         problems.append(f"--input_format {opts.input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
     if opts.included_fields and opts.excluded_fields:
         problems.append("give --included_fields or --excluded_fields, not both")
+    if problems:
+        raise OptionsError("; ".join(problems))
+
+
+def model_flag_problems(opts: BatchInferOptions) -> list:
+    """The model, engine and batch flags, which batch and stream jobs share."""
+    problems = []
+    if opts.graph and opts.model:
+        problems.append("give either --graph or --model, not both")
+    elif not (opts.graph or opts.model):
+        problems.append("--model (or --graph) is required")
+    if opts.chain and (opts.graph or len(opts.model or []) < 2):
+        problems.append("--chain needs two or more --model arguments (a graph file says its own wiring)")
     if opts.engine not in ENGINES:
         problems.append(f"--engine {opts.engine!r} is not one of {', '.join(ENGINES)}")
     for flag in ("min_batch_size", "max_batch_size", "max_batch_bytes"):
         value = getattr(opts, flag)
         if value is not None and value < 1:
             problems.append(f"--{flag} must be a positive integer")
-    if (opts.min_batch_size and opts.max_batch_size and opts.min_batch_size > opts.max_batch_size):
-        problems.append("--min_batch_size is larger than --max_batch_size")
+    return problems
+
+
+DEFAULT_MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # Pub/Sub's own message limit
+
+
+class StreamInferOptions(PipelineOptions):
+    """The stream's own flags; models, engines, batch sizes and BigQuery tables are batch_infer's
+    flags (BatchInferOptions), shared because Beam parses every options class together."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--input_subscription", help="projects/P/subscriptions/S to read")
+        parser.add_argument("--input_topic", help="projects/P/topics/T to read through a new subscription")
+        parser.add_argument("--output_topic", help="projects/P/topics/T for prediction messages")
+        parser.add_argument("--errors_topic", help="projects/P/topics/T for dead-letter messages")
+        parser.add_argument("--payload_format", default="example",
+                            help=f"one of {', '.join(PAYLOAD_FORMATS)}: serialized tf.Example, or a JSON "
+                                 "object of features converted by the model's feature spec")
+        parser.add_argument("--key_attribute", help="message attribute holding the key (default: message id)")
+        parser.add_argument("--max_batch_latency_ms", type=float, default=100.0,
+                            help="longest a message waits for its batch to fill (default 100)")
+        parser.add_argument("--max_payload_bytes", type=int, default=DEFAULT_MAX_PAYLOAD_BYTES,
+                            help="larger payloads become dead letters (default 10 MiB)")
+        parser.add_argument("--pubsub_emulator", help="local runs: HOST:PORT of a Pub/Sub emulator")
+
+
+def check_stream_options(stream: StreamInferOptions, shared: BatchInferOptions) -> None:
+    problems = []
+    if bool(stream.input_subscription) == bool(stream.input_topic):
+        problems.append("give one of --input_subscription or --input_topic")
+    if not (stream.output_topic or shared.output_table):
+        problems.append("--output_topic (or --output_table) is required")
+    if not (stream.errors_topic or shared.errors_table):
+        problems.append("--errors_topic (or --errors_table) is required: dead letters need a place")
+    if graph_flags := [f for f in ("input", "input_table", "input_query", "output") if getattr(shared, f)]:
+        problems.append(f"--{', --'.join(graph_flags)} are batch_infer flags; a stream reads Pub/Sub")
+    problems += model_flag_problems(shared)
+    if stream.payload_format not in PAYLOAD_FORMATS:
+        problems.append(f"--payload_format {stream.payload_format!r} is not one of {', '.join(PAYLOAD_FORMATS)}")
+    if stream.max_batch_latency_ms <= 0:
+        problems.append("--max_batch_latency_ms must be positive")
     if problems:
         raise OptionsError("; ".join(problems))
 

@@ -27,71 +27,23 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
                                                   StandardOptions)
 
 from models.serving_model import ModelContractError
-from pipelines.batch_infer import graph_from_options
 from pipelines.bigquery_io import activate_emulators
 from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runner_options, report_dry_run
 from pipelines.gpu_options import DataflowJobOptions, gpu_settings
-from pipelines.options import BatchInferOptions, OptionsError, print_options_help
+from pipelines.job import StreamJob, stream_job_from_options
+from pipelines.options import BatchInferOptions, OptionsError, StreamInferOptions, print_options_help
 from pipelines.runners import is_local
-from transforms.runtime import metrics
-from pipelines.local import pubsub_prompt_pulls as pubsub_local
-from transforms.sinks.bigquery_schema import DEAD_LETTER_SCHEMA, SchemaError, prediction_schema
-from transforms.sinks.bigquery import STORAGE_WRITE_API, STREAMING_INSERTS, WriteRowsToBigQuery, refused_row_dead_letter
-from transforms.runtime.gpu import GPU_BATCH, GpuSettings
 from transforms.graph.model import GraphError, record_spec
-from transforms.sources.pubsub import PAYLOAD_FORMATS, dead_letter_message, prediction_message
-from transforms.scoring.stream import DEAD_LETTERS, ROWS, DeadLetter, ScoreMessages
-
-DEFAULT_STREAM_BATCH_SIZE = 256
-DEFAULT_MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # Pub/Sub's own message limit
-
-
-class StreamInferOptions(PipelineOptions):
-    """The stream's own flags; models, engines, batch sizes and BigQuery tables are batch_infer's
-    flags (BatchInferOptions), shared because Beam parses every options class together."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--input_subscription", help="projects/P/subscriptions/S to read")
-        parser.add_argument("--input_topic", help="projects/P/topics/T to read through a new subscription")
-        parser.add_argument("--output_topic", help="projects/P/topics/T for prediction messages")
-        parser.add_argument("--errors_topic", help="projects/P/topics/T for dead-letter messages")
-        parser.add_argument("--payload_format", default="example",
-                            help=f"one of {', '.join(PAYLOAD_FORMATS)}: serialized tf.Example, or a JSON "
-                                 "object of features converted by the model's feature spec")
-        parser.add_argument("--key_attribute", help="message attribute holding the key (default: message id)")
-        parser.add_argument("--max_batch_latency_ms", type=float, default=100.0,
-                            help="longest a message waits for its batch to fill (default 100)")
-        parser.add_argument("--max_payload_bytes", type=int, default=DEFAULT_MAX_PAYLOAD_BYTES,
-                            help="larger payloads become dead letters (default 10 MiB)")
-        parser.add_argument("--pubsub_emulator", help="local runs: HOST:PORT of a Pub/Sub emulator")
+from transforms.runtime import metrics
+from transforms.scoring.stream import ScoreMessages
+from transforms.sinks.bigquery import WritePredictionRows, WriteRowsToBigQuery
+from transforms.sinks.bigquery_schema import DEAD_LETTER_SCHEMA, SchemaError
+from transforms.sinks.messages import dead_letter_message, prediction_message
+from transforms.sources.pubsub import DeadLetter
 
 
-def check_stream_options(stream: StreamInferOptions, shared: BatchInferOptions) -> None:
-    problems = []
-    if bool(stream.input_subscription) == bool(stream.input_topic):
-        problems.append("give one of --input_subscription or --input_topic")
-    if not (stream.output_topic or shared.output_table):
-        problems.append("--output_topic (or --output_table) is required")
-    if not (stream.errors_topic or shared.errors_table):
-        problems.append("--errors_topic (or --errors_table) is required: dead letters need a place")
-    if graph_flags := [f for f in ("input", "input_table", "input_query", "output") if getattr(shared, f)]:
-        problems.append(f"--{', --'.join(graph_flags)} are batch_infer flags; a stream reads Pub/Sub")
-    if not (shared.model or shared.graph):
-        problems.append("--model (or --graph) is required")
-    if stream.payload_format not in PAYLOAD_FORMATS:
-        problems.append(f"--payload_format {stream.payload_format!r} is not one of {', '.join(PAYLOAD_FORMATS)}")
-    if stream.max_batch_latency_ms <= 0:
-        problems.append("--max_batch_latency_ms must be positive")
-    if shared.max_batch_size is not None and shared.max_batch_size < 1:
-        problems.append("--max_batch_size must be a positive integer")
-    if problems:
-        raise OptionsError("; ".join(problems))
-
-
-def _refused_row_dead_letter(failed) -> DeadLetter:
-    """A prediction row BigQuery refused, as a dead letter whose payload is the row as JSON."""
-    row = refused_row_dead_letter(failed)
+def _refused_row_as_stream_dead_letter(row) -> DeadLetter:
+    """A dead letter of a prediction row BigQuery refused; its payload is the row as JSON."""
     return DeadLetter(row, base64.b64decode(row["input_base64"]), {}, row.get("key") or "")
 
 
@@ -100,72 +52,70 @@ def _as_pubsub_message(pair) -> PubsubMessage:
     return PubsubMessage(data, attributes)
 
 
-def build_pipeline(p: beam.Pipeline, stream: StreamInferOptions, shared: BatchInferOptions, graph,
-                   project: Optional[str], gpu: GpuSettings = GpuSettings(),
-                   default_batch_size: int = DEFAULT_STREAM_BATCH_SIZE) -> None:
-    if stream.input_subscription:
-        read = beam.io.ReadFromPubSub(subscription=stream.input_subscription, with_attributes=True)
+def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
+    """Pub/Sub -> records -> latency-bounded batches -> the scoring core -> topics and/or tables."""
+    if job.input_subscription:
+        read = beam.io.ReadFromPubSub(subscription=job.input_subscription, with_attributes=True)
     else:
-        read = beam.io.ReadFromPubSub(topic=stream.input_topic, with_attributes=True)
-    scored = (p
-              | "ReadFromPubSub" >> read
-              | "Score" >> ScoreMessages(
-                  graph, record_spec(graph), stream.payload_format, stream.key_attribute,
-                  stream.max_payload_bytes, shared.max_batch_size or default_batch_size,
-                  stream.max_batch_latency_ms / 1000.0, shared.with_source, gpu=gpu))
-    rows, dead = scored[ROWS], scored[DEAD_LETTERS]
-    write_method = STORAGE_WRITE_API if shared.bigquery_write_method.upper() == STORAGE_WRITE_API \
-        else STREAMING_INSERTS  # load jobs need a triggering frequency; a stream inserts rows
-    if stream.output_topic:
+        read = beam.io.ReadFromPubSub(topic=job.input_topic, with_attributes=True)
+    rows, dead = (p
+                  | "ReadFromPubSub" >> read
+                  | "Score" >> ScoreMessages(
+                      job.graph, record_spec(job.graph), job.payload_format, job.key_attribute,
+                      job.max_payload_bytes, job.max_batch_size, job.max_batch_latency_s, job.with_source,
+                      gpu=job.gpu))
+    if job.output_topic:
         (rows
          | "ToPredictionMessages" >> beam.Map(lambda pred: _as_pubsub_message(prediction_message(*pred)))
-         | "WritePredictions" >> beam.io.WriteToPubSub(stream.output_topic, with_attributes=True))
-    if shared.output_table:
-        spec = {f.name: (f.dtype, f.size) for f in record_spec(graph)}
+         | "WritePredictions" >> beam.io.WriteToPubSub(job.output_topic, with_attributes=True))
+    if job.output_table:
         refused = (rows
                    | "PredictionRows" >> beam.Map(lambda pred: pred.row)
-                   | "WritePredictionsToBigQuery" >> WriteRowsToBigQuery(
-                       shared.output_table, prediction_schema(graph, spec, shared.with_source),
-                       write_method, project))
-        refused_letters = refused | "RefusedRows" >> beam.Map(_refused_row_dead_letter)
+                   | "WritePredictionsToBigQuery" >> WritePredictionRows(
+                       job.graph, job.output_table, job.bigquery_write_method, job.project,
+                       with_source=job.with_source))
+        refused_letters = refused | "RefusedRows" >> beam.Map(_refused_row_as_stream_dead_letter)
         dead = (dead, refused_letters) | "WithRefusedRows" >> beam.Flatten()
-    if stream.errors_topic:
+    if job.errors_topic:
         (dead
          | "ToDeadLetterMessages" >> beam.Map(lambda d: _as_pubsub_message(
              dead_letter_message(d.row, d.payload, d.attributes, d.message_id)))
-         | "WriteDeadLetters" >> beam.io.WriteToPubSub(stream.errors_topic, with_attributes=True))
-    if shared.errors_table:
+         | "WriteDeadLetters" >> beam.io.WriteToPubSub(job.errors_topic, with_attributes=True))
+    if job.errors_table:
         (dead
          | "DeadLetterRows" >> beam.Map(lambda d: d.row)
          | "WriteDeadLettersToBigQuery" >> WriteRowsToBigQuery(
-             shared.errors_table, DEAD_LETTER_SCHEMA, write_method, project))
+             job.errors_table, DEAD_LETTER_SCHEMA, job.bigquery_write_method, job.project))
 
 
-def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True, wait: bool = True):
+def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True, wait: bool = True,
+        test_pipeline: Optional[beam.Pipeline] = None):
     """Builds and starts the stream; with wait, blocks until it ends (Ctrl-C cancels it).
-    Returns the PipelineResult (None for a --dry_run). Raises OptionsError on bad flags."""
+    Returns the PipelineResult (None for a --dry_run). Raises OptionsError on bad flags.
+    test_pipeline: build into this pipeline (a TestPipeline with TestStream input, say)."""
     argv = normalize_dry_run_argv(sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(argv)
     stream, shared = options.view_as(StreamInferOptions), options.view_as(BatchInferOptions)
-    check_stream_options(stream, shared)
     options.view_as(StandardOptions).streaming = True
     options.view_as(SetupOptions).save_main_session = save_main_session
     local = is_local(options)
+    if stream.pubsub_emulator and not local:
+        raise OptionsError("--pubsub_emulator is for local runs: remote workers cannot reach it")
+    # flags checked and models loaded before any client is redirected
+    job = stream_job_from_options(stream, shared, options.view_as(GoogleCloudOptions).project,
+                                  gpu_settings(options), bool(options.view_as(DataflowJobOptions).gpu))
     if stream.pubsub_emulator:
-        if not local:
-            raise OptionsError("--pubsub_emulator is for local runs: remote workers cannot reach it")
         os.environ["PUBSUB_EMULATOR_HOST"] = stream.pubsub_emulator
     if local:
-        pubsub_local.use_prompt_pulls()
+        from pipelines.local import pubsub_prompt_pulls
+
+        pubsub_prompt_pulls.use_prompt_pulls()
     # local BigQuery/GCS for --output_table/--errors_table: stays redirected while the stream runs
     activate_emulators(shared, options.view_as(GoogleCloudOptions).project, local)
-    graph = graph_from_options(shared)
-    for warning in prepare_runner_options(options, [n.model.path for n in graph.nodes]):
+    for warning in prepare_runner_options(options, [n.model.path for n in job.graph.nodes]):
         print(f"warning: {warning}", file=sys.stderr)
-    on_gpus = bool(options.view_as(DataflowJobOptions).gpu)
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, stream, shared, graph, options.view_as(GoogleCloudOptions).project, gpu_settings(options),
-                   GPU_BATCH.stream_max_batch_size if on_gpus else DEFAULT_STREAM_BATCH_SIZE)
+    p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
+    build_pipeline(p, job)
     if is_dry_run(options):
         report_dry_run(p, options)
         return None
@@ -177,7 +127,9 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True, wa
             result.cancel()
         finally:
             if local:
-                pubsub_local.close_readers()
+                from pipelines.local import pubsub_prompt_pulls
+
+                pubsub_prompt_pulls.close_readers()
     return result
 
 

@@ -26,7 +26,7 @@ from transforms.runtime import metrics
 from transforms.sources.text import InstanceOptions, ReadKeyedInstances
 from transforms.sinks.files import WriteJsonLines
 from transforms.sources.text_formats import CSV, JSONL
-from transforms.sources.tfrecord import NoInputFilesError
+from transforms.sources.files import NoInputFilesError
 
 
 def converter_parser() -> argparse.ArgumentParser:
@@ -61,17 +61,17 @@ def build_pipeline(p: beam.Pipeline, opts: argparse.Namespace, fmt: str) -> None
     options = InstanceOptions(conversion_spec(opts), image_columns=field_list(opts.image_columns))
     records, dead = p | f"Read{fmt.upper()}" >> ReadKeyedInstances(opts.input, fmt, options)
     (records
-     | "Examples" >> beam.Map(lambda keyed: keyed[1])
-     | "CountWritten" >> beam.Map(_count_written)
+     | "Examples" >> beam.FlatMap(_chunk_records)
      | "WriteTFRecord" >> beam.io.WriteToTFRecord(
          opts.output, file_name_suffix=".tfrecord.gz" if opts.gzip else ".tfrecord",
          num_shards=opts.num_shards))
     dead | "WriteDeadLetters" >> WriteJsonLines(opts.errors or f"{opts.output}.errors")
 
 
-def _count_written(example: bytes) -> bytes:
-    metrics.counter("examples_written").inc()
-    return example
+def _chunk_records(chunk):
+    """A chunk's records, counted as written."""
+    metrics.counter("examples_written").inc(len(chunk.records))
+    return chunk.records
 
 
 def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True):

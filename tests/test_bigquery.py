@@ -105,13 +105,14 @@ def test_every_column_type_converts_by_the_documented_rules(bigquery_emulated, d
     # as an Avro timestamp (real BigQuery: text), so it reads back as a UTC datetime.
     text = b"2024-02-29T13:14:15" if method == "DIRECT_READ" else b"2024-02-29T13:14:15+00:00"
     with BeamTestPipeline(options=pipeline_options(emulator)) as p:
-        records, dead = p | ReadKeyedBigQueryRows(source, options, columns)
+        chunks, dead = p | ReadKeyedBigQueryRows(source, options, columns)
+        records = chunks | beam.FlatMap(lambda chunk: list(zip(chunk.keys, chunk.records)))
         assert_that(records | beam.Map(decoded), equal_to(
             [("full", expected_features(FULL, text)), ("nulls", expected_features(NULLS, text))]),
             label="records")
-        assert_that(dead | beam.Map(lambda d: (d["key"], d["stage"], d["error"])), equal_to([
-            ("missing", "convert", "'f': required and missing (or null); 'ri': required and missing (or null)")]),
-            label="dead")
+        assert_that(dead | beam.Map(lambda d: (d["key"], d["stage"], d["error"], d["source"])), equal_to([
+            ("missing", "convert", "'f': required and missing (or null); 'ri': required and missing (or null)",
+             {"table": source.table})]), label="dead")
 
 
 def test_a_query_is_an_input(bigquery_emulated, dataset):
@@ -122,7 +123,7 @@ def test_a_query_is_an_input(bigquery_emulated, dataset):
     spec = (Feature("i", "int64"), Feature("s", "string"))
     with BeamTestPipeline(options=pipeline_options(emulator)) as p:
         records, _ = p | ReadKeyedBigQueryRows(source, InstanceOptions(spec, key_field="id"), ("id", "i", "s"),
-                                               chunk_size=10, with_source=True)
+                                               chunk_size=10)
         assert_that(records | beam.FlatMap(lambda c: [(k, decoded((k, r))[1], s) for k, r, s in zip(*c)]),
                     equal_to([("full", {"i": [-14], "s": [b"h\xc3\xa9llo"]}, {"query": source.query}),
                               ("missing", {"i": [-14], "s": [b"h\xc3\xa9llo"]}, {"query": source.query})]))

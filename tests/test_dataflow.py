@@ -430,7 +430,7 @@ def test_real_tensorflow_on_this_machine(fresh_gpu_state):
 
 
 def test_gpu_settings_travel_to_workers_and_gpu_batches_are_larger():
-    from transforms.scoring.chunked import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
+    from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
 
     settings = gpu_options.gpu_settings(options_of("--gpu=nvidia-l4", "--gpu_memory_limit_mb=2048"))
     assert settings == gpu.GpuSettings(require_gpu=True, memory_limit_mb=2048)

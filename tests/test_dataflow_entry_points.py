@@ -17,7 +17,8 @@ from pipelines import stream_infer
 from pipelines.options import BatchInferOptions
 from tests.test_batch_infer import penguin_values
 from transforms.runtime import gpu
-from transforms.scoring.chunked import ScoreChunks
+from transforms.graph.model import parallel_graph
+from transforms.scoring.beam import ScoreChunks
 from transforms.sources.tfrecord import ReadKeyedTFRecords
 
 IMAGE = "us-central1-docker.pkg.dev/my-project/workers/tf-beam-inference-gpu:1"
@@ -129,6 +130,6 @@ def test_a_worker_that_must_have_a_gpu_and_sees_none_refuses_to_score(penguin_mo
     model = load_serving_model(penguin_model[0], "clf")
     with pytest.raises(Exception, match="refusing to run the model on the CPU"):
         with TestPipeline() as p:
-            chunks, _ = p | ReadKeyedTFRecords([penguin_input], 8, 1 << 20, False)
-            scored, _ = chunks | ScoreChunks(model, None, gpu.GpuSettings(require_gpu=True))
+            chunks, _ = p | ReadKeyedTFRecords([penguin_input], 8, 1 << 20)
+            scored, _ = chunks | ScoreChunks(parallel_graph([model]), None, gpu.GpuSettings(require_gpu=True))
             scored | beam.Map(lambda s: s)

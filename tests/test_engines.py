@@ -1,5 +1,7 @@
 """The fast engine against the tfx-bsl engine: parity, batch sizes, chunk scoring and formatting."""
 
+import base64
+import dataclasses
 import json
 
 import apache_beam as beam
@@ -13,11 +15,12 @@ from models.serving_model import load_serving_model
 from pipelines import batch_infer
 from tests.helpers import read_jsonl
 from tests.test_batch_infer import expected_outputs, penguin_values
-from transforms.scoring.fast_engine import LoadedSignature, shared_signature
-from transforms.records.json_lines import scored_chunk_text, to_json_line
-from transforms.records.chunk import RecordChunk, score_chunk
-from transforms.records.rows import outputs_to_json, prediction_row
-from transforms.score import DEAD_LETTERS, ROWS, ScoreKeyedExamples
+from transforms.graph.model import parallel_graph
+from transforms.records.chunk import ModelResult, RecordChunk
+from transforms.records.rows import key_fragments, outputs_to_json, rows_text, to_json_line
+from transforms.scoring.beam import ScoreRecords
+from transforms.scoring.engines import FastSignatureCall, load_batch_call
+from transforms.scoring.executor import score_chunk
 
 
 @pytest.fixture(scope="module")
@@ -50,24 +53,47 @@ def mixed_records():
 
 
 def test_engines_give_the_same_rows_and_dead_letters(penguin_model, write_tfrecords, tmp_path):
+    """The same records through both engines, as one model and inside a two-model graph: the same
+    rows, and the same dead letters, compared as whole rows (key, stage, type, message, raw input,
+    source, model)."""
     version_dir, keras_model = penguin_model
     values, records = mixed_records()
     path = write_tfrecords("mixed.tfrecord", records)
+    runs = {"fast": ["--model", version_dir], "tfx-bsl": ["--model", version_dir, "--engine", "tfx-bsl"],
+            "graph": ["--model", f"model={version_dir}", "--model", f"twin={version_dir}"],
+            "graph-tfx-bsl": ["--model", f"model={version_dir}", "--model", f"twin={version_dir}",
+                              "--engine", "tfx-bsl"]}
     results = {}
-    for engine in ("tfx-bsl", "fast"):
-        out = str(tmp_path / engine)
-        batch_infer.run(["--input", path, "--model", version_dir, "--output", out, "--engine", engine,
-                         "--max_batch_size", "32"], save_main_session=False)
-        results[engine] = ({r["key"]: r for r in read_jsonl(out + "-*.jsonl")},
-                           {(d["key"], d["stage"]) for d in read_jsonl(out + ".errors-*.jsonl")})
+    for name, flags in runs.items():
+        out = str(tmp_path / name)
+        batch_infer.run(["--input", path, "--output", out, "--max_batch_size", "32"] + flags,
+                        save_main_session=False)
+        results[name] = ({r["key"]: r for r in read_jsonl(out + "-*.jsonl")},
+                         sorted(read_jsonl(out + ".errors-*.jsonl"), key=lambda d: (d["key"], str(d["model"]))))
     (tfx_rows, tfx_dead), (fast_rows, fast_dead) = results["tfx-bsl"], results["fast"]
-    assert tfx_dead == fast_dead == {("mixed.tfrecord:7", "decode"), ("mixed.tfrecord:33", "validate"),
-                                     ("mixed.tfrecord:90", "infer")}
+    assert [(d["key"], d["stage"], d["model"]) for d in fast_dead] == [
+        ("mixed.tfrecord:33", "validate", "model"), ("mixed.tfrecord:7", "decode", None),
+        ("mixed.tfrecord:90", "infer", "model")]
+    for row in fast_dead:
+        i = int(row["key"].split(":")[1])
+        assert row["source"] == {"file": path, "record": i}
+        assert base64.b64decode(row["input_base64"]) == records[i]
+    assert tfx_dead == fast_dead  # whole rows, messages included
+    for graph in ("graph", "graph-tfx-bsl"):
+        rows, dead = results[graph]
+        # per model, the graph's dead letters are the one-model job's; a record that is not a
+        # tf.Example fails before any model, once
+        assert [d for d in dead if d["model"] != "twin"] == fast_dead
+        assert [dict(d, model="model") for d in dead if d["model"] == "twin"] == [
+            d for d in fast_dead if d["model"] == "model"]
+        assert {k: r["model"] for k, r in rows.items()} == {k: r["model"] for k, r in results[graph][0].items()}
+        assert sorted(rows) == sorted(fast_rows)
     assert set(tfx_rows) == set(fast_rows) and len(fast_rows) == 117
     for key, row in fast_rows.items():
-        other = tfx_rows[key]["model"]
-        np.testing.assert_allclose(row["model"]["probabilities"], other["probabilities"], rtol=1e-6)
-        assert row["model"]["species"] == other["species"]
+        for other in (tfx_rows[key]["model"], results["graph"][0][key]["twin"],
+                      results["graph-tfx-bsl"][0][key]["model"]):
+            np.testing.assert_allclose(row["model"]["probabilities"], other["probabilities"], rtol=1e-6)
+            assert row["model"]["species"] == other["species"]
     # and both equal the in-memory model
     good = [i for i in range(120) if i not in (7, 33, 90)]
     expected = expected_outputs(keras_model, [values[i] for i in good])
@@ -82,13 +108,13 @@ def test_keyed_api_batch_sizes_take_effect(batch_size_model, engine):
     records = [(f"k{i}", make_example({"x": [float(i), 1.0]}).SerializeToString()) for i in range(60)]
     for max_size in (4, 16):
         with TestPipeline() as p:
-            scored = (p | beam.Create(records, reshuffle=False)
-                      | ScoreKeyedExamples(model, engine, min_batch_size=max_size, max_batch_size=max_size))
-            sizes = scored[ROWS] | beam.Map(lambda row: scalar(row["model"]["batch_size"]))
+            rows, dead = (p | beam.Create(records, reshuffle=False)
+                          | ScoreRecords(model, max_batch_size=max_size, engine=engine))
+            sizes = rows | beam.Map(lambda row: scalar(row["model"]["batch_size"]))
             assert_that(sizes | "Max" >> beam.CombineGlobally(max), equal_to([max_size]), label="max")
-            assert_that(scored[ROWS] | beam.Map(lambda row: (row["key"], row["model"]["echo"][0])),
+            assert_that(rows | beam.Map(lambda row: (row["key"], row["model"]["echo"][0])),
                         equal_to([(f"k{i}", float(i)) for i in range(60)]), label="aligned")
-            assert_that(scored[DEAD_LETTERS], equal_to([]), label="no_dead")
+            assert_that(dead, equal_to([]), label="no_dead")
 
 
 def test_chunked_path_batches_by_max_batch_size(batch_size_model, write_tfrecords, tmp_path):
@@ -107,34 +133,38 @@ def test_score_chunk_keeps_keys_aligned_and_isolates_bad_records(penguin_model):
     model = load_serving_model(version_dir)
     values, records = mixed_records()
     calls = []
-    signature = LoadedSignature(model.path, model.signature)
+    signature = FastSignatureCall(model.path, model.signature)
+    graph = parallel_graph([dataclasses.replace(model, name="m")])
 
     def counting_call(batch):
         calls.append(len(batch))
         return signature(batch)
 
     chunk = RecordChunk([f"r{i}" for i in range(120)], records)
-    scored, dead = score_chunk(counting_call, chunk, model.feature_spec, "m", key_feature="id")
-    assert sorted((d["key"], d["stage"]) for d in dead) == [
-        ("bad-island", "infer"), ("r33", "validate"), ("r7", "decode")]
-    assert all(d["input_base64"] for d in dead)
+    scored = score_chunk(graph, {"m": counting_call}, chunk, key_feature="id")
+    # the key is the key feature's value wherever the record has one; r7 is not a tf.Example
+    assert sorted((d["key"], d["stage"], d["model"]) for d in scored.dead) == [
+        ("bad-island", "infer", "m"), ("bad-shape", "validate", "m"), ("r7", "decode", None)]
+    assert all(d["input_base64"] for d in scored.dead)
     good = [i for i in range(120) if i not in (7, 33, 90)]
-    assert scored.keys == [values[i]["id"] for i in good]
+    assert scored.row_positions() == good
+    assert [scored.keys[i] for i in good] == [values[i]["id"] for i in good]
     expected = expected_outputs(keras_model, [values[i] for i in good])
-    np.testing.assert_allclose(scored.outputs["probabilities"], expected["probabilities"], rtol=1e-6)
+    np.testing.assert_allclose(scored.models["m"].outputs["probabilities"], expected["probabilities"], rtol=1e-6)
     # the garbage record defeats the vectorised key parse, so validation runs first and the first
     # model call already holds only the 118 valid records; isolating the one the model rejects
     # costs a few halvings, not one call per record
     assert calls[0] == 118 and len(calls) < 20
     calls.clear()
-    clean, none = score_chunk(counting_call, RecordChunk(["a", "b"], [records[0], records[1]]),
-                              model.feature_spec, "m")
-    assert calls == [2] and none == [] and clean.keys == ["a", "b"]
+    clean = score_chunk(graph, {"m": counting_call}, RecordChunk(["a", "b"], [records[0], records[1]]))
+    assert calls == [2] and clean.dead == [] and clean.keys == ["a", "b"]
 
 
 def test_the_model_is_loaded_once_per_process(penguin_model):
     version_dir, _ = penguin_model
-    assert shared_signature(version_dir, "serving_default") is shared_signature(version_dir, "serving_default")
+    for engine in ("fast", "tfx-bsl"):
+        assert load_batch_call(engine, version_dir, "serving_default") is load_batch_call(
+            engine, version_dir, "serving_default")
 
 
 @pytest.mark.parametrize("outputs", [
@@ -147,8 +177,8 @@ def test_the_model_is_loaded_once_per_process(penguin_model):
 ])
 def test_chunk_text_equals_per_row_rows(outputs):
     keys = ["k0", 'quote"d', "k,2", "k%3", "ünï"]
-    chunk_lines = scored_chunk_text("m%odel", keys, outputs).split("\n")
-    per_row = [to_json_line(prediction_row(k, {"m%odel": outputs_to_json({n: v[i] for n, v in outputs.items()})}))
+    chunk_lines = rows_text(keys, {"m%odel": ModelResult(list(range(5)), outputs)})
+    per_row = [to_json_line({"key": k, "m%odel": outputs_to_json({n: v[i] for n, v in outputs.items()})})
                for i, k in enumerate(keys)]
     assert [json.loads(line) for line in chunk_lines] == [json.loads(line) for line in per_row]
 
@@ -170,7 +200,5 @@ def test_bytes_only_tensorflow_rejects_are_decode_dead_letters(penguin_model, wr
 
 
 def test_key_fragments_survive_quotes_commas_and_backslashes():
-    from transforms.records.json_lines import key_fragments
-
     keys = ["", '","', "a\\", '\\","', "x,y", "ü\n", '"']
     assert [json.loads('"' + fragment + '"') for fragment in key_fragments(keys)] == keys

@@ -9,9 +9,8 @@ import tensorflow as tf
 from models.examples import make_example
 from models.feature_spec import Feature
 from transforms.graph.bridges import BridgeError, bridged_record
-from transforms.scoring.executor import ModelResult
-from transforms.records.graph_rows import rows_text
-from transforms.records.rows import outputs_to_json
+from transforms.records.chunk import ModelResult
+from transforms.records.rows import outputs_to_json, rows_text
 
 
 def test_a_bridged_record_keeps_the_original_features_and_replaces_same_named_ones():

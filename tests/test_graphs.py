@@ -15,10 +15,10 @@ from models.serving_model import load_serving_model
 from pipelines import batch_infer
 from tests.helpers import read_jsonl
 from transforms.graph.model import chain_graph, parallel_graph
-from transforms.scoring.executor import score_graph_chunk
-from transforms.scoring.model_graph import RunModelGraph, shared_batch_call
 from transforms.records.chunk import RecordChunk
-from transforms.score import DEAD_LETTERS, ROWS
+from transforms.scoring.beam import ScoreRecords
+from transforms.scoring.engines import load_batch_call as shared_batch_call
+from transforms.scoring.executor import score_chunk as score_graph_chunk
 
 ENGINES = ["fast", "tfx-bsl"]
 
@@ -247,18 +247,18 @@ def test_postprocessing_in_a_graph_file(penguin_model, write_tfrecords, tmp_path
 
 
 def test_keyed_graph_api_on_the_direct_runner(graph_models):
-    """RunModelGraph on keyed records from any source (here beam.Create)."""
+    """ScoreRecords on keyed records from any source (here beam.Create)."""
     five = load_serving_model(graph_models["five"][0], "five")
     ten = load_serving_model(graph_models["ten"][0], "ten")
     graph = parallel_graph([five, ten])
     keyed = [(f"k{i}", make_example({"x": [float(i)]}).SerializeToString()) for i in range(7)]
     keyed.append(("bad", b"\x0a\xff\xff"))
     with TestPipeline() as p:
-        result = p | beam.Create(keyed) | RunModelGraph(graph, max_batch_size=3)
-        assert_that(result[ROWS], equal_to(
+        rows, dead = p | beam.Create(keyed) | ScoreRecords(graph, max_batch_size=3)
+        assert_that(rows, equal_to(
             [{"key": f"k{i}", "five": {"y": [5.0 * i]}, "ten": {"y": [10.0 * i]}} for i in range(7)]),
             label="rows")
-        assert_that(result[DEAD_LETTERS] | beam.Map(lambda d: (d["key"], d["stage"])),
+        assert_that(dead | beam.Map(lambda d: (d["key"], d["stage"])),
                     equal_to([("bad", "decode")]), label="dead")
 
 

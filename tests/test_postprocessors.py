@@ -1,12 +1,13 @@
-"""Post-processing as pure functions on columnar outputs, and as a DoFn on prediction rows."""
+"""Post-processing as pure functions on columnar outputs, and on the outputs of tfx-bsl PredictionLogs."""
 
-import apache_beam as beam
+import base64
+
 import numpy as np
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.postprocess import PostprocessRows
+from models.examples import make_example
+from models.prediction_log import predict_log
+from transforms.scoring.tfx_bsl_logs import logs_to_rows
 from transforms.graph.postprocessors import (CallFunction, Classify, Keep, PostprocessError, Regress, apply_steps,
                                        step_from_config)
 
@@ -104,15 +105,15 @@ def test_steps_apply_in_order_and_keep_selects():
     assert list(out) == ["label"] and out["label"].tolist() == ["b", "a", "c"]
 
 
-def test_postprocess_rows_dofn_turns_rows_into_readable_rows_and_failures_into_dead_letters():
-    rows = [{"key": "a", "clf": {"p": [0.1, 0.9]}, "other": {"y": 1}},
-            {"key": "b", "clf": {"p": [0.8, 0.2]}},
-            {"key": "c", "clf": {"p": [0.3, 0.3, 0.4]}}]  # three classes for two labels: a dead letter
+def test_tfx_bsl_logs_become_post_processed_rows_and_failures_dead_letters():
+    """ToPredictionRows' pure core: keyed predict logs -> the steps -> rows; a log the steps fail
+    on is a dead letter (postprocess) naming the model, the others still rows."""
+    records = [make_example({"i": i}).SerializeToString() for i in range(3)]
+    probabilities = [[0.1, 0.9], [0.8, 0.2], [0.3, 0.3, 0.4]]  # three classes for two labels: a dead letter
+    logs = [predict_log(r, {"p": np.float32(p)}, "serving_default") for r, p in zip(records, probabilities)]
     steps = [Classify(output="p", labels=["neg", "pos"]), Keep(["label", "score"])]
-    with TestPipeline() as p:
-        good, dead = p | beam.Create(rows) | PostprocessRows("clf", steps)
-        assert_that(good, equal_to([
-            {"key": "a", "clf": {"label": "pos", "score": 0.9}, "other": {"y": 1}},
-            {"key": "b", "clf": {"label": "neg", "score": 0.8}}]), label="rows")
-        assert_that(dead | beam.Map(lambda d: (d["key"], d["stage"], d["model"])),
-                    equal_to([("c", "postprocess", "clf")]), label="dead")
+    rows, dead = logs_to_rows("clf", ["a", "b", "c"], logs, steps)
+    assert rows == [{"key": "a", "clf": {"label": "pos", "score": 0.9}},
+                    {"key": "b", "clf": {"label": "neg", "score": 0.8}}]
+    assert [(d["key"], d["stage"], d["model"]) for d in dead] == [("c", "postprocess", "clf")]
+    assert base64.b64decode(dead[0]["input_base64"]) == logs[2].SerializeToString()

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from transforms.records.dead_letters import MAX_MESSAGE_CHARS, STAGES, dead_letter
-from transforms.records.rows import KEY_FIELD, outputs_to_json, prediction_row, to_json_value
+from transforms.records.dead_letters import FIELDS, MAX_MESSAGE_CHARS, STAGES, dead_letter
+from transforms.records.rows import outputs_to_json, to_json_value
 
 
 def strict_json(value):
@@ -164,23 +164,6 @@ def test_every_value_passes_strict_json():
     assert outputs_to_json(outputs, keep=["count", "flag"]) == {"count": 3, "flag": False}
 
 
-# --- prediction_row --------------------------------------------------------------------------
-
-
-def test_prediction_row_shape():
-    outputs = {"classes": ["a"], "scores": [0.5]}
-    row = prediction_row("f.tfrecord:3", {"penguins": outputs, "other": {"value": 1.0}})
-    assert row == {KEY_FIELD: "f.tfrecord:3", "penguins": outputs, "other": {"value": 1.0}}
-    assert row["penguins"] is not outputs  # a copy, not an alias of the caller's mapping
-
-
-def test_prediction_row_rejects_a_model_named_key():
-    with pytest.raises(ValueError, match="key"):
-        prediction_row("k", {"key": {"value": 1.0}})
-    with pytest.raises(ValueError):
-        prediction_row("k", {"fine": {"v": 1}, KEY_FIELD: {"v": 2}})
-
-
 # --- outputs_from_log ------------------------------------------------------------------------
 
 
@@ -270,11 +253,14 @@ def test_unsupported_or_empty_log_raises():
 
 
 def test_dead_letter_from_exception():
-    row = dead_letter("decode", ValueError("bad bytes"), key="f:1", raw=b"\x00\xffraw", source="f@16")
+    row = dead_letter("decode", ValueError("bad bytes"), key="f:1", raw=b"\x00\xffraw",
+                      source={"file": "f", "offset": 16})
     assert row == {
         "key": "f:1", "stage": "decode", "error_type": "ValueError", "error": "bad bytes",
-        "input_base64": base64.b64encode(b"\x00\xffraw").decode("ascii"), "source": "f@16",
+        "input_base64": base64.b64encode(b"\x00\xffraw").decode("ascii"),
+        "source": {"file": "f", "offset": 16}, "model": None,
     }
+    assert list(row) == list(FIELDS)  # one shape, one order, on every path
     assert base64.b64decode(row["input_base64"]) == b"\x00\xffraw"
     assert strict_json(row) == row
 
@@ -284,11 +270,11 @@ def test_dead_letter_from_message_and_overrides():
     assert row["error_type"] == "InvalidArgumentError" and row["error"] == "model blew up"
     assert row["model"] == "penguins"
     assert row["key"] is None and row["input_base64"] is None
-    assert "source" not in row
+    assert row["source"] is None
 
     plain = dead_letter("read", "file went away")
     assert plain["error_type"] == "Error"
-    assert "model" not in plain and "source" not in plain
+    assert plain["model"] is None and plain["source"] is None and list(plain) == list(FIELDS)
 
     class CustomError(Exception):
         pass

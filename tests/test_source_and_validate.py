@@ -1,4 +1,4 @@
-"""ReadKeyedTFRecords and ValidateRecords on the DirectRunner, over real TFRecord files.
+"""ReadKeyedTFRecords on the DirectRunner over real TFRecord files, and record validation in the executor.
 
 Pipelines are few and each checks several things (a DirectRunner run costs seconds).
 """
@@ -14,8 +14,32 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from models.examples import make_example
 from models.feature_spec import Feature, make_spec
 from transforms.sources.framing import encode_record
-from transforms.sources.tfrecord import NoInputFilesError, ReadKeyedTFRecords, expand_patterns, key_names
-from transforms.validate import ValidateRecords
+from tests.support.fakes import FakeBatchCall, fake_model
+from transforms.graph.model import parallel_graph
+from transforms.records.chunk import RecordChunk
+from transforms.scoring.executor import score_chunk
+from transforms.sources.files import NoInputFilesError, expand_patterns, key_names
+from transforms.sources.tfrecord import ReadKeyedTFRecords
+
+
+def keyed(chunks):
+    """(key, bytes) per record of a PCollection of RecordChunks."""
+    return chunks | "Records" >> beam.FlatMap(lambda chunk: list(zip(chunk.keys, chunk.records)))
+
+
+def sources(chunks):
+    """(key, source) per record of a PCollection of RecordChunks."""
+    return chunks | "Sources" >> beam.FlatMap(lambda chunk: [(k, dict(s)) for k, s in zip(chunk.keys, chunk.sources)])
+
+
+def validate(inputs, spec, key_feature=None):
+    """The executor on (key, bytes) inputs with one model that parses like TensorFlow:
+    ([(final key, bytes)] scored, dead letters)."""
+    graph = parallel_graph([fake_model("m", spec)])
+    chunk = RecordChunk([k for k, _ in inputs], [r for _, r in inputs],
+                        [{"file": "f", "record": i} for i in range(len(inputs))])
+    scored = score_chunk(graph, {"m": FakeBatchCall(spec, feature="x")}, chunk, key_feature)
+    return [(scored.keys[i], scored.records[i]) for i in scored.row_positions()], scored.dead
 
 SPEC = make_spec([
     Feature("x", "float32", (2,)),
@@ -80,10 +104,15 @@ def test_reads_plain_and_gzip_files_with_deterministic_keys(two_files):
         read = ReadKeyedTFRecords([pattern])
         assert [os.path.basename(p) for p in read.paths] == ["part-a.tfrecord", "part-b.tfrecord.gz"]
         with BeamTestPipeline() as p:
-            records, dead = p | read
+            chunks, dead = p | read
+            records = keyed(chunks)
             assert_that(records, equal_to(expected), label="Records")
             assert_that(dead, equal_to([]), label="NoDeadLetters")
             assert_that(records | beam.combiners.Count.Globally(), count_is(len(expected)), label="Count")
+            paths = {os.path.basename(p): p for p in read.paths}
+            assert_that(sources(chunks), equal_to([
+                (k, {"file": paths[k.split(":")[0]], "record": int(k.split(":")[1])}) for k, _ in expected]),
+                label="Sources")
 
 
 def test_same_basename_in_two_directories_keys_by_full_path(tmp_path, write_tfrecords):
@@ -99,8 +128,8 @@ def test_same_basename_in_two_directories_keys_by_full_path(tmp_path, write_tfre
     assert path2.endswith(os.path.join("day2", "data.tfrecord"))
     expected = [(f"{path1}:0", first[0]), (f"{path1}:1", first[1]), (f"{path2}:0", second[0])]
     with BeamTestPipeline() as p:
-        records, dead = p | read
-        assert_that(records, equal_to(expected), label="Records")
+        chunks, dead = p | read
+        assert_that(keyed(chunks), equal_to(expected), label="Records")
         assert_that(dead, equal_to([]), label="NoDeadLetters")
 
 
@@ -117,7 +146,7 @@ def test_corrupt_tail_yields_readable_records_and_one_read_dead_letter(tmp_path,
             raise BeamAssertException(f"expected exactly one dead letter, got {rows}")
         row = rows[0]
         expected = {"key": f"broken.tfrecord:{len(written)}", "stage": "read", "error_type": "Error",
-                    "input_base64": None, "source": f"{path}@{tail_offset}"}
+                    "input_base64": None, "source": {"file": path, "offset": tail_offset}, "model": None}
         for field, value in expected.items():
             if row.get(field) != value:
                 raise BeamAssertException(f"{field}: {row.get(field)!r} != {value!r} in {row}")
@@ -129,7 +158,8 @@ def test_corrupt_tail_yields_readable_records_and_one_read_dead_letter(tmp_path,
     expected_records = ([(f"broken.tfrecord:{i}", r) for i, r in enumerate(written)]
                         + [(f"clean.tfrecord:{i}", r) for i, r in enumerate(clean)])
     with BeamTestPipeline() as p:
-        records, dead = p | ReadKeyedTFRecords([str(tmp_path / "*.tfrecord")])
+        chunks, dead = p | ReadKeyedTFRecords([str(tmp_path / "*.tfrecord")])
+        records = keyed(chunks)
         assert_that(records, equal_to(expected_records), label="Records")
         assert_that(dead, check_dead, label="DeadLetters")
         # conservation: every record written (the partial one included) comes out exactly once
@@ -159,7 +189,7 @@ def test_expand_patterns_sorts_and_deduplicates(tmp_path):
         "/x/d.tfrecord": "/x/d.tfrecord", "/y/d.tfrecord": "/y/d.tfrecord"}
 
 
-# --- ValidateRecords -------------------------------------------------------------------------
+# --- validation inside the executor ---------------------------------------------------------
 
 
 def test_validate_splits_valid_records_from_dead_letters():
@@ -175,22 +205,16 @@ def test_validate_splits_valid_records_from_dead_letters():
         "empty_record": (b"", "validate", ["missing required feature 'x'"]),
     }
     inputs = valid[:2] + [(k, raw) for k, (raw, _, _) in bad.items()] + valid[2:]
-
-    def check_raw(rows):
-        for row in rows:
-            if base64.b64decode(row["input_base64"]) != bad[row["key"]][0]:
-                raise BeamAssertException(f"{row['key']}: raw bytes not kept")
-            if row["source"] != row["key"]:
-                raise BeamAssertException(f"{row['key']}: source {row['source']!r}")
-
-    with BeamTestPipeline() as p:
-        ok, dead = p | beam.Create(inputs) | ValidateRecords(SPEC)
-        assert_that(ok, equal_to(valid), label="Valid")
-        assert_that(dead, dead_letters_match({k: (stage, frags) for k, (_, stage, frags) in bad.items()}),
-                    label="DeadLetters")
-        assert_that(dead, check_raw, label="RawKept")
-        total = (ok, dead) | beam.Flatten() | beam.combiners.Count.Globally()
-        assert_that(total, count_is(len(inputs)), label="Conservation")
+    ok, dead = validate(inputs, SPEC)
+    assert ok == valid
+    dead_letters_match({k: (stage, frags) for k, (_, stage, frags) in bad.items()})(dead)
+    position = {k: i for i, (k, _) in enumerate(inputs)}
+    for row in dead:
+        assert base64.b64decode(row["input_base64"]) == bad[row["key"]][0]
+        assert row["source"] == {"file": "f", "record": position[row["key"]]}
+        # a record that is not a tf.Example fails before any model; the others in the model "m"
+        assert row["model"] == (None if row["stage"] == "decode" else "m")
+    assert len(ok) + len(dead) == len(inputs)
 
 
 def test_validate_rekeys_by_bytes_and_int64_key_features():
@@ -202,46 +226,50 @@ def test_validate_rekeys_by_bytes_and_int64_key_features():
     r0 = record(x=[0.0, 1.0], id=b"alpha", num=10)
     r1 = record(x=[2.0, 3.0], id="b\u00e9ta", num=-7)
     no_key = record(x=[4.0, 5.0])
-    invalid = record(x=[1.0], id=b"gamma", num=12)  # fails the spec before the key is read
+    invalid = record(x=[1.0], id=b"gamma", num=12)  # a key, but the record does not fit the spec
     two_ids = record(x=[6.0, 7.0], id=[b"a", b"b"], num=[1, 2])
     not_utf8 = record(x=[8.0, 9.0], id=b"\xff\xfe", num=13)
     inputs = [("f:0", r0), ("f:1", r1), ("f:2", no_key), ("f:3", invalid), ("f:4", two_ids),
               ("f:5", not_utf8)]
 
-    with BeamTestPipeline() as p:
-        records = p | beam.Create(inputs)
-        by_id, dead_id = records | "ById" >> ValidateRecords(spec, key_feature="id")
-        by_num, dead_num = records | "ByNum" >> ValidateRecords(spec, key_feature="num")
+    by_id, dead_id = validate(inputs, spec, key_feature="id")
+    assert by_id == [("alpha", r0), ("b\u00e9ta", r1)]
+    # a dead letter carries the key feature's value whenever the record has a usable one
+    dead_letters_match({
+        "f:2": ("validate", ["key feature 'id'", "0 values"]),
+        "gamma": ("validate", ["'x' has 1 values"]),
+        "f:4": ("validate", ["key feature 'id'", "2 values"]),
+        "f:5": ("validate", ["not UTF-8"]),
+    })(dead_id)
 
-        assert_that(by_id, equal_to([("alpha", r0), ("b\u00e9ta", r1)]), label="BytesKeys")
-        assert_that(dead_id, dead_letters_match({
-            "f:2": ("validate", ["key feature 'id'", "0 values"]),
-            "f:3": ("validate", ["'x' has 1 values"]),
-            "f:4": ("validate", ["key feature 'id'", "2 values"]),
-            "f:5": ("validate", ["not UTF-8"]),
-        }), label="BytesKeyDeadLetters")
-
-        assert_that(by_num, equal_to([("10", r0), ("-7", r1), ("13", not_utf8)]), label="IntKeys")
-        assert_that(dead_num, dead_letters_match({
-            "f:2": ("validate", ["key feature 'num'", "0 values"]),
-            "f:3": ("validate", ["'x' has 1 values"]),
-            "f:4": ("validate", ["key feature 'num'", "2 values"]),
-        }), label="IntKeyDeadLetters")
-
-        for name, (ok, dead) in {"Id": (by_id, dead_id), "Num": (by_num, dead_num)}.items():
-            total = (ok, dead) | f"Flatten{name}" >> beam.Flatten() | f"Count{name}" >> beam.combiners.Count.Globally()
-            assert_that(total, count_is(len(inputs)), label=f"Conservation{name}")
+    by_num, dead_num = validate(inputs, spec, key_feature="num")
+    assert by_num == [("10", r0), ("-7", r1), ("13", not_utf8)]
+    dead_letters_match({
+        "f:2": ("validate", ["key feature 'num'", "0 values"]),
+        "12": ("validate", ["'x' has 1 values"]),
+        "f:4": ("validate", ["key feature 'num'", "2 values"]),
+    })(dead_num)
+    for ok, dead in ((by_id, dead_id), (by_num, dead_num)):
+        assert len(ok) + len(dead) == len(inputs)
 
 
-def test_read_then_validate_end_to_end(tmp_path, write_tfrecords):
-    """Read + validate: every record written ends as exactly one valid record or dead letter."""
+def test_read_then_score_end_to_end(tmp_path, write_tfrecords):
+    """Read + the executor: every record written ends as exactly one scored record or dead letter."""
     written = [good(0), b"garbage \xff\xfe", good(1), serialized(x=[1.0], species="s", count=1)]
-    write_tfrecords("mixed.tfrecord.gz", written, gzip=True, tail=b"\x05\x00")
+    path = write_tfrecords("mixed.tfrecord.gz", written, gzip=True, tail=b"\x05\x00")
+    graph = parallel_graph([fake_model("m", SPEC)])
+
+    def score(chunk):
+        scored = score_chunk(graph, {"m": FakeBatchCall(SPEC)}, chunk)
+        return [("ok", scored.keys[i]) for i in scored.row_positions()] + [
+            ("dead", d["key"], d["stage"], d["source"]["record"]) for d in scored.dead]
+
     with BeamTestPipeline() as p:
-        records, read_dead = p | ReadKeyedTFRecords([str(tmp_path / "mixed.tfrecord.gz")])
-        ok, dead = records | ValidateRecords(SPEC)
-        assert_that(ok, equal_to([("mixed.tfrecord.gz:0", written[0]), ("mixed.tfrecord.gz:2", written[2])]),
-                    label="Valid")
-        stages = (read_dead, dead) | beam.Flatten() | beam.Map(lambda r: (r["key"], r["stage"]))
-        assert_that(stages, equal_to([("mixed.tfrecord.gz:1", "decode"), ("mixed.tfrecord.gz:3", "validate"),
-                                      ("mixed.tfrecord.gz:4", "read")]), label="DeadLetters")
+        chunks, read_dead = p | ReadKeyedTFRecords([path])
+        outcomes = chunks | beam.FlatMap(score)
+        read = read_dead | beam.Map(lambda r: ("dead", r["key"], r["stage"], r["source"]["offset"]))
+        tail_offset = sum(16 + len(r) for r in written)
+        assert_that((outcomes, read) | beam.Flatten(), equal_to([
+            ("ok", "mixed.tfrecord.gz:0"), ("ok", "mixed.tfrecord.gz:2"),
+            ("dead", "mixed.tfrecord.gz:1", "decode", 1), ("dead", "mixed.tfrecord.gz:3", "validate", 3),
+            ("dead", "mixed.tfrecord.gz:4", "read", tail_offset)]))

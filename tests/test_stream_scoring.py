@@ -1,4 +1,5 @@
-"""The streaming logic without Pub/Sub: pure message conversion (transforms.sources.pubsub), and
+"""The streaming logic without Pub/Sub: pure message conversion (transforms.sources.messages,
+transforms.sinks.messages), and
 ScoreMessages on Beam's TestStream (streaming DirectRunner): batches close at max_batch_size or
 after max_batch_latency_s of processing time, and every message ends as one prediction or one
 dead letter carrying its payload and attributes."""
@@ -14,9 +15,10 @@ from models.examples import make_example
 from models.feature_spec import Feature
 from models.serving_model import load_serving_model
 from transforms.graph.model import parallel_graph, record_spec
-from transforms.sources.pubsub import (MAX_ATTRIBUTE_BYTES, MessageError, dead_letter_message, message_id_of,
-                                        message_to_record, prediction_message)
-from transforms.scoring.stream import DEAD_LETTERS, ROWS, BatchRecords, ScoreMessages
+from transforms.scoring.stream import ScoreMessages
+from transforms.sinks.messages import MAX_ATTRIBUTE_BYTES, dead_letter_message, prediction_message
+from transforms.sources.messages import MessageError, message_id_of, message_to_record
+from transforms.sources.pubsub import BatchRecords
 
 SPEC = (Feature("measurements", "float32", (4,)), Feature("island", "int64", (), default=0))
 
@@ -126,8 +128,8 @@ def run_stream(graph, groups, max_batch_size, latency_s, key_attribute=None):
     out = p | timed_stream(groups, latency_s) | ScoreMessages(
         graph, record_spec(graph), max_batch_size=max_batch_size, max_batch_latency_s=latency_s,
         key_attribute=key_attribute, clock=lambda: 0.0)
-    rows = out[ROWS] | "Rows" >> beam.Map(lambda pred: (pred.row["key"], pred.message_id, pred.row["five"]["y"]))
-    dead = out[DEAD_LETTERS] | "Dead" >> beam.Map(
+    rows = out.main | "Rows" >> beam.Map(lambda pred: (pred.row["key"], pred.message_id, pred.row["five"]["y"]))
+    dead = out.dead_letters | "Dead" >> beam.Map(
         lambda d: (d.row["key"], d.message_id, d.row["stage"], d.payload, d.attributes))
     return p, rows, dead
 

@@ -81,7 +81,8 @@ def test_malformed_lines_are_dead_letters_with_their_line_numbers(penguin_model,
         "", json.dumps({"id": "strisland", "measurements": [1, 2, 3, 4], "island": "one"})])
     out = str(tmp_path / "out" / "pred")
     counters = run_job("--input", jsonl, "--model", version_dir, "--output", out, "--key_feature", "id")
-    dead = {d["source"].rsplit(":", 1)[1]: d for d in read_jsonl(out + ".errors-*.jsonl")}
+    dead = {str(d["source"]["line"]): d for d in read_jsonl(out + ".errors-*.jsonl")}
+    assert {d["source"]["file"] for d in dead.values()} == {str(jsonl)}
     assert set(dead) == {"11", "12", "13", "14", "16"}  # line 15 is blank: not an instance
     assert [dead[n]["stage"] for n in ("11", "12", "13", "14", "16")] == [
         "decode", "decode", "convert", "convert", "convert"]
@@ -97,8 +98,8 @@ def test_malformed_lines_are_dead_letters_with_their_line_numbers(penguin_model,
     out = str(tmp_path / "csvout" / "pred")
     counters = run_job("--input", csv, "--model", version_dir, "--output", out, "--key_feature", "id")
     dead = read_jsonl(out + ".errors-*.jsonl")
-    assert sorted((d["key"], d["stage"], d["source"].rsplit(":", 1)[1]) for d in dead) == [
-        ("in.csv:6", "decode", "6"), ("x1", "convert", "5")]
+    assert sorted((d["key"], d["stage"], d["source"]) for d in dead) == [
+        ("in.csv:6", "decode", {"file": str(csv), "line": 6}), ("x1", "convert", {"file": str(csv), "line": 5})]
     assert counters["records_read"] == 5 == len(read_jsonl(out + "-*.jsonl")) + len(dead)
 
 
@@ -234,8 +235,7 @@ def test_the_converter_round_trips_csv_to_tfrecord_and_scores_the_same(penguin_m
                                 "--image_columns", "image", "--gzip"], save_main_session=False)
     assert counters["records_read"] == 22 and counters["examples_written"] == 20
     dead = read_jsonl(prefix + ".errors-*.jsonl")
-    assert sorted((d["key"], d["source"].rsplit(":", 1)[1]) for d in dead) == [("rows.csv:22", "22"),
-                                                                               ("rows.csv:23", "23")]
+    assert sorted((d["key"], d["source"]["line"]) for d in dead) == [("rows.csv:22", 22), ("rows.csv:23", 23)]
     assert "cannot read" in next(d for d in dead if d["key"] == "rows.csv:22")["error"]
     examples = {e.features.feature["id"].bytes_list.value[0].decode(): e
                 for e in read_tfrecord_examples(prefix + "-*.tfrecord.gz")}

@@ -17,12 +17,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from models.feature_spec import RAW, Feature
 from models.serving_model import ServingModel
-from transforms.inference import DEFAULT_ENGINE, ENGINES
+from transforms.scoring.engines import DEFAULT_ENGINE, ENGINES
 from transforms.graph.postprocessors import CallFunction, Classify, Regress
-from transforms.records.rows import KEY_FIELD
+from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, SOURCE_FIELD
 
-# Fields of the row-per-model form ({"key", "model": name, "outputs"}) and of passthrough features.
-MODEL_FIELD, OUTPUTS_FIELD, INPUTS_FIELD, SOURCE_FIELD = "model", "outputs", "inputs", "source"
 # Model names that would collide with a field of a one-row-per-key row.
 RESERVED_NAMES = (KEY_FIELD, INPUTS_FIELD, SOURCE_FIELD)
 
@@ -74,6 +72,16 @@ class ModelGraph:
             if n.name == name:
                 return n
         raise KeyError(name)
+
+    def passthrough_scalars(self) -> Dict[str, Optional[bool]]:
+        """Per passthrough feature: scalar when a model reads it with shape [], list when with a
+        shape, None (a single value becomes a scalar) when no model reads it."""
+        scalars: Dict[str, Optional[bool]] = {}
+        for node in self.nodes:
+            for feature in node.model.feature_spec:
+                if feature.name in self.passthrough and feature.name not in scalars:
+                    scalars[feature.name] = feature.stored_shape == ()
+        return scalars
 
     def describe(self) -> str:
         lines = []

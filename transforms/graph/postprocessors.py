@@ -1,8 +1,9 @@
 """Post-processing of one model's outputs: pure functions on columnar outputs.
 
 A post-processor maps {output name: array [n, ...]} to {output name: array [n, ...]} for a batch of
-n records, so a whole chunk is post-processed in a few numpy calls. The same functions run on one
-prediction row (a batch of one) in transforms.postprocess.PostprocessRows.
+n records, so a whole chunk is post-processed in a few numpy calls: by the executor
+(transforms.scoring.executor.postprocess_result) on a model's outputs, and by
+transforms.scoring.tfx_bsl_logs.ToPredictionRows on the outputs of tfx-bsl's PredictionLogs.
 
 - Classify: argmax (or a threshold for a binary head), optional labels and top-k with scores;
 - Regress: one value per record instead of a one-element list, optionally rounded;

@@ -1,43 +1,58 @@
-"""Dead-letter rows: the one place a rejected record is described (DESIGN.md, data model)."""
+"""Dead-letter rows: the one place a rejected record is described. Pure.
+
+Every dead letter has the same fields, in this order:
+    key          the record's key when known: the key feature / key column / key attribute value,
+                 else the position key (file:index, file:line, message id)
+    stage        read, decode, convert, validate, infer, postprocess or write
+    error_type   the exception's class name (or a name given for the failure)
+    error        one line: what went wrong
+    input_base64 the raw input (the record's bytes, the JSON/CSV line, the table row as JSON)
+    source       where the record came from: {"file", "record"}, {"file", "offset"} (a corrupt
+                 region), {"file", "line"}, {"table"} or {"query"}, {"message_id"}; None only for
+                 records handed to the keyed API without one
+    model        the model a model stage (validate, convert, infer, postprocess) failed in
+"""
 
 import base64
-from typing import Any, Dict, Optional
+import re
+from typing import Any, Dict, Mapping, NamedTuple, Optional
 
 DEAD_LETTER_TAG = "dead_letters"
 
 READ, DECODE, CONVERT, VALIDATE, INFER, POSTPROCESS, WRITE = (
     "read", "decode", "convert", "validate", "infer", "postprocess", "write")
 STAGES = (READ, DECODE, CONVERT, VALIDATE, INFER, POSTPROCESS, WRITE)
+FIELDS = ("key", "stage", "error_type", "error", "input_base64", "source", "model")
 
 MAX_MESSAGE_CHARS = 2000
 
 
-def dead_letter(stage: str, error: Any, key: Optional[str] = None, raw: Optional[bytes] = None,
-                source: Optional[str] = None, model: Optional[str] = None,
-                error_type: Optional[str] = None) -> Dict[str, Any]:
-    """A JSON-ready dead-letter row.
+class WithDeadLetters(NamedTuple):
+    """What every transform that can reject a record returns: its main output and the dead
+    letters of the records it rejected (unpacks as a pair)."""
+    main: Any
+    dead_letters: Any
 
-    error is an exception or a message; raw is the record's bytes (base64 in the row); source says
-    where the record came from (file and offset, table, message id) when the key does not.
-    """
+
+def dead_letter(stage: str, error: Any, key: Optional[str] = None, raw: Optional[bytes] = None,
+                source: Optional[Mapping[str, Any]] = None, model: Optional[str] = None,
+                error_type: Optional[str] = None) -> Dict[str, Any]:
+    """A JSON-ready dead-letter row (FIELDS above); error is an exception or a message."""
     if stage not in STAGES:
         raise ValueError(f"unknown dead-letter stage {stage!r}")
     if isinstance(error, BaseException):
-        error_type, message = error_type or type(error).__name__, str(error)
+        error_type, message = error_type or type(error).__name__, error_text(error)
     else:
-        error_type, message = error_type or "Error", str(error)
-    row = {
+        error_type, message = error_type or "Error", clean_message(str(error))
+    return {
         "key": key,
         "stage": stage,
         "error_type": error_type,
         "error": message[:MAX_MESSAGE_CHARS],
         "input_base64": base64.b64encode(raw).decode("ascii") if raw is not None else None,
+        "source": dict(source) if source is not None else None,
+        "model": model,
     }
-    if source is not None:
-        row["source"] = source
-    if model is not None:
-        row["model"] = model
-    return row
 
 
 _TF_NOISE = ("Graph execution error:", "Detected at node", "<stack traces unavailable>")
@@ -49,21 +64,25 @@ def error_text(error: BaseException) -> str:
     return clean_message(message)
 
 
+# eager TensorFlow appends the traced function's name, which carries a per-process counter
+_EAGER_OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]")
+
+
 def clean_message(message: str) -> str:
+    """One line, without TensorFlow's stack-trace preamble or its per-process op names, so the
+    same failure reads the same on both engines and on every run."""
     lines = [line for line in message.splitlines() if not line.strip().startswith(_TF_NOISE)]
-    return " ".join(" ".join(lines).split())
+    return _EAGER_OP_SUFFIX.sub("", " ".join(" ".join(lines).split()))
 
 
-def model_failure_dead_letter(error: Any, key: str, raw: bytes, spec, model: str,
-                              error_type: Optional[str] = None) -> Dict[str, Any]:
-    """A record the model failed on alone: a decode dead letter when TensorFlow's own parser
+def model_failure_dead_letter(error: BaseException, key: str, raw: bytes, spec, model: str,
+                              source: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """A record a model failed on by itself: a decode dead letter when TensorFlow's own parser
     rejects it (bytes Python's protobuf let through), else an infer dead letter."""
     from models.export import parse_error
 
     parse_message = parse_error(raw, spec)
     if parse_message is not None:
         return dead_letter(DECODE, f"not a tf.Example TensorFlow can parse: {parse_message}",
-                           key=key, raw=raw, source=key, error_type="RecordError")
-    message = error_text(error) if isinstance(error, BaseException) else clean_message(str(error))
-    return dead_letter(INFER, message, key=key, raw=raw, model=model,
-                       error_type=error_type or type(error).__name__)
+                           key=key, raw=raw, source=source, model=model, error_type="RecordError")
+    return dead_letter(INFER, error, key=key, raw=raw, source=source, model=model)

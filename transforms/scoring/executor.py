@@ -1,55 +1,38 @@
-"""Scoring a chunk of records through a model graph: pure, given one batch call per model.
+"""score_chunk: every model of a graph on one chunk of records. Pure, given one batch call per model.
 
-All models of a graph run on the same chunk in one place, so a key's outputs from every branch
-meet without a shuffle or a per-key join, in batch and in streaming alike.
+This is the one place a record is scored, for every job: batch or stream, one model (a graph of
+one node) or many, either engine, any source. All models of a graph run on the same chunk, so a
+key's outputs from every branch meet without a shuffle or a per-key join.
 
 The clean case costs one call per model on the whole chunk. When any call fails, the chunk is
-redone record by record: records that are not tf.Examples (or lack the key feature) become one
-dead letter each; then, per model in graph order, records whose input cannot be built (an upstream
-model failed, a bridged value does not fit) or does not fit the model's spec become dead letters
-naming that model, and failing records are isolated by halving. So, per model:
-records that reached the models = records with that model's outputs + dead letters naming it.
-A record keeps the outputs of every model that succeeded on it (a partial row).
+redone record by record: a record that is not a tf.Example (or lacks the key feature) becomes one
+dead letter without a model; then, per model in graph order, a record whose input cannot be built
+(an upstream model failed, a bridged value does not fit: convert) or does not fit the model's
+spec (validate) becomes a dead letter naming that model, and the records the model itself
+rejects are isolated by halving (infer). Post-processing runs per model on columns; a failing
+step is isolated to its records the same way (postprocess). So, per model:
+
+    records that reached the models = records with that model's outputs + dead letters naming it
+
+and with one model: records in = prediction rows + dead letters. A record keeps the outputs of
+every model that succeeded on it (a partial row). Every dead letter carries the record's final
+key, its original bytes and its source (transforms.records.dead_letters).
 """
 
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
 from models.examples import RecordError, parse_example, validate_example
 from transforms.graph.bridges import BridgeError, bridged_batch, bridged_record
-from transforms.records.dead_letters import CONVERT, INFER, POSTPROCESS, dead_letter, error_text, model_failure_dead_letter
-from transforms.scoring.fast_engine import concat_parts, isolate_failures
 from transforms.graph.model import GraphNode, ModelGraph
 from transforms.graph.postprocessors import apply_steps
-from transforms.records.chunk import RecordChunk, keys_by_feature
-from transforms.validate import key_from_feature, record_dead_letter
+from transforms.records.chunk import ModelResult, RecordChunk, ScoredChunk
+from transforms.records.dead_letters import CONVERT, INFER, POSTPROCESS, dead_letter, model_failure_dead_letter
+from transforms.records.keys import key_from_feature, keys_by_feature
+from transforms.scoring.isolate import concat_parts, isolate_failures
 
 BatchCall = Callable[[Sequence[bytes]], Dict[str, np.ndarray]]
-
-
-class ModelResult(NamedTuple):
-    indices: List[int]  # chunk positions this model scored, ascending
-    outputs: Dict[str, np.ndarray]  # each [len(indices), ...]
-
-
-class GraphScore(NamedTuple):
-    keys: List[str]  # final key per chunk position
-    records: List[bytes]
-    models: Dict[str, ModelResult]  # in graph order; a model that scored nothing is absent
-    dead: List[Dict[str, Any]]
-    sources: Optional[List[dict]] = None  # the chunk's record sources (--with_source)
-
-    def row_positions(self) -> List[int]:
-        """Chunk positions with at least one model's outputs (one prediction row each)."""
-        return covered_positions(self.models, len(self.keys))
-
-
-def covered_positions(models: Mapping[str, ModelResult], count: int) -> List[int]:
-    everyone = list(range(count))
-    if models and all(result.indices == everyone for result in models.values()):
-        return everyone  # the common case: every model scored every record
-    return sorted({i for result in models.values() for i in result.indices})
 
 
 def _feature_specs(node: GraphNode):
@@ -71,9 +54,22 @@ def _score_whole_chunk(graph: ModelGraph, calls: Mapping[str, BatchCall], record
     return results
 
 
-def _with_model(row: Dict[str, Any], model: str) -> Dict[str, Any]:
-    row["model"] = model
-    return row
+class ChunkDeadLetters:
+    """Builds the chunk's dead letters: the record's final key, original bytes and source."""
+
+    def __init__(self, chunk: RecordChunk, keys: Sequence[str]):
+        self.chunk, self.keys, self.rows = chunk, keys, []
+
+    def add(self, i: int, stage: str, error: Any, model: Optional[str] = None, error_type: Optional[str] = None):
+        self.rows.append(dead_letter(stage, error, key=self.keys[i], raw=self.chunk.records[i],
+                                     source=self.chunk.source(i), model=model, error_type=error_type))
+
+    def model_failure(self, i: int, error: BaseException, node: GraphNode, model_input: bytes):
+        self.rows.append(model_failure_dead_letter(
+            error, self.keys[i], self.chunk.records[i], node.model.feature_spec, node.name,
+            self.chunk.source(i)) if model_input == self.chunk.records[i] else
+            dead_letter(INFER, error, key=self.keys[i], raw=self.chunk.records[i],
+                        source=self.chunk.source(i), model=node.name))
 
 
 def _model_input(node: GraphNode, i: int, record: bytes, results: Mapping[str, ModelResult],
@@ -84,94 +80,88 @@ def _model_input(node: GraphNode, i: int, record: bytes, results: Mapping[str, M
     return bridged_record(record, values, _feature_specs(node))
 
 
-def _score_node_by_record(node: GraphNode, call: BatchCall, chunk_keys: Sequence[str],
-                          records: Sequence[bytes], alive: Sequence[int],
-                          results: Mapping[str, ModelResult], dead: List[Dict[str, Any]]
-                          ) -> Optional[ModelResult]:
+def _score_node_by_record(node: GraphNode, call: BatchCall, records: Sequence[bytes], alive: Sequence[int],
+                          results: Mapping[str, ModelResult], letters: ChunkDeadLetters) -> Optional[ModelResult]:
     rows = {name: {pos: row for row, pos in enumerate(results[name].indices)}
             for name in node.sources if name in results}
     inputs: Dict[int, bytes] = {}
     for i in alive:
-        key = chunk_keys[i]
         missing = [s for s in node.sources if i not in rows.get(s, {})]
         if missing:
-            dead.append(dead_letter(
-                INFER, f"not run: its input comes from model {missing[0]!r}, which has no output for "
-                f"this record", key=key, raw=records[i], model=node.name, error_type="UpstreamModelFailed"))
+            letters.add(i, INFER, f"not run: its input comes from model {missing[0]!r}, which has no "
+                        f"output for this record", model=node.name, error_type="UpstreamModelFailed")
             continue
         try:
-            inputs[i] = _model_input(node, i, records[i], results, rows)
-            validate_example(inputs[i], node.model.feature_spec)
+            model_input = _model_input(node, i, records[i], results, rows)
+            validate_example(model_input, node.model.feature_spec)
+            inputs[i] = model_input
         except BridgeError as e:
-            dead.append(dead_letter(CONVERT, e, key=key, raw=records[i], model=node.name))
-            inputs.pop(i, None)
+            letters.add(i, CONVERT, e, model=node.name)
         except RecordError as e:
-            dead.append(_with_model(record_dead_letter(e, key, inputs[i]), node.name))
-            del inputs[i]
+            letters.add(i, e.stage, e, model=node.name)
     parts, failures = isolate_failures(lambda positions: call([inputs[i] for i in positions]), list(inputs))
     for i, error in failures:
-        dead.append(_with_model(model_failure_dead_letter(
-            error, chunk_keys[i], inputs[i], node.model.feature_spec, node.name), node.name))
+        letters.model_failure(i, error, node, inputs[i])
     indices, outputs = concat_parts(parts)
     return ModelResult(indices, outputs) if indices else None
 
 
 def _score_by_record(graph: ModelGraph, calls: Mapping[str, BatchCall], chunk: RecordChunk,
-                     key_feature: Optional[str]):
-    keys, records = list(chunk.keys), list(chunk.records)
-    dead: List[Dict[str, Any]] = []
+                     key_feature: Optional[str], letters: ChunkDeadLetters) -> Dict[str, ModelResult]:
     alive = []
-    for i, record in enumerate(records):
+    for i, record in enumerate(chunk.records):
         try:
             example = parse_example(record)
             if key_feature:
-                keys[i] = key_from_feature(example, key_feature)
+                letters.keys[i] = key_from_feature(example, key_feature)
             alive.append(i)
         except RecordError as e:
-            dead.append(record_dead_letter(e, chunk.keys[i], record))
+            letters.add(i, e.stage, e)
     results: Dict[str, ModelResult] = {}
     for node in graph.nodes:
-        result = _score_node_by_record(node, calls[node.name], keys, records, alive, results, dead)
+        result = _score_node_by_record(node, calls[node.name], chunk.records, alive, results, letters)
         if result is not None:
             results[node.name] = result
-    return keys, results, dead
+    return results
 
 
-def _postprocess(node: GraphNode, result: ModelResult, keys: Sequence[str], records: Sequence[bytes],
-                 dead: List[Dict[str, Any]]) -> Optional[ModelResult]:
-    if not node.postprocess:
+def postprocess_result(model: str, steps: Sequence[Any], result: ModelResult, letters: ChunkDeadLetters
+                       ) -> Optional[ModelResult]:
+    """One model's outputs through its post-processing steps, failing records isolated
+    (postprocess dead letters); None when no record is left."""
+    if not steps:
         return result
 
     def run(rows: Sequence[int]):
-        return apply_steps(node.postprocess, {k: v[np.asarray(rows, dtype=np.int64)]
-                                              for k, v in result.outputs.items()})
+        return apply_steps(steps, {k: v[np.asarray(rows, dtype=np.int64)] for k, v in result.outputs.items()})
 
     parts, failures = isolate_failures(run, range(len(result.indices)))
     for row, error in failures:
-        position = result.indices[row]
-        dead.append(dead_letter(POSTPROCESS, error_text(error), key=keys[position], raw=records[position],
-                                model=node.name, error_type=type(error).__name__))
+        letters.add(result.indices[row], POSTPROCESS, error, model=model)
     rows, outputs = concat_parts(parts)
     return ModelResult([result.indices[r] for r in rows], outputs) if rows else None
 
 
-def score_graph_chunk(graph: ModelGraph, calls: Mapping[str, BatchCall], chunk: RecordChunk,
-                      key_feature: Optional[str] = None) -> GraphScore:
-    """Every model of the graph on one chunk; calls maps model name -> batch call."""
+def score_chunk(graph: ModelGraph, calls: Mapping[str, BatchCall], chunk: RecordChunk,
+                key_feature: Optional[str] = None) -> ScoredChunk:
+    """Every model of the graph on one chunk; calls maps model name -> batch call.
+
+    key_feature: read each record's key from this feature (bytes or int64) instead of chunk.keys.
+    """
     keys = keys_by_feature(chunk.records, key_feature) if key_feature else list(chunk.keys)
     results = None
     if keys is not None:
         try:
             results = _score_whole_chunk(graph, calls, chunk.records)
-            dead: List[Dict[str, Any]] = []
         except Exception:  # pylint: disable=broad-except  # sorted out record by record below
             results = None
+    letters = ChunkDeadLetters(chunk, list(chunk.keys) if results is None else keys)
     if results is None:
-        keys, results, dead = _score_by_record(graph, calls, chunk, key_feature)
+        results = _score_by_record(graph, calls, chunk, key_feature, letters)
     finished: Dict[str, ModelResult] = {}
     for node in graph.nodes:
         if node.name in results:
-            done = _postprocess(node, results[node.name], keys, chunk.records, dead)
+            done = postprocess_result(node.name, node.postprocess, results[node.name], letters)
             if done is not None:
                 finished[node.name] = done
-    return GraphScore(keys, list(chunk.records), finished, dead, chunk.sources)
+    return ScoredChunk(letters.keys, list(chunk.records), finished, letters.rows, chunk.sources)

@@ -14,9 +14,10 @@ import apache_beam as beam
 import orjson
 from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 
-from transforms.runtime import metrics
-from transforms.sinks.bigquery_schema import fit_record
+from transforms.graph.model import ModelGraph, record_spec
 from transforms.records.dead_letters import WRITE, dead_letter
+from transforms.runtime.accounting import AccountedDoFn
+from transforms.sinks.bigquery_schema import fit_record, prediction_schema
 
 STREAMING_INSERTS, FILE_LOADS, STORAGE_WRITE_API = "STREAMING_INSERTS", "FILE_LOADS", "STORAGE_WRITE_API"
 WRITE_METHODS = (STREAMING_INSERTS, FILE_LOADS, STORAGE_WRITE_API)
@@ -24,13 +25,22 @@ WRITE_METHODS = (STREAMING_INSERTS, FILE_LOADS, STORAGE_WRITE_API)
 
 def refused_row_dead_letter(failed: Any) -> Dict[str, Any]:
     """The dead letter of a prediction row BigQuery refused ((destination, row, errors), as
-    WriteToBigQuery reports it); the row no longer counts as a prediction."""
+    WriteToBigQuery reports it): the row as JSON is its raw input."""
     destination, row, errors = (tuple(failed) + (None,))[:3]
-    metrics.counter(metrics.PREDICTIONS_WRITTEN).dec()
-    metrics.dead_letter_counter(WRITE).inc()
-    key = row.get("key") if isinstance(row, Mapping) else None
-    return dead_letter(WRITE, f"BigQuery refused the row for {destination}: {errors}", key=key,
-                       raw=orjson.dumps(row, default=str), error_type="BigQueryInsertError")
+    row = row if isinstance(row, Mapping) else {}
+    return dead_letter(WRITE, f"BigQuery refused the row for {destination}: {errors}", key=row.get("key"),
+                       raw=orjson.dumps(row, default=str), source=row.get("source"),
+                       error_type="BigQueryInsertError")
+
+
+class RefusedRowsFn(AccountedDoFn):
+    """Rows BigQuery refused -> their dead letters; each no longer counts as a prediction."""
+
+
+    def process(self, failed):
+        row = refused_row_dead_letter(failed)
+        self._accounting.refused_prediction(row)
+        yield row
 
 
 class WriteRowsToBigQuery(beam.PTransform):
@@ -64,3 +74,16 @@ class WriteRowsToBigQuery(beam.PTransform):
         if self._method != STREAMING_INSERTS:
             return rows.pipeline | "NoRefusedRows" >> beam.Create([])
         return result.failed_rows_with_errors
+
+
+@beam.ptransform_fn
+def WritePredictionRows(rows, graph: ModelGraph, table: str, method: str = STREAMING_INSERTS,
+                        project: Optional[str] = None, temp_location: Optional[str] = None,
+                        with_source: bool = False):
+    """Prediction row dicts -> `table`, its schema derived from the graph (created if needed);
+    returns the dead letters (stage write) of the rows BigQuery refused. Batch and stream jobs
+    write predictions through this one transform."""
+    spec = {f.name: (f.dtype, f.size) for f in record_spec(graph)}
+    refused = rows | "Write" >> WriteRowsToBigQuery(
+        table, prediction_schema(graph, spec, with_source), method, project, temp_location)
+    return refused | "RefusedRows" >> beam.ParDo(RefusedRowsFn())

@@ -17,26 +17,28 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from transforms.graph.model import INPUTS_FIELD, SOURCE_FIELD, ModelGraph
+from transforms.graph.model import ModelGraph
 from transforms.graph.postprocessors import apply_steps
-from transforms.records.rows import KEY_FIELD
+from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, SOURCE_FIELD
 
+SOURCE_SCHEMA = {"name": SOURCE_FIELD, "type": "RECORD", "mode": "NULLABLE", "fields": [
+    {"name": "file", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "record", "type": "INT64", "mode": "NULLABLE"},
+    {"name": "offset", "type": "INT64", "mode": "NULLABLE"},
+    {"name": "line", "type": "INT64", "mode": "NULLABLE"},
+    {"name": "table", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "query", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "message_id", "type": "STRING", "mode": "NULLABLE"},
+]}
+# transforms.records.dead_letters.FIELDS, with the same source RECORD as prediction rows
 DEAD_LETTER_SCHEMA = {"fields": [
     {"name": "key", "type": "STRING", "mode": "NULLABLE"},
     {"name": "stage", "type": "STRING", "mode": "REQUIRED"},
     {"name": "error_type", "type": "STRING", "mode": "NULLABLE"},
     {"name": "error", "type": "STRING", "mode": "NULLABLE"},
     {"name": "input_base64", "type": "STRING", "mode": "NULLABLE"},
-    {"name": "source", "type": "STRING", "mode": "NULLABLE"},
+    SOURCE_SCHEMA,
     {"name": "model", "type": "STRING", "mode": "NULLABLE"},
-]}
-SOURCE_SCHEMA = {"name": SOURCE_FIELD, "type": "RECORD", "mode": "NULLABLE", "fields": [
-    {"name": "file", "type": "STRING", "mode": "NULLABLE"},
-    {"name": "record", "type": "INT64", "mode": "NULLABLE"},
-    {"name": "line", "type": "INT64", "mode": "NULLABLE"},
-    {"name": "table", "type": "STRING", "mode": "NULLABLE"},
-    {"name": "query", "type": "STRING", "mode": "NULLABLE"},
-    {"name": "message_id", "type": "STRING", "mode": "NULLABLE"},
 ]}
 _FEATURE_TYPES = {"float32": "FLOAT64", "int64": "INT64", "string": "STRING"}
 

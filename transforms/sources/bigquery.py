@@ -24,11 +24,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import apache_beam as beam
 import orjson
 
-from transforms.runtime import metrics
-from transforms.records.dead_letters import CONVERT, DEAD_LETTER_TAG, dead_letter
-from transforms.sources.text import InstanceOptions
+from transforms.records.chunk import DEFAULT_CHUNK_SIZE, RecordChunk, split_by_bytes
+from transforms.records.dead_letters import CONVERT, DEAD_LETTER_TAG, WithDeadLetters, dead_letter
+from transforms.runtime.accounting import AccountedDoFn
 from transforms.sources.instances import ConversionError
-from transforms.records.chunk import RecordChunk
+from transforms.sources.text import InstanceOptions
 
 DIRECT_READ, EXPORT = "DIRECT_READ", "EXPORT"
 READ_METHODS = (DIRECT_READ, EXPORT)
@@ -83,55 +83,50 @@ def row_to_record(row: Dict[str, Any], options: InstanceOptions) -> Tuple[str, b
     return options.key_of(row), options.convert(row)
 
 
-class RowsToRecordsFn(beam.DoFn):
-    """Rows (or lists of rows, when chunking) -> (key, bytes) or RecordChunks + dead letters."""
+class RowsToRecordsFn(AccountedDoFn):
+    """Lists of rows -> a RecordChunk each (records sourced {"table"} or {"query"}) + dead letters."""
 
-    def __init__(self, options: InstanceOptions, source: Dict[str, str], chunked: bool,
-                 with_source: bool = False):
+    def __init__(self, options: InstanceOptions, source: Dict[str, str], chunk_bytes: Optional[int] = None):
         self._options = options
         self._source = source
-        self._chunked = chunked
-        self._with_source = with_source
+        self._chunk_bytes = chunk_bytes
 
-    def _convert(self, rows: List[Dict[str, Any]]):
+
+    def process(self, rows: List[Dict[str, Any]]):
         keys, records = [], []
+        self._accounting.read(len(rows))
         for row in rows:
-            metrics.counter(metrics.RECORDS_READ).inc()
             try:
                 key, record = row_to_record(row, self._options)
             except ConversionError as e:
-                metrics.dead_letter_counter(CONVERT).inc()
-                key = self._options.key_or_none(row)
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-                    CONVERT, e, key=key, raw=row_bytes(row), source=next(iter(self._source.values()))))
+                dead = dead_letter(CONVERT, e, key=self._options.key_or_none(row), raw=row_bytes(row),
+                                   source=self._source)
+                self._accounting.dead_letters([dead])
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
                 continue
             keys.append(key)
             records.append(record)
-        metrics.PROGRESS.add(metrics.RECORDS_READ, len(rows))
-        if not self._chunked:
-            yield from zip(keys, records)
-        elif keys:
-            yield RecordChunk(keys, records, [self._source] * len(keys) if self._with_source else None)
-
-    def process(self, element):
-        yield from self._convert(element if self._chunked else [element])
+        for offset, part in split_by_bytes(records, self._chunk_bytes) if self._chunk_bytes else [(0, records)]:
+            if part:
+                yield RecordChunk(keys[offset:offset + len(part)], part, [self._source] * len(part))
 
 
 class ReadKeyedBigQueryRows(beam.PTransform):
-    """Reads a BigQuery table or query as keyed records: (records, dead letters).
+    """Reads a BigQuery table or query as RecordChunks: WithDeadLetters(chunks, dead letters).
 
     columns: the columns to read (the key, the features, passthrough ones); DIRECT_READ on a table
-    reads only those. chunk_size: emit RecordChunks of up to that many records (the fast path).
+    reads only those. Rows are batched into chunks of up to chunk_size records, split further so a
+    chunk holds at most chunk_bytes of serialized examples (a larger record is a chunk of its own).
     """
 
     def __init__(self, source: BigQueryInput, options: InstanceOptions, columns: Tuple[str, ...],
-                 chunk_size: Optional[int] = None, with_source: bool = False):
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_bytes: Optional[int] = None):
         super().__init__()
         self._input = source
         self._options = options
         self._columns = tuple(columns)
         self._chunk_size = chunk_size
-        self._with_source = with_source
+        self._chunk_bytes = chunk_bytes
 
     def _read(self):
         kwargs = {"method": self._input.method, "project": self._input.project}
@@ -144,10 +139,9 @@ class ReadKeyedBigQueryRows(beam.PTransform):
         return beam.io.ReadFromBigQuery(query=self._input.query, use_standard_sql=True, **kwargs)
 
     def expand(self, pbegin):
-        rows = pbegin | "ReadFromBigQuery" >> self._read()
-        if self._chunk_size:
-            rows = rows | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._chunk_size)
-        result = rows | "RowsToExamples" >> beam.ParDo(RowsToRecordsFn(
-            self._options, self._input.source, bool(self._chunk_size), self._with_source)
-        ).with_outputs(DEAD_LETTER_TAG, main="records")
-        return result.records, result[DEAD_LETTER_TAG]
+        result = (pbegin
+                  | "ReadFromBigQuery" >> self._read()
+                  | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._chunk_size)
+                  | "RowsToExamples" >> beam.ParDo(RowsToRecordsFn(self._options, self._input.source, self._chunk_bytes)
+                                                   ).with_outputs(DEAD_LETTER_TAG, main="records"))
+        return WithDeadLetters(result.records, result[DEAD_LETTER_TAG])

@@ -1,113 +1,68 @@
-"""Pub/Sub messages <-> keyed records, prediction messages and dead-letter messages. Pure.
+"""Pub/Sub messages -> stream records (+ dead letters), and latency-bounded batches of them.
 
-A request message holds one instance: a serialized tf.Example (payload format `example`) or a
-JSON object of features converted by the model's feature spec (`json`, transforms.sources.instances). Its
-key is a message attribute (--key_attribute) or else the message id. A prediction message carries
-the prediction row as JSON and the key as an attribute, so callers match results to requests. A
-dead-letter message carries the original payload and attributes unchanged, plus attributes that
-say why (error_stage, error_type, error, key, message_id).
+MessagesToRecordsFn turns each PubsubMessage into a StreamRecord (transforms.sources.messages) or
+a dead letter (read: too large; decode: not JSON; convert: features that do not fit, no key
+attribute). BatchRecords closes a batch when it holds max_batch_size records or when its first
+record has waited max_batch_latency_s, so a trickle is not held back and a burst is still
+batched (Beam's GroupIntoBatches: state and a processing-time timer per shard; Dataflow shards
+the key itself).
 """
 
-import hashlib
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
+import time
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 
-import orjson
+import apache_beam as beam
 
 from models.feature_spec import Feature
-from transforms.sources.instances import ConversionError, instance_to_example
-
-EXAMPLE, JSON = "example", "json"
-PAYLOAD_FORMATS = (EXAMPLE, JSON)
-KEY_ATTRIBUTE, MESSAGE_ID_ATTRIBUTE = "key", "message_id"
-# Pub/Sub limits an attribute value to 1024 bytes; error texts are cut to fit.
-MAX_ATTRIBUTE_BYTES = 1024
+from transforms.records.dead_letters import DEAD_LETTER_TAG, dead_letter
+from transforms.runtime.accounting import AccountedDoFn
+from transforms.sources.messages import EXAMPLE, MessageError, message_id_of, message_to_record
 
 
-class StreamRecord(NamedTuple):
-    message_id: str  # unique per message: how results and dead letters find their message
-    key: str  # the caller's key (attribute) or the message id
-    example: bytes  # the serialized tf.Example the models see
-    payload: bytes  # the message as received, for its dead letter
+class DeadLetter(NamedTuple):
+    """A stream's dead letter: the row, and what its dead-letter message needs besides."""
+    row: Dict[str, Any]  # the dead-letter row (transforms.records.dead_letters)
+    payload: bytes  # the message as received
     attributes: Dict[str, str]
+    message_id: str
 
 
-class MessageError(ValueError):
-    """A message that is not a request: stage read (too large), decode (not JSON) or convert."""
+class MessagesToRecordsFn(AccountedDoFn):
+    """PubsubMessage -> StreamRecord, or a DeadLetter (stage read, decode or convert)."""
 
-    def __init__(self, stage: str, message: str, key: Optional[str] = None):
-        super().__init__(message)
-        self.stage = stage
-        self.key = key
-
-
-def message_id_of(message_id: Optional[str], payload: bytes, attributes: Mapping[str, str]) -> str:
-    """The message id; where a runner gives none, a digest of the message (stable on redelivery)."""
-    if message_id:
-        return str(message_id)
-    digest = hashlib.sha256(payload + orjson.dumps(dict(attributes), option=orjson.OPT_SORT_KEYS))
-    return "sha256:" + digest.hexdigest()[:32]
+    def __init__(self, spec: Sequence[Feature], payload_format: str = EXAMPLE,
+                 key_attribute: Optional[str] = None, max_payload_bytes: Optional[int] = None):
+        self._spec = tuple(spec)
+        self._payload_format = payload_format
+        self._key_attribute = key_attribute
+        self._max_payload_bytes = max_payload_bytes
 
 
-def payload_to_example(payload: bytes, payload_format: str, spec: Sequence[Feature]) -> bytes:
-    """The tf.Example bytes of a payload; raises MessageError. Example payloads pass as they are
-    (the scoring stage validates them and dead-letters what does not parse)."""
-    if payload_format == EXAMPLE:
-        return payload
-    try:
-        instance = orjson.loads(payload)
-    except orjson.JSONDecodeError as e:
-        raise MessageError("decode", f"payload is not JSON ({e})") from e
-    if not isinstance(instance, dict):
-        raise MessageError("decode", f"payload is a JSON {type(instance).__name__}, expected an object of features")
-    try:
-        return instance_to_example(instance, spec, keep_extra=True)
-    except ConversionError as e:
-        raise MessageError("convert", str(e)) from e
+    def process(self, message):
+        payload, attributes = message.data or b"", dict(message.attributes or {})
+        message_id = message_id_of(message.message_id, payload, attributes)
+        self._accounting.read(1)
+        try:
+            yield message_to_record(payload, attributes, message_id, self._spec, self._payload_format,
+                                    self._key_attribute, self._max_payload_bytes)
+        except MessageError as e:
+            row = dead_letter(e.stage, e, key=e.key, raw=payload, source={"message_id": message_id})
+            self._accounting.dead_letters([row])
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(row, payload, attributes, message_id))
 
 
-def message_to_record(payload: bytes, attributes: Optional[Mapping[str, str]], message_id: str,
-                      spec: Sequence[Feature], payload_format: str = EXAMPLE,
-                      key_attribute: Optional[str] = None,
-                      max_payload_bytes: Optional[int] = None) -> StreamRecord:
-    """One request message as a StreamRecord; raises MessageError (with the key when known)."""
-    attributes = dict(attributes or {})
-    key = message_id
-    if key_attribute:
-        if not attributes.get(key_attribute):
-            raise MessageError("convert", f"the message has no {key_attribute!r} attribute (the key)")
-        key = attributes[key_attribute]
-    if max_payload_bytes and len(payload) > max_payload_bytes:
-        raise MessageError("read", f"payload of {len(payload):,} bytes is over --max_payload_bytes "
-                                   f"{max_payload_bytes:,}", key)
-    try:
-        example = payload_to_example(payload, payload_format, spec)
-    except MessageError as e:
-        e.key = key
-        raise
-    return StreamRecord(message_id, key, example, payload, attributes)
+class BatchRecords(beam.PTransform):
+    """Records -> (shard, [records]) batches of at most max_batch_size, each closed at the latest
+    max_batch_latency_s after its first record (processing time, read from `clock`)."""
 
+    def __init__(self, max_batch_size: int, max_batch_latency_s: float, clock: Callable[[], float] = time.time):
+        super().__init__()
+        self._max_batch_size = max_batch_size
+        self._max_batch_latency_s = max_batch_latency_s
+        self._clock = clock
 
-def _fit_attribute(text: str) -> str:
-    data = text.encode("utf-8")
-    if len(data) <= MAX_ATTRIBUTE_BYTES:
-        return text
-    return data[:MAX_ATTRIBUTE_BYTES - 3].decode("utf-8", errors="ignore") + "..."
-
-
-def dead_letter_message(row: Mapping[str, Any], payload: bytes, attributes: Mapping[str, str],
-                        message_id: str) -> Tuple[bytes, Dict[str, str]]:
-    """(data, attributes) of a dead-letter message: the original payload and attributes, and
-    error_stage, error_type, error (cut to Pub/Sub's attribute limit), key, message_id, model."""
-    out = dict(attributes)
-    out.update({"error_stage": row["stage"], "error_type": str(row.get("error_type")),
-                "error": _fit_attribute(str(row.get("error"))), MESSAGE_ID_ATTRIBUTE: message_id})
-    if row.get("key") is not None:
-        out[KEY_ATTRIBUTE] = _fit_attribute(str(row["key"]))
-    if row.get("model"):
-        out["model"] = str(row["model"])
-    return payload, out
-
-
-def prediction_message(row: Mapping[str, Any], message_id: str) -> Tuple[bytes, Dict[str, str]]:
-    """(data, attributes) of a prediction: the row as JSON; the key and message id as attributes."""
-    return orjson.dumps(row), {KEY_ATTRIBUTE: _fit_attribute(str(row["key"])), MESSAGE_ID_ATTRIBUTE: message_id}
+    def expand(self, records):
+        return (records
+                | "Keyed" >> beam.Map(lambda record: (0, record))
+                | "Batch" >> beam.GroupIntoBatches.WithShardedKey(
+                    self._max_batch_size, max_buffering_duration_secs=self._max_batch_latency_s, clock=self._clock))

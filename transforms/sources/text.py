@@ -15,12 +15,12 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from models.feature_spec import Feature
-from transforms.runtime import metrics
-from transforms.records.dead_letters import DEAD_LETTER_TAG, dead_letter
+from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, RecordChunk
+from transforms.records.dead_letters import CONVERT, DEAD_LETTER_TAG, dead_letter
+from transforms.runtime.accounting import AccountedDoFn
+from transforms.sources.files import expand_patterns, read_files
 from transforms.sources.instances import ConversionError, instance_key, instance_to_example, select_fields
-from transforms.records.chunk import RecordChunk
 from transforms.sources.text_formats import CSV, JSONL, InstanceError, iter_csv, iter_jsonl
-from transforms.sources.tfrecord import expand_patterns, read_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,31 +90,32 @@ def keyed_examples(path: str, name: str, fmt: str, options: InstanceOptions
     for line, instance, raw in iter_file_instances(path, fmt, options.spec):
         fields = instance.fields if isinstance(instance, InstanceError) else instance
         key = options.key_or_none(fields) or f"{name}:{line}"  # its own key names its dead letter too
+        source = {"file": path, "line": line}
         if isinstance(instance, InstanceError):
-            yield line, key, dead_letter(instance.stage, instance, key=key, raw=raw,
-                                         source=f"{path}:{line}"), raw
+            yield line, key, dead_letter(instance.stage, instance, key=key, raw=raw, source=source), raw
             continue
         try:
             if options.image_columns:
                 instance = read_image_columns(instance, options.image_columns, FileSystems.split(path)[0])
             example = options.convert(instance)
         except ConversionError as e:
-            yield line, key, dead_letter("convert", ConversionError(f"line {line}: {e}"), key=key, raw=raw,
-                                         source=f"{path}:{line}"), raw
+            yield line, key, dead_letter(CONVERT, ConversionError(f"line {line}: {e}"), key=key, raw=raw,
+                                         source=source), raw
             continue
         yield line, key, example, raw
 
 
-class ReadInstancesFn(beam.DoFn):
-    """(path, key name) -> RecordChunks (or (key, bytes) when chunk_size is None) + dead letters."""
+class ReadInstancesFn(AccountedDoFn):
+    """(path, key name) -> RecordChunks of up to chunk_size records (and chunk_bytes of input),
+    each record sourced {"file", "line"}; dead letters (decode, convert) per bad instance."""
 
-    def __init__(self, fmt: str, options: InstanceOptions, chunk_size: Optional[int] = None,
-                 chunk_bytes: Optional[int] = None, with_source: bool = False):
+    def __init__(self, fmt: str, options: InstanceOptions, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES):
         self._fmt = fmt
         self._options = options
         self._chunk_size = chunk_size
         self._chunk_bytes = chunk_bytes
-        self._with_source = with_source
+
 
     def process(self, element):
         path, name = element
@@ -123,41 +124,36 @@ class ReadInstancesFn(beam.DoFn):
         sources: List[dict] = []
         size = 0
         for line, key, example, _ in keyed_examples(path, name, self._fmt, self._options):
-            metrics.counter(metrics.RECORDS_READ).inc()
-            metrics.PROGRESS.add(metrics.RECORDS_READ, 1)
+            self._accounting.read(1)
             if isinstance(example, dict):
-                metrics.dead_letter_counter(example["stage"]).inc()
+                self._accounting.dead_letters([example])
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, example)
-                continue
-            if self._chunk_size is None:
-                yield key, example
                 continue
             keys.append(key)
             records.append(example)
             sources.append({"file": path, "line": line})
             size += len(example)
             if len(keys) >= self._chunk_size or (self._chunk_bytes and size >= self._chunk_bytes):
-                yield RecordChunk(keys, records, sources if self._with_source else None)
+                yield RecordChunk(keys, records, sources)
                 keys, records, sources, size = [], [], [], 0
         if keys:
-            yield RecordChunk(keys, records, sources if self._with_source else None)
+            yield RecordChunk(keys, records, sources)
 
 
 class ReadKeyedInstances(beam.PTransform):
     """Reads JSON Lines or CSV files matching the patterns as keyed tf.Example records.
 
-    Returns (records, dead_letters), records as ReadKeyedTFRecords gives them. The patterns are
-    expanded at construction so an empty glob fails before the pipeline starts.
+    Returns WithDeadLetters(RecordChunks, dead letters), chunks as ReadKeyedTFRecords gives them.
+    The patterns are expanded at construction so an empty glob fails before the pipeline starts.
     """
 
     def __init__(self, patterns: Sequence[str], fmt: str, options: InstanceOptions,
-                 chunk_size: Optional[int] = None, chunk_bytes: Optional[int] = None,
-                 with_source: bool = False):
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES):
         super().__init__()
         if fmt not in (JSONL, CSV):
             raise ValueError(f"instance format {fmt!r} is not {JSONL} or {CSV}")
         self._paths = expand_patterns(list(patterns))
-        self._fn = ReadInstancesFn(fmt, options, chunk_size, chunk_bytes, with_source)
+        self._fn = ReadInstancesFn(fmt, options, chunk_size, chunk_bytes)
 
     @property
     def paths(self) -> List[str]:

@@ -1,0 +1,155 @@
+"""What a job is, from its flags: BatchJob and StreamJob, and the model graph both score with.
+
+Config (these dataclasses), build (build_pipeline in each entry point) and run stay separate, so
+tests build the same pipeline from a job that the command line builds.
+"""
+
+import dataclasses
+import sys
+from typing import List, Optional, Tuple
+
+from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+from models.serving_model import load_serving_models
+from pipelines import manifest
+from pipelines.bigquery_io import BIGQUERY, BigQuerySettings, settings_from_options
+from pipelines.inputs import input_format_of
+from pipelines.options import (BatchInferOptions, OptionsError, StreamInferOptions, check_options,
+                              check_stream_options, field_list)
+from transforms.graph.file import load_graph_file
+from transforms.graph.model import ModelGraph, chain_graph, parallel_graph
+from transforms.runtime.gpu import GPU_BATCH, GpuSettings
+from transforms.scoring.engines import DEFAULT_ENGINE
+from transforms.sinks.bigquery import STORAGE_WRITE_API, STREAMING_INSERTS
+from transforms.sources.text_formats import TFRECORD
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+DEFAULT_STREAM_BATCH_SIZE = 256
+
+
+def graph_from_options(opts: BatchInferOptions) -> ModelGraph:
+    """The models to run: --graph FILE, or --model (one or several, in parallel or --chain)."""
+    passthrough = [p.strip() for p in (opts.passthrough or "").split(",") if p.strip()]
+    if opts.graph:
+        graph = load_graph_file(opts.graph, opts.engine, opts.signature)
+        if passthrough:
+            graph = dataclasses.replace(graph, passthrough=tuple(passthrough))
+        return graph
+    models = load_serving_models(opts.model, opts.signature)
+    build = chain_graph if opts.chain else parallel_graph
+    return build(models, opts.engine, passthrough)
+
+
+@dataclasses.dataclass
+class BatchJob:
+    inputs: List[str]
+    graph: ModelGraph  # one model is a graph of one node
+    output: Optional[str]
+    errors: Optional[str]
+    key_feature: Optional[str] = None
+    output_format: str = "jsonl"
+    engine: str = DEFAULT_ENGINE
+    max_batch_size: Optional[int] = None
+    max_batch_bytes: Optional[int] = None
+    num_shards: int = 0
+    row_per_model: bool = False
+    input_format: str = TFRECORD
+    included_fields: Tuple[str, ...] = ()
+    excluded_fields: Tuple[str, ...] = ()
+    with_source: bool = False
+    bigquery: BigQuerySettings = BigQuerySettings()
+    manifest: Optional[str] = None  # the run manifest's path (None: none is written)
+    gpu: GpuSettings = GpuSettings()  # applied by the scoring DoFns before the models load
+
+    @property
+    def scoring_key_feature(self) -> Optional[str]:
+        """The key feature read from each example; JSON/CSV/BigQuery readers key records themselves."""
+        return self.key_feature if self.input_format == TFRECORD else None
+
+    @property
+    def writes_prediction_logs(self) -> bool:
+        return self.output_format == "tfrecord"
+
+
+def prediction_log_problem(job: BatchJob) -> Optional[str]:
+    """Why --output_format tfrecord cannot write this job's PredictionLogs, or None."""
+    node = job.graph.nodes[0]
+    if len(job.graph.nodes) > 1 or node.postprocess or job.graph.passthrough or job.row_per_model \
+            or job.with_source:
+        return ("--output_format tfrecord writes one model's PredictionLogs; a graph (several models, "
+                "post-processing, passthrough, --row_per_model, --with_source) writes jsonl")
+    if node.model.method != PREDICT_METHOD and node.engine == "fast":
+        return (f"--output_format tfrecord with the fast engine writes predict logs; the signature's "
+                f"method is {node.model.method}: use --engine tfx-bsl")
+    return None
+
+
+def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions] = None,
+                     gpu: GpuSettings = GpuSettings(), gpu_batches: bool = False) -> BatchJob:
+    """gpu_batches: the job runs on GPU workers, so batch sizes the user left unset get GPU defaults."""
+    check_options(opts)
+    if opts.min_batch_size is not None:
+        print("warning: --min_batch_size is deprecated and has no effect: every job scores chunks of up "
+              "to --max_batch_size records and --max_batch_bytes of input", file=sys.stderr)
+    graph = graph_from_options(opts)
+    cloud = cloud or GoogleCloudOptions([])
+    bigquery = settings_from_options(opts, cloud.project or ("local" if opts.bigquery_emulator else None),
+                                     cloud.temp_location)
+    errors = opts.errors or (f"{opts.output}.errors" if opts.output else None)
+    job = BatchJob(inputs=list(opts.input or []), graph=graph, output=opts.output,
+                   errors=errors, key_feature=opts.key_feature or opts.key_column,
+                   output_format=opts.output_format, engine=opts.engine,
+                   max_batch_size=opts.max_batch_size, max_batch_bytes=opts.max_batch_bytes,
+                   num_shards=opts.num_shards, gpu=gpu, row_per_model=opts.row_per_model,
+                   input_format=BIGQUERY if bigquery.source else input_format_of(opts.input, opts.input_format),
+                   included_fields=field_list(opts.included_fields),
+                   excluded_fields=field_list(opts.excluded_fields), with_source=opts.with_source,
+                   bigquery=bigquery,
+                   manifest=opts.manifest or (manifest.manifest_path(opts.output) if opts.output else None))
+    if gpu_batches:
+        job.max_batch_size = job.max_batch_size or GPU_BATCH.max_batch_size
+        job.max_batch_bytes = job.max_batch_bytes or GPU_BATCH.max_batch_bytes
+    if job.input_format in (TFRECORD, BIGQUERY) and (job.included_fields or job.excluded_fields):
+        raise OptionsError("--included_fields/--excluded_fields apply to JSON Lines and CSV inputs "
+                           "(BigQuery: --feature_columns)")
+    if job.writes_prediction_logs and (problem := prediction_log_problem(job)):
+        raise OptionsError(problem)
+    return job
+
+
+@dataclasses.dataclass
+class StreamJob:
+    graph: ModelGraph
+    input_subscription: Optional[str]
+    input_topic: Optional[str]
+    output_topic: Optional[str]
+    errors_topic: Optional[str]
+    output_table: Optional[str]
+    errors_table: Optional[str]
+    payload_format: str
+    key_attribute: Optional[str]
+    max_payload_bytes: Optional[int]
+    max_batch_size: int
+    max_batch_latency_s: float
+    with_source: bool
+    bigquery_write_method: str
+    project: Optional[str] = None
+    gpu: GpuSettings = GpuSettings()
+
+
+def stream_job_from_options(stream: StreamInferOptions, shared: BatchInferOptions, project: Optional[str],
+                            gpu: GpuSettings = GpuSettings(), on_gpus: bool = False) -> StreamJob:
+    """The stream's job; shared holds the flags it has in common with batch_infer (models, engine,
+    batch size, BigQuery tables). Raises OptionsError before any model loads."""
+    check_stream_options(stream, shared)
+    default_batch = GPU_BATCH.stream_max_batch_size if on_gpus else DEFAULT_STREAM_BATCH_SIZE
+    # load jobs need a triggering frequency; a stream inserts rows
+    method = STORAGE_WRITE_API if shared.bigquery_write_method.upper() == STORAGE_WRITE_API else STREAMING_INSERTS
+    return StreamJob(
+        graph=graph_from_options(shared), input_subscription=stream.input_subscription,
+        input_topic=stream.input_topic, output_topic=stream.output_topic, errors_topic=stream.errors_topic,
+        output_table=shared.output_table, errors_table=shared.errors_table,
+        payload_format=stream.payload_format, key_attribute=stream.key_attribute,
+        max_payload_bytes=stream.max_payload_bytes, max_batch_size=shared.max_batch_size or default_batch,
+        max_batch_latency_s=stream.max_batch_latency_ms / 1000.0, with_source=shared.with_source,
+        bigquery_write_method=method, project=project, gpu=gpu)

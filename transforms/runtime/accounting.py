@@ -1,0 +1,93 @@
+"""Accounting: the counters that prove conservation, and the inference metrics, in one place.
+
+    records read (+ read dead letters) = predictions + dead letters, per job
+    records that reached the models = that model's outputs + dead letters naming it, per model
+
+Stages report what happened to their records (read n, these dead letters, n rows, these model
+calls); no other code touches these counters. One Accounting per DoFn instance, created in its
+setup(), updated once per chunk, always on the bundle's thread (Beam's metrics are per thread).
+"""
+
+from typing import Iterable, Mapping, Sequence, Tuple
+
+import apache_beam as beam
+
+from transforms.runtime import metrics
+
+MODEL_OUTPUTS_PREFIX = "model_outputs_"
+MODEL_DEAD_LETTERS_PREFIX = "model_dead_letters_"
+# Beam RunInference's own metric names, so dashboards built for it read ours too
+NUM_INFERENCES = "num_inferences"
+BATCH_SIZE = "inference_request_batch_size"
+BATCH_LATENCY_US = "inference_batch_latency_micro_secs"
+LOAD_LATENCY_MS = "load_model_latency_milli_secs"
+FAILED_BATCHES = "failed_batches_counter"
+REFUSED_DEAD_LETTERS = "errors_table_refused"
+
+
+class Accounting:
+    def __init__(self):
+        self._read = metrics.counter(metrics.RECORDS_READ)
+        self._predictions = metrics.counter(metrics.PREDICTIONS_WRITTEN)
+        self._inferences = metrics.counter(NUM_INFERENCES)
+        self._failed_batches = metrics.counter(FAILED_BATCHES)
+        self._batch_size = metrics.distribution(BATCH_SIZE)
+        self._latency = metrics.distribution(BATCH_LATENCY_US)
+
+    def read(self, n: int) -> None:
+        """n records came out of a source (each is then scored or a dead letter)."""
+        if n:
+            self._read.inc(n)
+            metrics.PROGRESS.add(metrics.RECORDS_READ, n)
+
+    def dead_letters(self, rows: Iterable[Mapping]) -> None:
+        """Dead letters leaving a stage: by stage, and by model when they name one."""
+        for row in rows:
+            metrics.dead_letter_counter(row["stage"]).inc()
+            if row.get("model"):
+                metrics.counter(MODEL_DEAD_LETTERS_PREFIX + row["model"]).inc()
+
+    def predictions(self, n: int) -> None:
+        """n prediction rows (or PredictionLogs) went to the sink."""
+        if n:
+            self._predictions.inc(n)
+            metrics.PROGRESS.add(metrics.PREDICTIONS_WRITTEN, n)
+
+    def model_outputs(self, counts: Mapping[str, int]) -> None:
+        """{model name: records it has outputs for} of one scored chunk."""
+        for name, n in counts.items():
+            metrics.counter(MODEL_OUTPUTS_PREFIX + name).inc(n)
+
+    def model_calls(self, calls: Sequence[Tuple[int, float, bool]]) -> None:
+        """(batch size, seconds, succeeded) of each model call made for one chunk."""
+        for size, seconds, succeeded in calls:
+            if succeeded:
+                self._inferences.inc(size)
+                self._batch_size.update(size)
+                self._latency.update(int(seconds * 1e6))
+            else:
+                self._failed_batches.inc()
+
+    def model_loaded(self, seconds: float) -> None:
+        metrics.distribution(LOAD_LATENCY_MS).update(int(seconds * 1e3))
+
+    def refused_prediction(self, dead_letter: Mapping) -> None:
+        """A row the sink refused after it was counted: no longer a prediction, now a dead letter."""
+        self._predictions.dec()
+        self.dead_letters([dead_letter])
+
+    def refused_dead_letter(self) -> None:
+        """A dead letter its own sink refused (logged in full by the caller)."""
+        metrics.counter(REFUSED_DEAD_LETTERS).inc()
+
+    def stream_batch(self, n: int) -> None:
+        metrics.distribution(metrics.STREAM_BATCH_SIZE).update(n)
+
+
+class AccountedDoFn(beam.DoFn):
+    """A DoFn that reports to its own Accounting, made in setup() on the worker."""
+
+    _accounting: Accounting
+
+    def setup(self):
+        self._accounting = Accounting()
