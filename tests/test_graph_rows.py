@@ -66,3 +66,12 @@ def test_row_per_model_and_passthrough_rows():
         {"key": "a", "model": "m", "outputs": {"y": 1.5}, "inputs": {"id": "first", "v": [1, 2]}},
         {"key": "b", "model": "m", "outputs": {"y": 2.5}, "inputs": {"id": None, "v": None}},
         {"key": "b", "model": "n", "outputs": {"y": 3.5}, "inputs": {"id": None, "v": None}}]
+
+
+def test_one_model_that_scored_part_of_a_chunk_keys_each_row_by_its_own_record():
+    keys = ["a", "b", "c", "d", "e"]
+    models = {"m": ModelResult([0, 2, 3], {"y": np.float32([[1.0], [3.0], [4.0]])})}
+    rows = [json.loads(line) for line in rows_text(keys, models)]
+    assert rows == [{"key": "a", "m": {"y": [1.0]}}, {"key": "c", "m": {"y": [3.0]}}, {"key": "d", "m": {"y": [4.0]}}]
+    everyone = {"m": ModelResult([0, 1, 2, 3, 4], {"y": np.float32([[i] for i in range(5)])})}
+    assert [json.loads(line)["key"] for line in rows_text(keys, everyone)] == keys

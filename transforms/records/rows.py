@@ -160,7 +160,16 @@ def rows_text(keys: Sequence[str], models: Mapping[str, ModelResult], records: S
     models maps model name -> ModelResult (chunk positions, columnar outputs), in graph order.
     """
     positions = covered_positions(models, len(keys))
-    head = ["{" + _dumps(KEY_FIELD) + ':"' + k + '",' for k in key_fragments([keys[i] for i in positions])]
+    key_label = "{" + _dumps(KEY_FIELD) + ':"'
+    if len(models) == 1 and not passthrough and sources is None and not row_per_model:
+        # the common case in one pass: one model that scored every record, nothing else in the row
+        ((name, result),) = models.items()
+        if result.indices == positions:
+            middle = '",' + _dumps(name) + ":"
+            return [key_label + k + middle + f + "}" for k, f in zip(
+                key_fragments(keys if len(positions) == len(keys) else [keys[i] for i in positions]),
+                output_fragments(result.outputs))]
+    head = [key_label + k + '",' for k in key_fragments([keys[i] for i in positions])]
     tails = ["}"] * len(positions)
     if passthrough:
         inputs_label = "," + _dumps(INPUTS_FIELD) + ":"
