@@ -89,6 +89,8 @@ def check_example(example: example_pb2.Example, spec: Sequence[Feature]) -> None
         if kind != expected:
             problems.append(f"feature {f.name!r} is {kind[:-5]}, expected {expected[:-5]} ({f.dtype})")
             continue
+        if f.varlen:  # any number of values
+            continue
         # an empty list of the right kind is not absent: TensorFlow rejects it, default or not
         count = len(getattr(features[f.name], kind).value)
         if count != f.size:
@@ -135,6 +137,9 @@ def golden_values(spec: Sequence[Feature], count: int, seed: int = 0,
                 row[f.name] = golden_image(f.preprocess, i, rng)
             elif f.preprocess is not None:
                 row[f.name] = golden_text((vocabularies or {}).get(f.name), f.preprocess.length, i, rng)
+            elif f.varlen:  # 0 to 3 values: empty lists are valid too
+                row[f.name] = golden_values([Feature(f.name, f.dtype, (3,), f.model_dtype)], 1, seed + i)[0][
+                    f.name][:i % 4]
             elif f.encoding == RAW:
                 values = rng.normal(size=f.shape) * 3
                 if not f.model_dtype.startswith("float"):

@@ -109,11 +109,13 @@ def derive_spec(inputs: Mapping[str, tf.TensorSpec]) -> FeatureSpec:
     return make_spec(features)
 
 
-def parse_features(spec: FeatureSpec) -> Dict[str, tf.io.FixedLenFeature]:
+def parse_features(spec: FeatureSpec) -> Dict[str, object]:
+    """The parse config of a spec: FixedLenFeature per feature, VarLenFeature for varlen ones."""
     features = {}
     for f in spec:
         dtype = tf.string if f.dtype == "string" else tf.as_dtype(f.dtype)
-        features[f.name] = tf.io.FixedLenFeature(list(f.stored_shape), dtype, default_value=f.default)
+        features[f.name] = tf.io.VarLenFeature(dtype) if f.varlen else \
+            tf.io.FixedLenFeature(list(f.stored_shape), dtype, default_value=f.default)
     return features
 
 
@@ -133,6 +135,9 @@ def parse_error(serialized: bytes, spec: FeatureSpec) -> Optional[str]:
 
 def parse_to_dense(examples: tf.Tensor, spec: FeatureSpec) -> Dict[str, tf.Tensor]:
     """The graph side of the spec: parse serialized examples, cast to the model input dtypes."""
+    varlen = [f.name for f in spec if f.varlen]
+    if varlen:
+        raise FeatureSpecError(f"variable-length features {varlen} cannot feed a dense model input")
     parsed = tf.io.parse_example(examples, parse_features(spec))
     dense = {}
     for f in spec:

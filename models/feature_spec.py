@@ -31,7 +31,7 @@ class FeatureSpecError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Feature:
-    """One fixed-length tf.Example feature.
+    """One tf.Example feature: fixed-length (shape), or variable-length (varlen).
 
     dtype is how the value is stored in the tf.Example (float32, int64 or string); model_dtype is
     what the model input expects, reached by a cast inside the serving signature. default, when
@@ -44,6 +44,10 @@ class Feature:
     image bytes or text, dtype string, shape []) that preprocessing inside the signature turns
     into the model input preprocess.input. passthrough says the signature copies the feature's
     parsed value to an output of the same name (it need not be a model input).
+
+    varlen marks a variable-length feature (tf.io.VarLenFeature, a sparse or ragged parse, as TFX
+    and Estimator signatures use): any number of values of its dtype, none or missing allowed.
+    It has no shape, default, encoding or preprocessing.
     """
 
     name: str
@@ -54,11 +58,15 @@ class Feature:
     encoding: Optional[str] = None
     preprocess: Optional[Preprocess] = None
     passthrough: bool = False
+    varlen: bool = False
 
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
             raise FeatureSpecError(
                 f"feature {self.name!r}: dtype {self.dtype!r} is not one of {STORAGE_DTYPES}")
+        if self.varlen and (self.shape or self.default is not None or self.encoding or self.preprocess):
+            raise FeatureSpecError(
+                f"feature {self.name!r}: a variable-length feature has no shape, default, encoding or preprocess")
         if any((not isinstance(d, int)) or d < 1 for d in self.shape):
             raise FeatureSpecError(
                 f"feature {self.name!r}: shape {list(self.shape)} must be fixed positive sizes "
@@ -125,9 +133,11 @@ class Feature:
 
     @property
     def required(self) -> bool:
-        return self.default is None
+        return self.default is None and not self.varlen
 
     def to_json(self) -> Dict[str, Any]:
+        if self.varlen:
+            return {"name": self.name, "dtype": self.dtype, "varlen": True}
         out = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
         if self.model_dtype and self.model_dtype != self.dtype:
             out["model_dtype"] = self.model_dtype
@@ -173,7 +183,7 @@ def feature_from_json(name: Optional[str], obj: Mapping[str, Any]) -> Feature:
     if not name:
         raise FeatureSpecError(f"feature without a name: {obj}")
     unknown = set(obj) - {"name", "dtype", "shape", "model_dtype", "default", "encoding", "preprocess",
-                          "passthrough"}
+                          "passthrough", "varlen"}
     if unknown:
         raise FeatureSpecError(f"feature {name!r}: unknown fields {sorted(unknown)}")
     dtype = obj.get("dtype")
@@ -187,12 +197,12 @@ def feature_from_json(name: Optional[str], obj: Mapping[str, Any]) -> Feature:
         preprocess = preprocess_from_json(obj["preprocess"]) if obj.get("preprocess") else None
     except PreprocessSpecError as e:
         raise FeatureSpecError(f"feature {name!r}: {e}") from e
-    passthrough = obj.get("passthrough", False)
-    if not isinstance(passthrough, bool):
-        raise FeatureSpecError(f"feature {name!r}: passthrough is true or false")
+    passthrough, varlen = obj.get("passthrough", False), obj.get("varlen", False)
+    if not isinstance(passthrough, bool) or not isinstance(varlen, bool):
+        raise FeatureSpecError(f"feature {name!r}: passthrough and varlen are true or false")
     return Feature(name=name, dtype=dtype, shape=tuple(obj.get("shape", ())),
                    model_dtype=model_dtype, default=obj.get("default"), encoding=encoding,
-                   preprocess=preprocess, passthrough=passthrough)
+                   preprocess=preprocess, passthrough=passthrough, varlen=varlen)
 
 
 def spec_from_json(obj: Any) -> FeatureSpec:

@@ -1,8 +1,10 @@
-"""python -m models.inspect DIR: signatures, feature spec and tfx-bsl contract of a SavedModel."""
+"""python -m models.inspect DIR: signatures, feature spec, tfx-bsl contract of a SavedModel, and which
+engines can run it (each loads it as a job would and scores golden examples). Exit 1 when the
+contract fails or an engine cannot run the model."""
 
 import argparse
 import sys
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -56,7 +58,34 @@ def inspect_report(path: str, signature: str = "serving_default") -> (str, bool)
     else:
         lines.append(f"tfx-bsl contract ({signature}): OK (one DT_STRING input; every variable the "
                      "signature reads is restored by the TF1 saver)")
-    return "\n".join(lines), not problems
+    runs = engine_report(version_dir, signature)
+    lines.append(f"engines ({signature}), each loading the model as a job does and scoring golden examples:")
+    lines += [f"  {engine}: {verdict}" for engine, (_, verdict) in runs.items()]
+    return "\n".join(lines), not problems and all(ok for ok, _ in runs.values())
+
+
+def engine_report(version_dir: str, signature: str = "serving_default") -> Dict[str, Tuple[bool, str]]:
+    """{engine: (runs, what happened)}: each engine loads the model the way a job does
+    (transforms.scoring.engines) and scores two golden examples built from the feature spec."""
+    from models.examples import golden_values, make_example
+    from models.serving_model import read_feature_spec
+    from transforms.records.dead_letters import error_text
+    from transforms.scoring.engines import ENGINES
+
+    try:
+        spec, _ = read_feature_spec(version_dir, signature)
+        records = [make_example(v, spec).SerializeToString() for v in golden_values(spec, 2)]
+    except Exception as e:  # pylint: disable=broad-except  # reported, not raised
+        return {engine: (False, f"no golden examples: {e}") for engine in ENGINES}
+    report = {}
+    for engine, load in ENGINES.items():
+        try:
+            call = load(version_dir, signature)
+            outputs = call(records)
+            report[engine] = (True, f"OK ({type(call).__name__}: {', '.join(sorted(outputs))})")
+        except Exception as e:  # pylint: disable=broad-except  # what the engine says, for the report
+            report[engine] = (False, f"cannot run it: {type(e).__name__}: {error_text(e)}")
+    return report
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

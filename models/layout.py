@@ -16,30 +16,34 @@ def is_saved_model_dir(path: str) -> bool:
     return any(tf.io.gfile.exists(os.path.join(path, name)) for name in SAVED_MODEL_FILES)
 
 
-def list_versions(base: str) -> List[int]:
-    """Integer-named subdirectories of base that hold a SavedModel, ascending."""
+def version_names(base: str) -> List[str]:
+    """All-digit subdirectories of base that hold a SavedModel, by number ascending, named as they
+    are on disk (TF Serving's own layout pads them: base/00000123/)."""
     if not tf.io.gfile.isdir(base):
         return []
-    versions = []
-    for entry in tf.io.gfile.listdir(base):
-        name = entry.rstrip("/")
-        if name.isdigit() and is_saved_model_dir(os.path.join(base, name)):
-            versions.append(int(name))
-    return sorted(versions)
+    names = [entry.rstrip("/") for entry in tf.io.gfile.listdir(base)]
+    return sorted((n for n in names if n.isdigit() and is_saved_model_dir(os.path.join(base, n))),
+                  key=lambda n: (int(n), n))
+
+
+def list_versions(base: str) -> List[int]:
+    """The version numbers under base, ascending."""
+    return [int(name) for name in version_names(base)]
 
 
 def resolve_version_dir(path: str) -> str:
-    """A version directory as it is, or a base directory's highest version."""
+    """A version directory as it is, or a base directory's numerically highest version (as TF
+    Serving picks it), its name kept as it is on disk."""
     if not tf.io.gfile.exists(path):
         raise ModelNotFoundError(f"model directory {path} does not exist")
     if is_saved_model_dir(path):
         return path.rstrip("/")
-    versions = list_versions(path)
+    versions = version_names(path)
     if not versions:
         raise ModelNotFoundError(
             f"{path} holds no SavedModel: expected saved_model.pb in it or in a numbered "
             "version subdirectory (base/<version>/saved_model.pb)")
-    return os.path.join(path.rstrip("/"), str(versions[-1]))
+    return os.path.join(path.rstrip("/"), versions[-1])
 
 
 def next_version(base: str) -> int:

@@ -3,13 +3,13 @@
 import dataclasses
 import json
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from models import layout
 from models.contract import contract_problems, serving_meta_graph
-from models.feature_spec import SPEC_FILE, FeatureSpec, spec_from_json
+from models.feature_spec import SPEC_FILE, FeatureSpec, load_spec_file, spec_from_json
 from models.signature_spec import spec_from_signature
 
 DEFAULT_MODEL_NAME = "model"
@@ -52,24 +52,37 @@ def read_feature_spec(export_dir: str, signature: str) -> Tuple[FeatureSpec, str
     return spec_from_signature(export_dir, signature), "signature"
 
 
-def load_serving_model(path: str, name: str = DEFAULT_MODEL_NAME,
-                       signature: str = "serving_default") -> ServingModel:
+def load_serving_model(path: str, name: str = DEFAULT_MODEL_NAME, signature: str = "serving_default",
+                       spec_file: Optional[str] = None) -> ServingModel:
+    """The model at path (a version or base directory), checked; spec_file (a feature spec JSON)
+    replaces the spec read from the model (assets.extra/feature_spec.json or the parse op)."""
     try:
         version_dir = layout.resolve_version_dir(path)
     except layout.ModelNotFoundError as e:
         raise ModelContractError(str(e)) from e
     problems = contract_problems(version_dir, signature)
+    if not problems:
+        problems = fixed_batch_problems(serving_meta_graph(version_dir).signature_def[signature])
     if problems:
         raise ModelContractError(
             f"model {name!r} at {version_dir} cannot run:\n  - " + "\n  - ".join(problems))
     try:
-        spec, source = read_feature_spec(version_dir, signature)
+        spec, source = (load_spec_file(spec_file), spec_file) if spec_file else \
+            read_feature_spec(version_dir, signature)
     except ValueError as e:
         raise ModelContractError(f"model {name!r} at {version_dir}: {e}") from e
     sig = serving_meta_graph(version_dir).signature_def[signature]
     return ServingModel(name=name, path=version_dir, signature=signature, feature_spec=spec,
                         spec_source=source, outputs=tuple(sorted(sig.outputs)),
                         method=sig.method_name, output_specs=output_specs(sig))
+
+
+def fixed_batch_problems(signature_def) -> List[str]:
+    """Outputs whose first dimension is a fixed number: the model ignores the batch (it would
+    give every batch that many rows, whatever the number of inputs)."""
+    return [f"output {name!r} has shape {[d for d in shape]}: its first dimension must be the batch "
+            f"(unknown, -1), not a fixed {shape[0]}; the model ignores the batch"
+            for name, _, shape in output_specs(signature_def) if shape and shape[0] > 0]
 
 
 def output_specs(signature_def) -> Tuple[Tuple[str, str, Optional[Tuple[int, ...]]], ...]:
@@ -82,8 +95,16 @@ def output_specs(signature_def) -> Tuple[Tuple[str, str, Optional[Tuple[int, ...
     return tuple(specs)
 
 
-def load_serving_models(args: List[str], signature: str = "serving_default") -> List[ServingModel]:
-    models = [load_serving_model(path, name, signature) for name, path in map(parse_model_arg, args)]
+def load_serving_models(args: List[str], signature: str = "serving_default",
+                        spec_files: Sequence[str] = ()) -> List[ServingModel]:
+    """--model [NAME=]DIR arguments; spec_files: --feature_spec [NAME=]FILE arguments (a bare FILE
+    applies to every model)."""
+    named = dict(parse_model_arg(arg) for arg in spec_files)
+    models = [load_serving_model(path, name, signature, named.get(name, named.get(DEFAULT_MODEL_NAME)))
+              for name, path in map(parse_model_arg, args)]
+    unknown = sorted(set(named) - {m.name for m in models} - {DEFAULT_MODEL_NAME})
+    if unknown:
+        raise ModelContractError(f"--feature_spec names models {unknown} that no --model gives")
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ModelContractError(f"model names must be unique, got {names}: use --model NAME=DIR")

@@ -38,27 +38,46 @@ def _const_value(nodes: Dict[str, object], ref: str) -> np.ndarray:
     return tf.make_ndarray(node.attr["value"].tensor)
 
 
+def _keys(nodes, ref) -> List[str]:
+    return [k.decode() for k in np.atleast_1d(_const_value(nodes, ref))]
+
+
+def _varlen_features(node, nodes) -> List[Feature]:
+    """The sparse (VarLenFeature) and ragged features of one ParseExample(V2) node."""
+    attr = node.attr
+    if node.op == "ParseExampleV2":
+        sparse_keys = _keys(nodes, node.input[2]) if attr["num_sparse"].i else []
+        ragged_keys = _keys(nodes, node.input[4]) if attr["ragged_value_types"].list.type else []
+        dtypes = list(attr["sparse_types"].list.type) + list(attr["ragged_value_types"].list.type)
+    else:
+        n_sparse = attr["Nsparse"].i
+        sparse_keys = [_const_value(nodes, r).item().decode() for r in node.input[2:2 + n_sparse]]
+        ragged_keys = []
+        dtypes = list(attr["sparse_types"].list.type)
+    return [Feature(name=key, dtype=storage_dtype_for(tf.as_dtype(dtype).name), varlen=True)
+            for key, dtype in zip(sparse_keys + ragged_keys, dtypes)]
+
+
 def _features_of(node, nodes) -> List[Feature]:
-    """Dense features of one ParseExample(V2) node; sparse and ragged ones are not supported."""
+    """The features one ParseExample(V2) node reads: dense ones with their shapes and defaults,
+    sparse and ragged ones (and dense ones of unknown length) as variable-length."""
     attr = node.attr
     dtypes = [tf.as_dtype(t).name for t in attr["Tdense"].list.type]
     shapes = [tuple(d.size for d in s.dim) for s in attr["dense_shapes"].list.shape]
     if node.op == "ParseExampleV2":
-        keys = [k.decode() for k in np.atleast_1d(_const_value(nodes, node.input[3]))]
+        keys = _keys(nodes, node.input[3]) if dtypes else []
         default_refs = list(node.input[5:5 + len(keys)])
-        n_sparse = attr["num_sparse"].i
     else:
         n_sparse = attr["Nsparse"].i
         n_dense = attr["Ndense"].i
         key_refs = node.input[2 + n_sparse: 2 + n_sparse + n_dense]
         keys = [_const_value(nodes, r).item().decode() for r in key_refs]
         default_refs = list(node.input[2 + n_sparse + n_dense: 2 + n_sparse + 2 * n_dense])
-    if n_sparse:
-        raise FeatureSpecError(
-            "the signature parses variable-length (sparse) features; pass --feature_spec with the "
-            "dense features, or re-export the model with fixed-length inputs")
-    features = []
+    features = _varlen_features(node, nodes)
     for key, dtype, shape, default_ref in zip(keys, dtypes, shapes, default_refs):
+        if any(d < 0 for d in shape):  # FixedLenSequenceFeature: any number of rows
+            features.append(Feature(name=key, dtype=storage_dtype_for(dtype), varlen=True))
+            continue
         default = _const_value(nodes, default_ref)
         default_value = None
         if default.size:

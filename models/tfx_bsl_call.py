@@ -2,7 +2,8 @@
 
 Serialized examples -> {output: array [n, ...]}: the handler tfx-bsl's RunInference runs (its TF1
 session loader, inference and PredictionLog building), decoded back to columns. The "tfx-bsl"
-engine of the pipelines (transforms.scoring.engines) and export verification use it. With
+engine of the pipelines (transforms.scoring.engines) and export verification use it. Outputs
+that break the method's rules (models.serving_results) raise with the real reason. With
 keep_logs, tfx-bsl's own PredictionLogs (predict, classify or regress) come back too, as one more
 column (models.prediction_log.PREDICTION_LOG), for PredictionLog output.
 """
@@ -13,6 +14,7 @@ import numpy as np
 from tfx_bsl.public.proto import model_spec_pb2
 
 from models.prediction_log import PREDICTION_LOG, outputs_from_log
+from models.serving_results import OutputBatchError, method_columns
 
 
 def inference_spec(model_path: str, signature: str) -> model_spec_pb2.InferenceSpecType:
@@ -29,9 +31,16 @@ class TfxBslBatchCall:
             inference_spec(model_path, signature), None, project)
         self._model = self._handler.load_model()
         self._keep_logs = keep_logs
+        self._method = self._handler._signatures[0].signature_def.method_name  # pylint: disable=protected-access
 
     def __call__(self, serialized: Sequence[bytes]) -> Dict[str, np.ndarray]:
-        logs = list(self._handler.run_inference(list(serialized), self._model))
+        records = list(serialized)
+        try:
+            logs = list(self._handler.run_inference(records, self._model))
+        except (TypeError, ValueError) as e:
+            raise self._real_reason(records) or e
+        if len(logs) != len(records):
+            raise OutputBatchError(f"tfx-bsl gave {len(logs)} results for {len(records)} inputs")
         per_example = [outputs_from_log(log) for log in logs]
         outputs = {name: np.stack([o[name] for o in per_example]) for name in per_example[0]}
         if self._keep_logs:
@@ -40,3 +49,14 @@ class TfxBslBatchCall:
                 column[i] = log
             outputs[PREDICTION_LOG] = column
         return outputs
+
+    def _real_reason(self, records) -> Optional[Exception]:
+        """Why tfx-bsl refused the signature's outputs, checked on the raw outputs by the rules of
+        models.serving_results: tfx-bsl's own message can be lost (its classify checks format a
+        shape tuple with %, raising "not all arguments converted during string formatting")."""
+        outputs = self._handler._run_inference(records, records, self._model)  # pylint: disable=protected-access
+        try:
+            method_columns(self._method, outputs, len(records))
+        except ValueError as e:
+            return e
+        return None

@@ -32,8 +32,10 @@ from transforms.graph.model import GraphError
 from transforms.runtime import metrics
 from transforms.runtime.accounting import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX
 from transforms.scoring.beam import FormatPredictionLogsFn, FormatRows, ScoreChunks
+from transforms.scoring.engines import batch_calls
 from transforms.sinks.bigquery import WritePredictionRows
 from transforms.sinks.bigquery_schema import SchemaError
+from transforms.sinks.examples import FormatExamplesFn, WriteExamples
 from transforms.sinks.files import WriteJsonLines, WritePredictionLogs
 from transforms.sources.files import NoInputFilesError
 
@@ -49,6 +51,10 @@ def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
         (scored
          | "ToPredictionLogs" >> beam.ParDo(FormatPredictionLogsFn())
          | "WritePredictionLogs" >> WritePredictionLogs(job.output, job.num_shards))
+    elif job.writes_examples:
+        (scored
+         | "ToExamples" >> beam.ParDo(FormatExamplesFn(dict(job.output_features)))
+         | "WriteExamples" >> WriteExamples(job.output, job.num_shards, job.output_compression))
     else:
         to_table = bool(job.bigquery.output_table)
         rows, unformatted = scored | "ToRows" >> FormatRows(
@@ -84,12 +90,11 @@ def summarize(job: BatchJob, counters: dict, seconds: float) -> str:
     read = counters.get(metrics.RECORDS_READ, 0)
     written = counters.get(metrics.PREDICTIONS_WRITTEN, 0)
     dead = sum(v for k, v in counters.items() if k.startswith(metrics.DEAD_LETTER_PREFIX))
-    ext = "tfrecord" if job.writes_prediction_logs else "jsonl"
     models = ["models:"] + [f"  {line}" for line in job.graph.describe().splitlines()] + [
         f"  {name}: outputs {counters.get(MODEL_OUTPUTS_PREFIX + name, 0):,}, "
         f"dead letters {counters.get(MODEL_DEAD_LETTERS_PREFIX + name, 0):,}" for name in job.graph.names]
     return "\n".join(models + [
-        f"predictions:  {job.bigquery.output_table or f'{job.output}-*.{ext}'}",
+        f"predictions:  {job.predictions_at}",
         f"dead letters: {job.bigquery.errors_table or f'{job.errors}-*.jsonl'}",
         f"manifest:     {job.manifest or 'none (give --manifest PATH)'}",
         f"records in {read + counters.get(metrics.DEAD_LETTER_PREFIX + 'read', 0):,}; "
@@ -154,6 +159,8 @@ def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[be
     if is_dry_run(options):
         report_dry_run(p, options)
         return None, {}
+    if is_local(options):  # a model its engine cannot load fails here, not in a worker; loaded once
+        batch_calls(job.graph, job.writes_prediction_logs)
     inputs = manifest.input_listing(job.inputs) if job.inputs else job.bigquery.source.source
     models = manifest.model_entries(job.graph)
     metrics.PROGRESS.reset()

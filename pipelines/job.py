@@ -21,9 +21,9 @@ from transforms.graph.model import ModelGraph, chain_graph, parallel_graph
 from transforms.runtime.gpu import GPU_BATCH, GpuSettings
 from transforms.scoring.engines import DEFAULT_ENGINE
 from transforms.sinks.bigquery import STORAGE_WRITE_API, STREAMING_INSERTS
+from transforms.sinks.examples import OutputFeatureError, check_output_features, parse_output_features
 from transforms.sources.text_formats import TFRECORD
 
-PREDICT_METHOD = "tensorflow/serving/predict"
 DEFAULT_STREAM_BATCH_SIZE = 256
 
 
@@ -35,7 +35,7 @@ def graph_from_options(opts: BatchInferOptions) -> ModelGraph:
         if passthrough:
             graph = dataclasses.replace(graph, passthrough=tuple(passthrough))
         return graph
-    models = load_serving_models(opts.model, opts.signature)
+    models = load_serving_models(opts.model, opts.signature, opts.feature_spec or ())
     build = chain_graph if opts.chain else parallel_graph
     return build(models, opts.engine, passthrough)
 
@@ -58,6 +58,8 @@ class BatchJob:
     excluded_fields: Tuple[str, ...] = ()
     with_source: bool = False
     bigquery: BigQuerySettings = BigQuerySettings()
+    output_features: Tuple[Tuple[str, str], ...] = ()  # --output_format examples: (output, feature)
+    output_compression: Optional[str] = None
     manifest: Optional[str] = None  # the run manifest's path (None: none is written)
     gpu: GpuSettings = GpuSettings()  # applied by the scoring DoFns before the models load
 
@@ -70,17 +72,33 @@ class BatchJob:
     def writes_prediction_logs(self) -> bool:
         return self.output_format == "tfrecord"
 
+    @property
+    def writes_examples(self) -> bool:
+        return self.output_format == "examples"
 
-def prediction_log_problem(job: BatchJob) -> Optional[str]:
-    """Why --output_format tfrecord cannot write this job's PredictionLogs, or None."""
+    @property
+    def predictions_at(self) -> str:
+        """Where the predictions go: the table, or the output files' pattern."""
+        if self.bigquery.output_table:
+            return self.bigquery.output_table
+        ext = {"tfrecord": "tfrecord", "examples": "tfrecord.gz" if self.output_compression == "gzip"
+               else "tfrecord"}.get(self.output_format, "jsonl")
+        return f"{self.output}-*.{ext}"
+
+
+def one_model_output_problem(job: BatchJob) -> Optional[str]:
+    """Why --output_format tfrecord or examples cannot write this job's records, or None: both
+    write one model's results per input record."""
     node = job.graph.nodes[0]
     if len(job.graph.nodes) > 1 or node.postprocess or job.graph.passthrough or job.row_per_model \
             or job.with_source:
-        return ("--output_format tfrecord writes one model's PredictionLogs; a graph (several models, "
-                "post-processing, passthrough, --row_per_model, --with_source) writes jsonl")
-    if node.model.method != PREDICT_METHOD and node.engine == "fast":
-        return (f"--output_format tfrecord with the fast engine writes predict logs; the signature's "
-                f"method is {node.model.method}: use --engine tfx-bsl")
+        return (f"--output_format {job.output_format} writes one model's results per record; a graph "
+                "(several models, post-processing, passthrough, --row_per_model, --with_source) writes jsonl")
+    if job.writes_examples:
+        try:
+            check_output_features(dict(job.output_features), node.model.outputs)
+        except OutputFeatureError as e:
+            return str(e)
     return None
 
 
@@ -104,7 +122,8 @@ def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions
                    input_format=BIGQUERY if bigquery.source else input_format_of(opts.input, opts.input_format),
                    included_fields=field_list(opts.included_fields),
                    excluded_fields=field_list(opts.excluded_fields), with_source=opts.with_source,
-                   bigquery=bigquery,
+                   bigquery=bigquery, output_features=tuple(parse_output_features(opts.output_features).items()),
+                   output_compression=opts.output_compression,
                    manifest=opts.manifest or (manifest.manifest_path(opts.output) if opts.output else None))
     if gpu_batches:
         job.max_batch_size = job.max_batch_size or GPU_BATCH.max_batch_size
@@ -112,7 +131,7 @@ def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions
     if job.input_format in (TFRECORD, BIGQUERY) and (job.included_fields or job.excluded_fields):
         raise OptionsError("--included_fields/--excluded_fields apply to JSON Lines and CSV inputs "
                            "(BigQuery: --feature_columns)")
-    if job.writes_prediction_logs and (problem := prediction_log_problem(job)):
+    if (job.writes_prediction_logs or job.writes_examples) and (problem := one_model_output_problem(job)):
         raise OptionsError(problem)
     return job
 

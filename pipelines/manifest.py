@@ -120,8 +120,7 @@ def batch_manifest(job, options: Mapping[str, Any], inputs: List[Dict[str, Any]]
                    models: List[Dict[str, Any]], started_at: str, counters: Mapping[str, int],
                    error: Optional[BaseException] = None) -> Dict[str, Any]:
     """The manifest of a pipelines.batch_infer run (job: its BatchJob)."""
-    ext = "tfrecord" if job.output_format == "tfrecord" else "jsonl"
-    outputs = {"predictions": job.bigquery.output_table or f"{job.output}-*.{ext}",
+    outputs = {"predictions": job.predictions_at,
                "dead_letters": job.bigquery.errors_table or f"{job.errors}-*.jsonl",
                "format": "bigquery" if job.bigquery.output_table else job.output_format}
     manifest = {

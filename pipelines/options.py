@@ -48,9 +48,19 @@ class BatchInferOptions(PipelineOptions):
                             help="feature (TFRecord) or field (JSON/CSV, then removed from the features) "
                                  "holding each record's key (default: file:index, or file:line for JSON/CSV)")
         parser.add_argument("--output_format", default="jsonl",
-                            help=f"one of {', '.join(OUTPUT_FORMATS)}")
+                            help=f"one of {', '.join(OUTPUT_FORMATS)}: prediction rows, PredictionLogs "
+                                 "(TFRecord), or each input tf.Example with outputs added as features "
+                                 "(TFRecord, TFX BulkInferrer's examples output)")
+        parser.add_argument("--output_features", default=None,
+                            help="--output_format examples: OUTPUT[=FEATURE],... the outputs added to each "
+                                 "example and their feature names (default: every output, its own name)")
+        parser.add_argument("--output_compression", default=None,
+                            help="--output_format examples: gzip writes .tfrecord.gz")
         parser.add_argument("--engine", default=DEFAULT_ENGINE, help=f"one of {', '.join(ENGINES)}")
         parser.add_argument("--signature", default="serving_default", help="signature to run")
+        parser.add_argument("--feature_spec", action="append", default=None,
+                            help="[NAME=]FILE: a feature spec JSON replacing the one read from the model "
+                                 "(FILE alone: every --model); repeatable")
         parser.add_argument("--min_batch_size", type=int, default=None,
                             help="deprecated, no effect: batches are chunks of up to --max_batch_size")
         parser.add_argument("--max_batch_size", type=int, default=None,
@@ -115,6 +125,8 @@ def model_flag_problems(opts: BatchInferOptions) -> list:
         problems.append("give either --graph or --model, not both")
     elif not (opts.graph or opts.model):
         problems.append("--model (or --graph) is required")
+    if opts.graph and opts.feature_spec:
+        problems.append("--feature_spec applies to --model arguments (a graph file is given whole)")
     if opts.chain and (opts.graph or len(opts.model or []) < 2):
         problems.append("--chain needs two or more --model arguments (a graph file says its own wiring)")
     if opts.engine not in ENGINES:
@@ -196,6 +208,10 @@ def bigquery_problems(opts: BatchInferOptions) -> list:
         problems.append("give --output or --output_table, not both")
     if opts.output_table and opts.row_per_model:
         problems.append("--row_per_model writes files; a BigQuery table holds one row per key")
+    if (opts.output_features or opts.output_compression) and opts.output_format != "examples":
+        problems.append("--output_features/--output_compression apply to --output_format examples")
+    if opts.output_compression not in (None, "gzip"):
+        problems.append(f"--output_compression {opts.output_compression!r} is not gzip")
     if opts.output_table and opts.output_format != "jsonl":
         problems.append("--output_format applies to files; --output_table writes table rows")
     if opts.bigquery_emulator and from_bigquery and opts.bigquery_read_method.upper() == DIRECT_READ \

@@ -35,6 +35,7 @@ from pipelines.options import BatchInferOptions, OptionsError, StreamInferOption
 from pipelines.runners import is_local
 from transforms.graph.model import GraphError, record_spec
 from transforms.runtime import metrics
+from transforms.scoring.engines import batch_calls
 from transforms.scoring.stream import ScoreMessages
 from transforms.sinks.bigquery import WritePredictionRows, WriteRowsToBigQuery
 from transforms.sinks.bigquery_schema import DEAD_LETTER_SCHEMA, SchemaError
@@ -119,6 +120,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True, wa
     if is_dry_run(options):
         report_dry_run(p, options)
         return None
+    if local:  # a model its engine cannot load fails here, not in a worker; loaded once
+        batch_calls(job.graph)
     result = p.run()
     if wait:
         try:

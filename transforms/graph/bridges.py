@@ -21,7 +21,7 @@ class BridgeError(ValueError):
 
 def _fill(feature: feature_pb2.Feature, value: np.ndarray, spec: Feature) -> None:
     flat = np.asarray(value).reshape(-1)
-    if flat.size != spec.size:
+    if flat.size != spec.size and not spec.varlen:
         raise BridgeError(f"feature {spec.name!r} needs {spec.size} values, the output has {flat.size}")
     kind = flat.dtype.kind
     if spec.dtype == "float32" and kind == "f":

@@ -80,7 +80,7 @@ class ModelGraph:
         for node in self.nodes:
             for feature in node.model.feature_spec:
                 if feature.name in self.passthrough and feature.name not in scalars:
-                    scalars[feature.name] = feature.stored_shape == ()
+                    scalars[feature.name] = feature.stored_shape == () and not feature.varlen
         return scalars
 
     def describe(self) -> str:
@@ -118,6 +118,8 @@ def bridge_problem(output_dtype: str, output_shape: Optional[Tuple[int, ...]], f
         return None if output_shape is None else "output has no batch axis"
     per_record = output_shape[1:]
     if any(d < 0 for d in per_record):
+        return None
+    if feature.varlen:  # takes any number of values
         return None
     if math.prod(per_record) != feature.size:
         return (f"output has shape {list(per_record)} per record ({math.prod(per_record)} values) but "

@@ -9,7 +9,8 @@ redone record by record: a record that is not a tf.Example (or lacks the key fea
 dead letter without a model; then, per model in graph order, a record whose input cannot be built
 (an upstream model failed, a bridged value does not fit: convert) or does not fit the model's
 spec (validate) becomes a dead letter naming that model, and the records the model itself
-rejects are isolated by halving (infer). Post-processing runs per model on columns; a failing
+rejects are isolated by halving (infer; outputs without one row per input fail the whole batch,
+models.serving_results.OutputBatchError). Post-processing runs per model on columns; a failing
 step is isolated to its records the same way (postprocess). So, per model:
 
     records that reached the models = records with that model's outputs + dead letters naming it
@@ -24,6 +25,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from models.examples import RecordError, parse_example, validate_example
+from models.serving_results import OutputBatchError
 from transforms.graph.bridges import BridgeError, bridged_batch, bridged_record
 from transforms.graph.model import GraphNode, ModelGraph
 from transforms.graph.postprocessors import apply_steps
@@ -99,7 +101,8 @@ def _score_node_by_record(node: GraphNode, call: BatchCall, records: Sequence[by
             letters.add(i, CONVERT, e, model=node.name)
         except RecordError as e:
             letters.add(i, e.stage, e, model=node.name)
-    parts, failures = isolate_failures(lambda positions: call([inputs[i] for i in positions]), list(inputs))
+    parts, failures = isolate_failures(lambda positions: call([inputs[i] for i in positions]), list(inputs),
+                                       splittable=lambda error: not isinstance(error, OutputBatchError))
     for i, error in failures:
         letters.model_failure(i, error, node, inputs[i])
     indices, outputs = concat_parts(parts)

@@ -5,12 +5,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 
-def isolate_failures(run: Callable[[List[Any]], Any], items: Sequence[Any]
+def isolate_failures(run: Callable[[List[Any]], Any], items: Sequence[Any],
+                     splittable: Callable[[BaseException], bool] = lambda error: True
                      ) -> Tuple[List[Tuple[List[Any], Any]], List[Tuple[Any, BaseException]]]:
     """Runs run(items); on failure halves the batch until each failing item is alone.
 
     Returns the (items, result) parts that succeeded, in order, and (item, error) per item that
     fails by itself. A batch without bad items costs one call; one bad item among n about 2 log2 n.
+    An error for which splittable(error) is false fails every item of its batch: smaller batches
+    cannot fix it (a model that ignores the batch would "succeed" on batches of one).
     """
     items = list(items)
     if not items:
@@ -18,11 +21,11 @@ def isolate_failures(run: Callable[[List[Any]], Any], items: Sequence[Any]
     try:
         return [(items, run(items))], []
     except Exception as e:  # pylint: disable=broad-except  # isolated below, then a dead letter
-        if len(items) == 1:
-            return [], [(items[0], e)]
+        if len(items) == 1 or not splittable(e):
+            return [], [(item, e) for item in items]
         middle = len(items) // 2
-        left_ok, left_bad = isolate_failures(run, items[:middle])
-        right_ok, right_bad = isolate_failures(run, items[middle:])
+        left_ok, left_bad = isolate_failures(run, items[:middle], splittable)
+        right_ok, right_bad = isolate_failures(run, items[middle:], splittable)
         return left_ok + right_ok, left_bad + right_bad
 
 

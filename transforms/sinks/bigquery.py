@@ -83,7 +83,7 @@ def WritePredictionRows(rows, graph: ModelGraph, table: str, method: str = STREA
     """Prediction row dicts -> `table`, its schema derived from the graph (created if needed);
     returns the dead letters (stage write) of the rows BigQuery refused. Batch and stream jobs
     write predictions through this one transform."""
-    spec = {f.name: (f.dtype, f.size) for f in record_spec(graph)}
+    spec = {f.name: (f.dtype, None if f.varlen else f.size) for f in record_spec(graph)}
     refused = rows | "Write" >> WriteRowsToBigQuery(
         table, prediction_schema(graph, spec, with_source), method, project, temp_location)
     return refused | "RefusedRows" >> beam.ParDo(RefusedRowsFn())

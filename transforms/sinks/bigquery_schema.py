@@ -94,7 +94,8 @@ def model_record(node) -> Dict[str, Any]:
 
 def prediction_schema(graph: ModelGraph, passthrough_types: Optional[Mapping[str, Tuple[str, int]]] = None,
                       with_source: bool = False) -> Dict[str, Any]:
-    """The table schema of one row per key. passthrough_types: feature -> (storage dtype, size)."""
+    """The table schema of one row per key. passthrough_types: feature -> (storage dtype, size;
+    None for a variable-length feature)."""
     fields = [{"name": KEY_FIELD, "type": "STRING", "mode": "REQUIRED"}]
     fields += [model_record(node) for node in graph.nodes]
     if graph.passthrough:
@@ -103,7 +104,7 @@ def prediction_schema(graph: ModelGraph, passthrough_types: Optional[Mapping[str
         for name in graph.passthrough:
             dtype, size = types.get(name, ("string", 1))
             inputs.append({"name": name, "type": _FEATURE_TYPES[dtype],
-                           "mode": "REPEATED" if size > 1 else "NULLABLE"})
+                           "mode": "REPEATED" if size is None or size > 1 else "NULLABLE"})
         fields.append({"name": INPUTS_FIELD, "type": "RECORD", "mode": "NULLABLE", "fields": inputs})
     if with_source:
         fields.append(SOURCE_SCHEMA)

@@ -5,7 +5,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from transforms.records.rows import to_json_line
 
-OUTPUT_FORMATS = ("jsonl", "tfrecord")
+OUTPUT_FORMATS = ("jsonl", "tfrecord", "examples")  # rows, PredictionLogs, inputs + outputs
 
 
 @beam.ptransform_fn

@@ -1,0 +1,60 @@
+"""One rule per signature method (models.serving_results), as pure functions: the columns both
+engines give, the errors for outputs that break the rules, and the classify/regress logs tfx-bsl
+writes, checked against tfx-bsl's own post-processing."""
+
+import numpy as np
+import pytest
+
+from models.examples import make_example
+from models.serving_results import (CLASSIFY, PREDICT, REGRESS, OutputBatchError, classify_log, method_columns,
+                                    regress_log)
+
+SCORES = np.float32([[0.25, 0.75], [0.9, 0.1], [0.5, 0.5]])
+
+
+def test_classify_columns_follow_tf_servings_result():
+    both = method_columns(CLASSIFY, {"classes": np.asarray([[b"a", b"b"]] * 3, object), "scores": SCORES}, 3)
+    assert both["classes"].tolist() == [[b"a", b"b"]] * 3 and both["scores"].tolist() == SCORES.tolist()
+    scores_only = method_columns(CLASSIFY, {"scores": SCORES}, 3)
+    assert scores_only["classes"].tolist() == [[b"", b""]] * 3  # TF Serving's label when there is none
+    classes_only = method_columns(CLASSIFY, {"classes": np.asarray([[b"a", b"b"]] * 3, object)}, 3)
+    assert classes_only["scores"].tolist() == [[0.0, 0.0]] * 3
+
+
+def test_regress_columns_are_one_number_per_record():
+    for shape in ((3,), (3, 1)):
+        out = method_columns(REGRESS, {"outputs": np.arange(3, dtype=np.float32).reshape(shape)}, 3)
+        assert out["outputs"].shape == (3,) and out["outputs"].tolist() == [0.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("method, outputs, error, message", [
+    (PREDICT, {"y": np.zeros((1, 10, 10, 1))}, OutputBatchError, "the model ignores the batch"),
+    (PREDICT, {"y": np.float32(1.0)}, OutputBatchError, "first dimension must be the number of inputs"),
+    (CLASSIFY, {"scores": np.zeros((3, 2, 1), np.float32)}, ValueError, "expected [batch, num_classes]"),
+    (CLASSIFY, {"scores": np.zeros((1, 2), np.float32)}, OutputBatchError, "ignores the batch"),
+    (CLASSIFY, {"scores": np.zeros((3, 2), np.float64)}, ValueError, "expected float32"),
+    (CLASSIFY, {"classes": np.asarray([[b"a"]] * 3, object), "scores": SCORES}, ValueError, "number of classes"),
+    (CLASSIFY, {"probabilities": SCORES}, ValueError, "needs 'classes' or 'scores'"),
+    (REGRESS, {"outputs": np.zeros((3, 2), np.float32)}, ValueError, "expected [batch] or [batch, 1]"),
+    (REGRESS, {"value": np.zeros(3, np.float32)}, ValueError, "needs an 'outputs' output"),
+])
+def test_outputs_that_break_the_rules_say_why(method, outputs, error, message):
+    with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]")):
+        method_columns(method, outputs, 3)
+
+
+def test_classify_and_regress_logs_are_tfx_bsls():
+    from tfx_bsl.beam import run_inference
+
+    records = [make_example({"x": [float(i), 1.0]}).SerializeToString() for i in range(3)]
+    classes = np.asarray([[b"neg", b"pos"]] * 3, object)
+    reference = run_inference._post_process_classify(  # pylint: disable=protected-access
+        {"classes": "c", "scores": "s"}, records, {"classes": classes, "scores": SCORES})
+    for record, k, s, expected in zip(records, classes, SCORES, reference):
+        log = classify_log(record, k, s)
+        assert log.classify_log.response.result.classifications[0] == expected
+        assert log.classify_log.request.input.example_list.examples[0].SerializeToString() == record
+    values = np.float32([[0.5], [1.5], [-2.0]])
+    reference = run_inference._post_process_regress(records, {"outputs": values})  # pylint: disable=protected-access
+    for record, value, expected in zip(records, values.reshape(-1), reference):
+        assert regress_log(record, value).regress_log.response.result.regressions[0] == expected
