@@ -22,6 +22,31 @@ BIAS = np.float32(0.25)
 LABELS = (b"neg", b"pos")
 
 
+def _save_tf1(graph, export_dir: str, signatures, initialize: bool = False) -> str:
+    """The graph's session saved by SavedModelBuilder with these signatures, as TF1 exports are."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    with graph.as_default(), v1.Session(graph=graph) as session:
+        if initialize:
+            session.run(v1.global_variables_initializer())
+        builder = v1.saved_model.Builder(export_dir)
+        builder.add_meta_graph_and_variables(session, [v1.saved_model.tag_constants.SERVING],
+                                             signature_def_map=signatures)
+        builder.save()
+    return export_dir
+
+
+def _predict_signature(serialized, outputs):
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    info = v1.saved_model.utils.build_tensor_info
+    return v1.saved_model.signature_def_utils.build_signature_def(
+        inputs={"examples": info(serialized)}, outputs={name: info(t) for name, t in outputs.items()},
+        method_name=v1.saved_model.signature_constants.PREDICT_METHOD_NAME)
+
+
 def tf1_linear_export(base_dir: str, version: str = "1") -> str:
     """Writes the export to base_dir/version; returns the version directory."""
     import tensorflow as tf
@@ -37,25 +62,14 @@ def tf1_linear_export(base_dir: str, version: str = "1") -> str:
         score = tf.reduce_sum(features["x"] * w, axis=1) + b
         scores = tf.nn.softmax(tf.stack([-score, score], axis=1))
         classes = tf.tile(tf.constant([list(LABELS)]), [tf.shape(score)[0], 1])
-        info = v1.saved_model.utils.build_tensor_info
-        predict = v1.saved_model.signature_def_utils.build_signature_def(
-            inputs={"examples": info(serialized)},
-            outputs={"score": info(score), "double": info(tf.expand_dims(2.0 * score, 1))},
-            method_name=v1.saved_model.signature_constants.PREDICT_METHOD_NAME)
+        predict = _predict_signature(serialized, {"score": score, "double": tf.expand_dims(2.0 * score, 1)})
         classify = v1.saved_model.signature_def_utils.classification_signature_def(
             serialized, classes, scores)
         regress = v1.saved_model.signature_def_utils.regression_signature_def(
             serialized, tf.expand_dims(score, 1))
         scores_only = v1.saved_model.signature_def_utils.classification_signature_def(serialized, None, scores)
-        with v1.Session(graph=graph) as session:
-            session.run(v1.global_variables_initializer())
-            builder = v1.saved_model.Builder(export_dir)
-            builder.add_meta_graph_and_variables(
-                session, [v1.saved_model.tag_constants.SERVING],
-                signature_def_map={"serving_default": predict, "classify": classify, "regress": regress,
-                                   "classify_scores": scores_only})
-            builder.save()
-    return export_dir
+    return _save_tf1(graph, export_dir, {"serving_default": predict, "classify": classify, "regress": regress,
+                                         "classify_scores": scores_only}, initialize=True)
 
 
 def expected_linear(xs: Sequence[Sequence[float]]) -> Dict[str, np.ndarray]:
@@ -105,16 +119,8 @@ def estimator_varlen_export(base_dir: str, version: str = "1") -> str:
         total = tf.sparse.reduce_sum(tokens, axis=1)
         count = tf.sparse.reduce_sum(tf.sparse.map_values(tf.ones_like, tokens), axis=1)
         score = parsed["weight"][:, 0] * total + count
-        info = v1.saved_model.utils.build_tensor_info
-        predict = v1.saved_model.signature_def_utils.build_signature_def(
-            inputs={"examples": info(serialized)}, outputs={"score": info(score)},
-            method_name=v1.saved_model.signature_constants.PREDICT_METHOD_NAME)
-        with v1.Session(graph=graph) as session:
-            builder = v1.saved_model.Builder(export_dir)
-            builder.add_meta_graph_and_variables(session, [v1.saved_model.tag_constants.SERVING],
-                                                 signature_def_map={"serving_default": predict})
-            builder.save()
-    return export_dir
+        signatures = {"serving_default": _predict_signature(serialized, {"score": score})}
+    return _save_tf1(graph, export_dir, signatures)
 
 
 def expected_varlen(records: Sequence[Dict]) -> np.ndarray:
@@ -138,16 +144,8 @@ def batch_ignoring_export(base_dir: str, static: bool) -> str:
             out = tf.reshape(first, [1, 2])
         else:
             out = v1.placeholder_with_default(first, [None, None])
-        info = v1.saved_model.utils.build_tensor_info
-        predict = v1.saved_model.signature_def_utils.build_signature_def(
-            inputs={"examples": info(serialized)}, outputs={"y": info(out)},
-            method_name=v1.saved_model.signature_constants.PREDICT_METHOD_NAME)
-        with v1.Session(graph=graph) as session:
-            builder = v1.saved_model.Builder(export_dir)
-            builder.add_meta_graph_and_variables(session, [v1.saved_model.tag_constants.SERVING],
-                                                 signature_def_map={"serving_default": predict})
-            builder.save()
-    return export_dir
+        signatures = {"serving_default": _predict_signature(serialized, {"y": out})}
+    return _save_tf1(graph, export_dir, signatures)
 
 
 def tf_keras_trainer_export(export_dir: str) -> Tuple[str, "object"]:
