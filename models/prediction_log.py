@@ -19,6 +19,14 @@ from tensorflow_serving.apis import prediction_log_pb2
 PREDICTION_LOG = "__prediction_log__"
 
 
+def log_column(logs) -> np.ndarray:
+    """PredictionLogs as an output column: a 1-D object array (np.asarray would try to unpack them)."""
+    column = np.empty(len(logs), dtype=object)
+    for i, log in enumerate(logs):
+        column[i] = log
+    return column
+
+
 class UnsupportedLogError(ValueError):
     pass
 

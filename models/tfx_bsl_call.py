@@ -13,7 +13,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from tfx_bsl.public.proto import model_spec_pb2
 
-from models.prediction_log import PREDICTION_LOG, outputs_from_log
+from models.prediction_log import PREDICTION_LOG, log_column, outputs_from_log
 from models.serving_results import OutputBatchError, method_columns
 
 
@@ -44,10 +44,7 @@ class TfxBslBatchCall:
         per_example = [outputs_from_log(log) for log in logs]
         outputs = {name: np.stack([o[name] for o in per_example]) for name in per_example[0]}
         if self._keep_logs:
-            column = np.empty(len(logs), dtype=object)
-            for i, log in enumerate(logs):
-                column[i] = log
-            outputs[PREDICTION_LOG] = column
+            outputs[PREDICTION_LOG] = log_column(logs)
         return outputs
 
     def _real_reason(self, records) -> Optional[Exception]:

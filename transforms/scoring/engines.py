@@ -24,7 +24,7 @@ import numpy as np
 
 from models.contract import serving_meta_graph
 from models.serving_model import ModelContractError
-from models.prediction_log import predict_log
+from models.prediction_log import log_column, predict_log
 from models.serving_results import (CLASSES, CLASSIFY, OUTPUTS, REGRESS, SCORES, classify_log, method_columns,
                                     regress_log)
 from transforms.records.chunk import PREDICTION_LOG
@@ -58,16 +58,14 @@ class _SignatureColumns:
 
     def _logs(self, serialized: Sequence[bytes], columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """The PredictionLogs tfx-bsl writes for this signature's method, from the columns."""
-        logs = np.empty(len(serialized), dtype=object)
-        for i, record in enumerate(serialized):
-            if self.method == CLASSIFY:
-                logs[i] = classify_log(record, columns[CLASSES][i], columns[SCORES][i])
-            elif self.method == REGRESS:
-                logs[i] = regress_log(record, columns[OUTPUTS][i])
-            else:
-                logs[i] = predict_log(record, {n: v[i] for n, v in columns.items()}, self.signature,
-                                      self.input_name)
-        return logs
+        if self.method == CLASSIFY:
+            logs = [classify_log(r, columns[CLASSES][i], columns[SCORES][i]) for i, r in enumerate(serialized)]
+        elif self.method == REGRESS:
+            logs = [regress_log(r, columns[OUTPUTS][i]) for i, r in enumerate(serialized)]
+        else:
+            logs = [predict_log(r, {n: v[i] for n, v in columns.items()}, self.signature, self.input_name)
+                    for i, r in enumerate(serialized)]
+        return log_column(logs)
 
 
 class FastSignatureCall(_SignatureColumns):
