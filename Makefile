@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+	$(PY) -m bench.workers
 	$(PY) -m bench.stream_latency
 
 # publish -> result latency of stream_infer on the Pub/Sub emulator (needs the gcloud SDK's emulator)

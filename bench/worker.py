@@ -5,8 +5,10 @@ raw-chunked (the same, batched as the fast engine batches: 1024 records and 512 
 tfx-bsl-beam (the pipeline people write by hand around tfx-bsl: ReadFromTFRecord ->
 tfx_bsl.public.beam.RunInference -> PredictionLogs as TFRecord, as TFX's BulkInferrer does),
 tfx-bsl or fast (the batch_infer pipeline end to end with that engine: TFRecord in, JSON Lines
-out), or graph-x2 (the same model twice in parallel as a model graph, fast engine). Seconds are
-measured around the work only; peak RSS is this process's high-water mark.
+out), graph-x2 (the same model twice in parallel as a model graph, fast engine), or fast-2-workers
+(fast on two SDK worker processes: --direct_running_mode=multi_processing --direct_num_workers=2).
+Seconds are measured around the work only; peak RSS is this process's high-water mark (for
+fast-2-workers the launcher's only).
 """
 
 import glob
@@ -75,6 +77,9 @@ def measure_pipeline(engine: str, model_dir: str, pattern: str, output: str) -> 
 
     if engine == "graph-x2":
         models = ["--model", f"first={model_dir}", "--model", f"second={model_dir}", "--engine", "fast"]
+    elif engine == "fast-2-workers":  # two SDK worker processes, chunks redistributed (bench.workers)
+        models = ["--model", model_dir, "--engine", "fast", "--direct_running_mode=multi_processing",
+                  "--direct_num_workers=2"]
     else:
         models = ["--model", model_dir, "--engine", engine]
     start = time.perf_counter()

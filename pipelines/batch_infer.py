@@ -17,7 +17,8 @@ import time
 from typing import List, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions
+from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions,
+                                                  WorkerOptions)
 
 from models.serving_model import ModelContractError
 from pipelines import manifest
@@ -27,10 +28,11 @@ from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.inputs import read_chunks
 from pipelines.job import BatchJob, job_from_options
 from pipelines.options import BatchInferOptions, OptionsError, print_options_help
-from pipelines.runners import is_local
+from pipelines.runners import LocalRunner, is_local, local_runner, pinned_runner, runner_name
 from transforms.graph.model import GraphError
 from transforms.runtime import metrics
-from transforms.runtime.accounting import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX
+from transforms.runtime.accounting import (MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, MODELS_LOADED,
+                                          SCORING_PROCESSES)
 from transforms.scoring.beam import FormatPredictionLogsFn, FormatRows, ScoreChunks
 from transforms.scoring.engines import batch_calls
 from transforms.sinks.bigquery import WritePredictionRows
@@ -86,7 +88,7 @@ def warn_about_unsafe_runner_modes(options: PipelineOptions) -> Optional[str]:
     return None
 
 
-def summarize(job: BatchJob, counters: dict, seconds: float) -> str:
+def summarize(job: BatchJob, counters: dict, seconds: float, runner: str = "", processes: int = 0) -> str:
     read = counters.get(metrics.RECORDS_READ, 0)
     written = counters.get(metrics.PREDICTIONS_WRITTEN, 0)
     dead = sum(v for k, v in counters.items() if k.startswith(metrics.DEAD_LETTER_PREFIX))
@@ -100,6 +102,8 @@ def summarize(job: BatchJob, counters: dict, seconds: float) -> str:
         f"records in {read + counters.get(metrics.DEAD_LETTER_PREFIX + 'read', 0):,}; "
         f"predictions out {written:,}; dead letters {dead:,}",
         f"wall time {seconds:.1f} s; {read / max(seconds, 1e-9):,.0f} records/s end to end",
+        f"runner {runner or 'unknown'}; scored in {processes} worker process{'es' if processes != 1 else ''}"
+        f"{'; chunks redistributed' if job.redistribute else ''}",
         "counters:",
         metrics.format_counters(counters),
     ])
@@ -112,7 +116,7 @@ def print_help() -> None:
                        "pass through. With --runner DataflowRunner, --dry_run builds the job without submitting it.")
 
 
-def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
+def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
         test_pipeline: Optional[beam.Pipeline] = None):
     """Builds and runs the job; returns (PipelineResult, counters). Raises on bad flags or models."""
     argv = normalize_dry_run_argv(sys.argv[1:] if argv is None else argv)
@@ -129,15 +133,18 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
         options = PipelineOptions(argv)
         opts = options.view_as(BatchInferOptions)
         print(f"No --input/--model/--output given: running the embedded demo\n  {' '.join(demo.demo_args())}")
-    options.view_as(SetupOptions).save_main_session = save_main_session
+    setup = options.view_as(SetupOptions)
+    setup.save_main_session = bool(setup.save_main_session or save_main_session)  # cloudpickle needs none
     warn_about_unsafe_runner_modes(options)
     cloud = options.view_as(GoogleCloudOptions)
-    redirected = activate_emulators(opts, cloud.project, is_local(options))
+    runner = batch_runner(options)
+    redirected = activate_emulators(opts, cloud.project, runner)
     try:
-        job = job_from_options(opts, cloud, gpu_settings(options), bool(options.view_as(DataflowJobOptions).gpu))
+        job = job_from_options(opts, cloud, gpu_settings(options), bool(options.view_as(DataflowJobOptions).gpu),
+                               offline=is_dry_run(options), workers=scoring_workers(options, runner))
         for warning in prepare_runner_options(options, worker_paths(job)):
             print(f"warning: {warning}", file=sys.stderr)
-        return _run_job(job, options, test_pipeline)
+        return _run_job(job, options, test_pipeline, runner)
     finally:
         if redirected:
             from pipelines.local import bigquery_emulator
@@ -145,16 +152,35 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
             bigquery_emulator.restore()
 
 
+def batch_runner(options: PipelineOptions) -> Optional[LocalRunner]:
+    """The local runner the job runs on (None: a remote runner); OptionsError if it cannot."""
+    try:
+        return local_runner(options, streaming=False)
+    except ValueError as e:
+        raise OptionsError(str(e)) from e
+
+
+def scoring_workers(options: PipelineOptions, runner: Optional[LocalRunner]) -> Optional[int]:
+    """How many worker processes can score, as far as the launcher knows (None: not known; a
+    remote fleet counts its machines, each of which may run several processes)."""
+    if runner is not None:
+        return runner.workers if runner.mode != "in_memory" else 1
+    workers = options.view_as(WorkerOptions)
+    return workers.max_num_workers or workers.num_workers or None
+
+
 def worker_paths(job: BatchJob) -> List[str]:
     """The files workers read or write: inputs, models, outputs (not the launcher's manifest)."""
     return [p for p in job.inputs + [n.model.path for n in job.graph.nodes] + [job.output, job.errors] if p]
 
 
-def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[beam.Pipeline]):
+def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[beam.Pipeline],
+             runner: Optional[LocalRunner] = None):
     """Builds the pipeline, then either reports it (--dry_run: (None, {})) or runs it, writing the
     manifest either way the run ends."""
     started, started_at = time.monotonic(), manifest.utc_now()
-    p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
+    p = test_pipeline if test_pipeline is not None else beam.Pipeline(
+        runner=pinned_runner(options, streaming=False), options=options)
     build_pipeline(p, job)
     if is_dry_run(options):
         report_dry_run(p, options)
@@ -166,10 +192,14 @@ def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[be
     metrics.PROGRESS.reset()
     all_options = options.get_all_options(drop_default=True, retain_unknown_options=True)
 
-    def write_manifest(counters, error=None):
+    ran_on = runner.describe() if runner is not None else runner_name(options)
+
+    def write_manifest(counters, error=None, processes=None):
         if job.manifest:
+            run_info = {"runner": ran_on, "redistribute": job.redistribute, "scoring_processes": processes,
+                        "models_loaded": counters.get(MODELS_LOADED)}
             manifest.write_manifest(job.manifest, manifest.batch_manifest(
-                job, all_options, inputs, models, started_at, counters, error=error))
+                job, all_options, inputs, models, started_at, counters, run_info, error=error))
 
     try:
         result = p.run()
@@ -178,9 +208,10 @@ def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[be
         write_manifest({}, e)
         raise
     counters = metrics.query_counters(result)
-    write_manifest(counters)
+    processes = len(metrics.query_string_sets(result).get(SCORING_PROCESSES, ()))
+    write_manifest(counters, processes=processes)
     if test_pipeline is None and is_local(options):
-        print(summarize(job, counters, time.monotonic() - started))
+        print(summarize(job, counters, time.monotonic() - started, ran_on, processes))
     return result, counters
 
 

@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import apache_beam as beam
 
 from pipelines.options import BatchInferOptions, OptionsError, field_list
+from pipelines.runners import LocalRunner
 from transforms.graph.model import ModelGraph, record_spec
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.sinks.bigquery import WriteRowsToBigQuery
@@ -75,14 +76,20 @@ class LogRefusedDeadLettersFn(AccountedDoFn):
         logging.error("BigQuery refused a dead letter: %s", failed)
 
 
-def activate_emulators(opts: BatchInferOptions, project: Optional[str], local: bool) -> bool:
-    """Point this process's BigQuery and GCS clients at local emulators, when asked; refused for
-    remote runners, whose workers cannot see them. Returns whether anything was redirected."""
+def activate_emulators(opts: BatchInferOptions, project: Optional[str], runner: Optional[LocalRunner]) -> bool:
+    """Point this process's BigQuery and GCS clients at local emulators, when asked, where the
+    redirection reaches the workers: refused for remote runners, and the BigQuery one (patched
+    clients, this process only) for local workers in processes of their own; the GCS one is an
+    environment variable, which those inherit. Returns whether anything was redirected."""
     if not (opts.bigquery_emulator or opts.storage_emulator):
         return False
-    if not local:
+    if runner is None:
         raise OptionsError("--bigquery_emulator/--storage_emulator are for local runs (DirectRunner): "
                            "remote workers cannot reach this machine's emulators")
+    if opts.bigquery_emulator and runner.out_of_process:
+        raise OptionsError(f"--bigquery_emulator redirects the BigQuery clients of this process only, and the "
+                           f"{runner.describe()} scores in other processes: drop "
+                           "--direct_running_mode=multi_processing for jobs on the local BigQuery")
     from pipelines.local import bigquery_emulator
 
     if opts.bigquery_emulator:

@@ -29,9 +29,9 @@ from apache_beam.options.pipeline_options_validator import PipelineOptionsValida
 from pipelines.gpu_options import (SINGLE_SDK_PROCESS_EXPERIMENT, DataflowJobOptions, DataflowOptionsError,
                                    gpu_workers, parse_accelerator)
 from pipelines.runners import is_dataflow, is_local, runner_name
+from transforms.sources.files import is_remote
 
 REPO_SETUP_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
-_REMOTE = re.compile(r"^(?!file://)[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _NAMED = re.compile(r"^[A-Za-z_][\w.-]*=")  # --model NAME=DIR
 
 
@@ -76,7 +76,7 @@ def prepare_runner_options(options: PipelineOptions, paths: Iterable[Optional[st
     options.view_as(DebugOptions).add_experiment("use_runner_v2")
     if job.gpu:
         warnings += gpu_workers(options)
-    local = list(dict.fromkeys(p for p in (_path_of(p) for p in paths if p) if not _REMOTE.match(p)))
+    local = list(dict.fromkeys(p for p in (_path_of(p) for p in paths if p) if not is_remote(p)))
     if local and not dry_run:
         raise DataflowOptionsError(f"Dataflow workers cannot read this machine's files: {', '.join(local)} "
                                    "(use gs:// paths; --dry_run accepts local paths)")

@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 from models.serving_model import load_serving_models
 from pipelines import manifest
 from pipelines.bigquery_io import BIGQUERY, BigQuerySettings, settings_from_options
-from pipelines.inputs import input_format_of
+from pipelines.inputs import input_format_of, listed_inputs, should_redistribute
 from pipelines.options import (BatchInferOptions, OptionsError, StreamInferOptions, check_options,
                               check_stream_options, field_list)
 from transforms.graph.file import load_graph_file
@@ -62,6 +62,7 @@ class BatchJob:
     output_compression: Optional[str] = None
     manifest: Optional[str] = None  # the run manifest's path (None: none is written)
     gpu: GpuSettings = GpuSettings()  # applied by the scoring DoFns before the models load
+    redistribute: bool = False  # chunks spread over the workers after reading
 
     @property
     def scoring_key_feature(self) -> Optional[str]:
@@ -103,8 +104,11 @@ def one_model_output_problem(job: BatchJob) -> Optional[str]:
 
 
 def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions] = None,
-                     gpu: GpuSettings = GpuSettings(), gpu_batches: bool = False) -> BatchJob:
-    """gpu_batches: the job runs on GPU workers, so batch sizes the user left unset get GPU defaults."""
+                     gpu: GpuSettings = GpuSettings(), gpu_batches: bool = False, offline: bool = False,
+                     workers: Optional[int] = None) -> BatchJob:
+    """gpu_batches: the job runs on GPU workers, so batch sizes the user left unset get GPU defaults.
+    offline (a --dry_run): remote input patterns are not listed. workers: the worker processes that
+    can score (None: not known at launch), for --redistribute auto."""
     check_options(opts)
     if opts.min_batch_size is not None:
         print("warning: --min_batch_size is deprecated and has no effect: every job scores chunks of up "
@@ -114,17 +118,22 @@ def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions
     bigquery = settings_from_options(opts, cloud.project or ("local" if opts.bigquery_emulator else None),
                                      cloud.temp_location)
     errors = opts.errors or (f"{opts.output}.errors" if opts.output else None)
+    listed = None if bigquery.source else listed_inputs(opts.input, offline)
+    redistribute = should_redistribute(opts.redistribute, workers, None if listed is None else len(listed),
+                                       gpu_batches) and not (bigquery.source and opts.redistribute == "auto")
     job = BatchJob(inputs=list(opts.input or []), graph=graph, output=opts.output,
                    errors=errors, key_feature=opts.key_feature or opts.key_column,
                    output_format=opts.output_format, engine=opts.engine,
                    max_batch_size=opts.max_batch_size, max_batch_bytes=opts.max_batch_bytes,
                    num_shards=opts.num_shards, gpu=gpu, row_per_model=opts.row_per_model,
-                   input_format=BIGQUERY if bigquery.source else input_format_of(opts.input, opts.input_format),
+                   input_format=BIGQUERY if bigquery.source else input_format_of(opts.input, opts.input_format,
+                                                                                 listed),
                    included_fields=field_list(opts.included_fields),
                    excluded_fields=field_list(opts.excluded_fields), with_source=opts.with_source,
                    bigquery=bigquery, output_features=tuple(parse_output_features(opts.output_features).items()),
                    output_compression=opts.output_compression,
-                   manifest=opts.manifest or (manifest.manifest_path(opts.output) if opts.output else None))
+                   manifest=opts.manifest or (manifest.manifest_path(opts.output) if opts.output else None),
+                   redistribute=redistribute)
     if gpu_batches:
         job.max_batch_size = job.max_batch_size or GPU_BATCH.max_batch_size
         job.max_batch_bytes = job.max_batch_bytes or GPU_BATCH.max_batch_bytes

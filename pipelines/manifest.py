@@ -118,8 +118,9 @@ def read_manifest(path: str) -> Dict[str, Any]:
 
 def batch_manifest(job, options: Mapping[str, Any], inputs: List[Dict[str, Any]],
                    models: List[Dict[str, Any]], started_at: str, counters: Mapping[str, int],
-                   error: Optional[BaseException] = None) -> Dict[str, Any]:
-    """The manifest of a pipelines.batch_infer run (job: its BatchJob)."""
+                   run: Optional[Mapping[str, Any]] = None, error: Optional[BaseException] = None) -> Dict[str, Any]:
+    """The manifest of a pipelines.batch_infer run (job: its BatchJob; run: the runner it ran on,
+    whether chunks were redistributed, how many worker processes scored)."""
     outputs = {"predictions": job.predictions_at,
                "dead_letters": job.bigquery.errors_table or f"{job.errors}-*.jsonl",
                "format": "bigquery" if job.bigquery.output_table else job.output_format}
@@ -133,6 +134,7 @@ def batch_manifest(job, options: Mapping[str, Any], inputs: List[Dict[str, Any]]
                    "key_feature": job.key_feature, "with_source": job.with_source},
         "models": models,
         "outputs": outputs,
+        "run": dict(run or {}),
         "counts": stage_counts(counters, job.graph.names),
         "options": redact_options(options),
         "versions": versions(),

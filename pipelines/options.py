@@ -70,6 +70,10 @@ class BatchInferOptions(PipelineOptions):
                                  "keeps batches of large records (images) small")
         parser.add_argument("--num_shards", type=int, default=0,
                             help="output shards (0: let the runner choose)")
+        parser.add_argument("--redistribute", default="auto",
+                            help="yes, no or auto: spread the chunks read over the workers before scoring "
+                                 "(a file is read on one worker). auto: where several worker processes "
+                                 "can score and there are fewer than 4 files per worker, or GPU workers")
         parser.add_argument("--manifest", help="run manifest path (default: OUTPUT.manifest.json)")
         _add_bigquery_args(parser)
 

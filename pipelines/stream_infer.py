@@ -32,7 +32,7 @@ from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runne
 from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.job import StreamJob, stream_job_from_options
 from pipelines.options import BatchInferOptions, OptionsError, StreamInferOptions, print_options_help
-from pipelines.runners import is_local
+from pipelines.runners import local_runner, pinned_runner, runner_name
 from transforms.graph.model import GraphError, record_spec
 from transforms.runtime import metrics
 from transforms.scoring.engines import batch_calls
@@ -89,7 +89,7 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
              job.errors_table, DEAD_LETTER_SCHEMA, job.bigquery_write_method, job.project))
 
 
-def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True, wait: bool = True,
+def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, wait: bool = True,
         test_pipeline: Optional[beam.Pipeline] = None):
     """Builds and starts the stream; with wait, blocks until it ends (Ctrl-C cancels it).
     Returns the PipelineResult (None for a --dry_run). Raises OptionsError on bad flags.
@@ -98,8 +98,13 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True, wa
     options = PipelineOptions(argv)
     stream, shared = options.view_as(StreamInferOptions), options.view_as(BatchInferOptions)
     options.view_as(StandardOptions).streaming = True
-    options.view_as(SetupOptions).save_main_session = save_main_session
-    local = is_local(options)
+    setup = options.view_as(SetupOptions)
+    setup.save_main_session = bool(setup.save_main_session or save_main_session)  # cloudpickle needs none
+    try:
+        runner = local_runner(options, streaming=True)
+    except ValueError as e:
+        raise OptionsError(str(e)) from e
+    local = runner is not None
     if stream.pubsub_emulator and not local:
         raise OptionsError("--pubsub_emulator is for local runs: remote workers cannot reach it")
     # flags checked and models loaded before any client is redirected
@@ -112,16 +117,20 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True, wa
 
         pubsub_prompt_pulls.use_prompt_pulls()
     # local BigQuery/GCS for --output_table/--errors_table: stays redirected while the stream runs
-    activate_emulators(shared, options.view_as(GoogleCloudOptions).project, local)
+    activate_emulators(shared, options.view_as(GoogleCloudOptions).project, runner)
     for warning in prepare_runner_options(options, [n.model.path for n in job.graph.nodes]):
         print(f"warning: {warning}", file=sys.stderr)
-    p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
+    p = test_pipeline if test_pipeline is not None else beam.Pipeline(
+        runner=pinned_runner(options, streaming=True), options=options)
     build_pipeline(p, job)
     if is_dry_run(options):
         report_dry_run(p, options)
         return None
     if local:  # a model its engine cannot load fails here, not in a worker; loaded once
         batch_calls(job.graph)
+    if test_pipeline is None:
+        print(f"stream_infer: reading {job.input_subscription or job.input_topic} on the "
+              f"{runner.describe() if runner else runner_name(options)}", file=sys.stderr)
     result = p.run()
     if wait:
         try:

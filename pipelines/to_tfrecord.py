@@ -20,8 +20,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from models.feature_spec import FeatureSpecError, load_spec_file
 from models.serving_model import ModelContractError, load_serving_model
-from pipelines.inputs import input_format_of
+from pipelines.inputs import input_format_of, listed_inputs
 from pipelines.options import OptionsError, field_list
+from pipelines.runners import pinned_runner
 from transforms.runtime import metrics
 from transforms.sources.text import InstanceOptions, ReadKeyedInstances
 from transforms.sinks.files import WriteJsonLines
@@ -74,18 +75,23 @@ def _chunk_records(chunk):
     return chunk.records
 
 
-def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True):
+def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False):
     """Builds and runs the conversion; returns the counters. Raises on bad flags."""
     opts, beam_args = converter_parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
     options = PipelineOptions(beam_args)
     missing = [f"--{flag} is required" for flag in ("input", "output") if not getattr(opts, flag)]
     if missing:
         raise OptionsError("; ".join(missing))
-    fmt = input_format_of(opts.input, opts.input_format)
+    fmt = input_format_of(opts.input, opts.input_format, listed_inputs(opts.input))
     if fmt not in (JSONL, CSV):
         raise OptionsError(f"the inputs are {fmt}; the converter reads JSON Lines or CSV")
-    options.view_as(SetupOptions).save_main_session = save_main_session
-    p = beam.Pipeline(options=options)
+    setup = options.view_as(SetupOptions)
+    setup.save_main_session = bool(setup.save_main_session or save_main_session)  # cloudpickle needs none
+    try:
+        runner = pinned_runner(options, streaming=False)
+    except ValueError as e:
+        raise OptionsError(str(e)) from e
+    p = beam.Pipeline(runner=runner, options=options)
     build_pipeline(p, opts, fmt)
     result = p.run()
     result.wait_until_finish()

@@ -102,14 +102,15 @@ def test_reads_plain_and_gzip_files_with_deterministic_keys(two_files):
     assert len({k for k, _ in expected}) == len(expected)
     for _ in range(2):  # a second run gives the very same keys and bytes
         read = ReadKeyedTFRecords([pattern])
-        assert [os.path.basename(p) for p in read.paths] == ["part-a.tfrecord", "part-b.tfrecord.gz"]
+        matched = expand_patterns([pattern])
+        assert [os.path.basename(p) for p in matched] == ["part-a.tfrecord", "part-b.tfrecord.gz"]
         with BeamTestPipeline() as p:
             chunks, dead = p | read
             records = keyed(chunks)
             assert_that(records, equal_to(expected), label="Records")
             assert_that(dead, equal_to([]), label="NoDeadLetters")
             assert_that(records | beam.combiners.Count.Globally(), count_is(len(expected)), label="Count")
-            paths = {os.path.basename(p): p for p in read.paths}
+            paths = {os.path.basename(p): p for p in matched}
             assert_that(sources(chunks), equal_to([
                 (k, {"file": paths[k.split(":")[0]], "record": int(k.split(":")[1])}) for k, _ in expected]),
                 label="Sources")
@@ -122,8 +123,9 @@ def test_same_basename_in_two_directories_keys_by_full_path(tmp_path, write_tfre
     second = [good(3)]
     write_tfrecords("day1/data.tfrecord", first)
     write_tfrecords("day2/data.tfrecord", second)
-    read = ReadKeyedTFRecords([str(tmp_path / "day1" / "*.tfrecord"), str(tmp_path / "day2" / "*")])
-    path1, path2 = read.paths
+    patterns = [str(tmp_path / "day1" / "*.tfrecord"), str(tmp_path / "day2" / "*")]
+    read = ReadKeyedTFRecords(patterns)
+    path1, path2 = expand_patterns(patterns)
     assert path1.endswith(os.path.join("day1", "data.tfrecord"))
     assert path2.endswith(os.path.join("day2", "data.tfrecord"))
     expected = [(f"{path1}:0", first[0]), (f"{path1}:1", first[1]), (f"{path2}:0", second[0])]

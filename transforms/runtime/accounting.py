@@ -8,6 +8,8 @@ calls); no other code touches these counters. One Accounting per DoFn instance, 
 setup(), updated once per chunk, always on the bundle's thread (Beam's metrics are per thread).
 """
 
+import os
+import socket
 from typing import Iterable, Mapping, Sequence, Tuple
 
 import apache_beam as beam
@@ -23,6 +25,8 @@ BATCH_LATENCY_US = "inference_batch_latency_micro_secs"
 LOAD_LATENCY_MS = "load_model_latency_milli_secs"
 FAILED_BATCHES = "failed_batches_counter"
 REFUSED_DEAD_LETTERS = "errors_table_refused"
+MODELS_LOADED = "models_loaded"  # model loads, each process loading each model once
+SCORING_PROCESSES = "scoring_processes"  # a string set: HOST:PID of every process that scored
 
 
 class Accounting:
@@ -68,8 +72,15 @@ class Accounting:
             else:
                 self._failed_batches.inc()
 
-    def model_loaded(self, seconds: float) -> None:
-        metrics.distribution(LOAD_LATENCY_MS).update(int(seconds * 1e3))
+    def models_loaded(self, seconds: Sequence[float]) -> None:
+        """The time of each model load this process made (engines.take_load_times)."""
+        for s in seconds:
+            metrics.distribution(LOAD_LATENCY_MS).update(int(s * 1e3))
+            metrics.counter(MODELS_LOADED).inc()
+
+    def scored_in_this_process(self) -> None:
+        """This process scored records: which worker processes did the work, however many."""
+        metrics.string_set(SCORING_PROCESSES).add(_PROCESS)
 
     def refused_prediction(self, dead_letter: Mapping) -> None:
         """A row the sink refused after it was counted: no longer a prediction, now a dead letter."""
@@ -82,6 +93,9 @@ class Accounting:
 
     def stream_batch(self, n: int) -> None:
         metrics.distribution(metrics.STREAM_BATCH_SIZE).update(n)
+
+
+_PROCESS = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class AccountedDoFn(beam.DoFn):

@@ -3,7 +3,7 @@
 import sys
 import threading
 import time
-from typing import Dict
+from typing import Dict, Set
 
 import apache_beam as beam
 
@@ -28,6 +28,34 @@ def dead_letter_counter(stage: str):
 
 def distribution(name: str):
     return beam.metrics.Metrics.distribution(NAMESPACE, name)
+
+
+def string_set(name: str):
+    return beam.metrics.Metrics.string_set(NAMESPACE, name)
+
+
+def query_string_sets(result) -> Dict[str, Set[str]]:
+    """{name: the union of its values} of a finished run's string sets.
+
+    Beam 2.77's FnApiRunner keeps one string set per worker and its query() returns the last one
+    only (it has no combiner for sets), so where the raw monitoring infos are at hand, they are
+    merged here."""
+    found: Dict[str, Set[str]] = {}
+    raw = getattr(result.metrics(), "monitoring_infos", None)
+    if raw is not None:
+        from apache_beam.metrics import monitoring_infos as infos
+
+        for info in raw():
+            if infos.is_string_set(info) and infos.is_user_monitoring_info(info):
+                namespace, name = infos.parse_namespace_and_name(info)
+                if namespace == NAMESPACE:
+                    found.setdefault(name, set()).update(infos.extract_string_set_value(info))
+        return found
+    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
+    for s in query.get("string_sets", []):
+        value = s.committed if s.committed is not None else s.attempted
+        found.setdefault(s.key.metric.name, set()).update(value or ())
+    return found
 
 
 def query_counters(result) -> Dict[str, int]:

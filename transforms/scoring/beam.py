@@ -25,7 +25,7 @@ from transforms.records.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, WithDe
 from transforms.records.rows import rows_from_lines, rows_text
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.runtime.gpu import GpuSettings
-from transforms.scoring.engines import DEFAULT_ENGINE, BatchCall, batch_calls
+from transforms.scoring.engines import DEFAULT_ENGINE, BatchCall, batch_calls, take_load_times
 from transforms.scoring.executor import score_chunk
 
 CallLog = List[Tuple[int, float, bool]]
@@ -76,9 +76,7 @@ class ScoreChunksFn(AccountedDoFn):
     def setup(self):
         super().setup()
         self._gpu.apply()
-        started = time.perf_counter()
         self._calls = batch_calls(self._graph, self._keep_logs)
-        self._accounting.model_loaded(time.perf_counter() - started)
         if self._pipelined:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="score-chunks")
 
@@ -89,7 +87,9 @@ class ScoreChunksFn(AccountedDoFn):
         return score_chunk(self._graph, calls, chunk, self._key_feature), log
 
     def account(self, scored: ScoredChunk, log: CallLog) -> None:
-        """Reports a scored chunk (on the bundle's thread)."""
+        """Reports a scored chunk (on the bundle's thread), and the model loads not yet reported."""
+        self._accounting.models_loaded(take_load_times())
+        self._accounting.scored_in_this_process()
         self._accounting.model_calls(log)
         self._accounting.dead_letters(scored.dead)
         self._accounting.model_outputs({name: len(r.indices) for name, r in scored.models.items()})

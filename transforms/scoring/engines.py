@@ -18,7 +18,8 @@ caller's wrappers (transforms.scoring.beam), not engine code.
 """
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Protocol, Sequence, Tuple
+import time
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -139,14 +140,27 @@ ENGINES: Dict[str, Callable[..., BatchCall]] = {"fast": load_fast, "tfx-bsl": _t
 
 _CACHE: Dict[Tuple[Any, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()
+_UNREPORTED_LOADS: List[float] = []  # seconds of each load this process made, until a DoFn reports them
 
 
 def shared_model(key: Tuple[Any, ...], load: Callable[[], Any]) -> Any:
     """The process-wide instance for key: loaded once (by load()), shared by every thread."""
     with _CACHE_LOCK:
         if key not in _CACHE:
+            started = time.perf_counter()
             _CACHE[key] = load()
+            _UNREPORTED_LOADS.append(time.perf_counter() - started)
         return _CACHE[key]
+
+
+def take_load_times() -> List[float]:
+    """The seconds of each model load of this process not yet reported, once: a scoring DoFn
+    reports them on its bundle's thread (Beam's metrics are per bundle), so each load is counted
+    once however many DoFns share the model."""
+    with _CACHE_LOCK:
+        taken = list(_UNREPORTED_LOADS)
+        _UNREPORTED_LOADS.clear()
+        return taken
 
 
 def load_batch_call(engine: str, path: str, signature: str, keep_logs: bool = False) -> BatchCall:

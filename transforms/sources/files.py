@@ -1,17 +1,31 @@
-"""The files a job reads: patterns expanded before the job starts, stable key names, and the
-read stage every file source shares (files spread over workers, one DoFn reading each)."""
+"""The files a job reads: patterns matched on the workers at run time, stable key names, and the
+read stage every file source shares (files spread over workers, one DoFn reading each).
+
+The job graph holds the patterns, not the files they match: a million input files make the same
+small graph, and a Dataflow job is built (or dry-run) without listing gs:// from the launcher.
+Where the launcher can list a pattern, it still does, so an empty glob fails before launch.
+"""
 
 import os
-from typing import Dict, List, Sequence
+import re
+from typing import Dict, Iterable, List, Sequence
 
 import apache_beam as beam
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.records.dead_letters import DEAD_LETTER_TAG, WithDeadLetters
 
+_REMOTE = re.compile(r"^(?!file://)[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
 
 class NoInputFilesError(ValueError):
     pass
+
+
+def is_remote(pattern: str) -> bool:
+    """gs://, s3://, ... (anything with a scheme but file://)."""
+    return bool(_REMOTE.match(pattern))
 
 
 def expand_patterns(patterns: Sequence[str]) -> List[str]:
@@ -22,11 +36,16 @@ def expand_patterns(patterns: Sequence[str]) -> List[str]:
             matched = FileSystems.match([pattern])[0].metadata_list
         except Exception as e:  # Beam raises BeamIOError for an unreachable or malformed pattern
             raise NoInputFilesError(f"cannot list input {pattern!r}: {e}") from e
-        files = [m.path for m in matched if m.size_in_bytes is None or not m.path.endswith("/")]
+        files = file_paths(matched)
         if not files:
             raise NoInputFilesError(f"input pattern {pattern!r} matches no files")
         paths.update(files)
     return sorted(paths)
+
+
+def file_paths(metadata: Iterable) -> List[str]:
+    """The paths of matched files, without the directory placeholders object stores list."""
+    return [m.path for m in metadata if m.size_in_bytes is None or not m.path.endswith("/")]
 
 
 def key_names(paths: Sequence[str]) -> Dict[str, str]:
@@ -37,12 +56,41 @@ def key_names(paths: Sequence[str]) -> Dict[str, str]:
     return {p: p for p in paths}
 
 
-def read_files(pbegin, paths: Sequence[str], label: str, read_fn: beam.DoFn):
-    """(path, key name) per file, spread over workers, read by read_fn: (records, dead letters)."""
-    names = key_names(paths)
+def named_files(paths: Iterable[str]) -> List[tuple]:
+    """(path, key name) of every matched file, sorted and de-duplicated: the same names whichever
+    worker matched which pattern."""
+    unique = sorted(set(paths))
+    names = key_names(unique)
+    return [(p, names[p]) for p in unique]
+
+
+class MatchInputFiles(beam.PTransform):
+    """patterns -> (path, key name) per matched file, matched on the workers (Beam's fileio.MatchAll;
+    a pattern that matches nothing fails the job), spread over workers."""
+
+    def __init__(self, patterns: Sequence[str]):
+        super().__init__()
+        self._patterns = list(patterns)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Patterns" >> beam.Create(self._patterns)
+                | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
+                | "AllFiles" >> beam.combiners.ToList()
+                | "KeyNames" >> beam.FlatMap(lambda matched: named_files(file_paths(matched)))
+                | "SpreadFiles" >> beam.Reshuffle())
+
+
+def check_local_patterns(patterns: Sequence[str]) -> None:
+    """Raises NoInputFilesError for a pattern on this machine's disk that matches nothing (the
+    launcher lists remote ones itself where it can: pipelines.inputs)."""
+    expand_patterns([p for p in patterns if not is_remote(p)])
+
+
+def read_files(pbegin, patterns: Sequence[str], label: str, read_fn: beam.DoFn):
+    """The files the patterns match, read by read_fn ((path, key name) -> records, dead letters)."""
     result = (
         pbegin
-        | "Files" >> beam.Create([(p, names[p]) for p in paths])
-        | "SpreadFiles" >> beam.Reshuffle()
+        | "MatchFiles" >> MatchInputFiles(patterns)
         | label >> beam.ParDo(read_fn).with_outputs(DEAD_LETTER_TAG, main="records"))
     return WithDeadLetters(result.records, result[DEAD_LETTER_TAG])

@@ -18,7 +18,7 @@ from models.feature_spec import Feature
 from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, RecordChunk
 from transforms.records.dead_letters import CONVERT, DEAD_LETTER_TAG, dead_letter
 from transforms.runtime.accounting import AccountedDoFn
-from transforms.sources.files import expand_patterns, read_files
+from transforms.sources.files import check_local_patterns, read_files
 from transforms.sources.instances import ConversionError, instance_key, instance_to_example, select_fields
 from transforms.sources.text_formats import CSV, JSONL, InstanceError, iter_csv, iter_jsonl
 
@@ -144,7 +144,8 @@ class ReadKeyedInstances(beam.PTransform):
     """Reads JSON Lines or CSV files matching the patterns as keyed tf.Example records.
 
     Returns WithDeadLetters(RecordChunks, dead letters), chunks as ReadKeyedTFRecords gives them.
-    The patterns are expanded at construction so an empty glob fails before the pipeline starts.
+    Patterns are matched on the workers; a local pattern that matches nothing fails here, before
+    the pipeline starts.
     """
 
     def __init__(self, patterns: Sequence[str], fmt: str, options: InstanceOptions,
@@ -152,12 +153,9 @@ class ReadKeyedInstances(beam.PTransform):
         super().__init__()
         if fmt not in (JSONL, CSV):
             raise ValueError(f"instance format {fmt!r} is not {JSONL} or {CSV}")
-        self._paths = expand_patterns(list(patterns))
+        self._patterns = list(patterns)
+        check_local_patterns(self._patterns)
         self._fn = ReadInstancesFn(fmt, options, chunk_size, chunk_bytes)
 
-    @property
-    def paths(self) -> List[str]:
-        return list(self._paths)
-
     def expand(self, pbegin):
-        return read_files(pbegin, self._paths, "ReadInstances", self._fn)
+        return read_files(pbegin, self._patterns, "ReadInstances", self._fn)

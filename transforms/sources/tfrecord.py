@@ -1,8 +1,9 @@
 """ReadKeyedTFRecords: TFRecord files of tf.Example -> RecordChunks of keyed records + dead letters.
 
 Keys are deterministic: '<file>:<record index>', with <file> the base name when the matched base
-names are unique and the full path otherwise. Files are the unit of parallelism (TFRecord has no
-sync markers, so a file cannot be split by offset); a Reshuffle spreads them over workers.
+names are unique and the full path otherwise. Files are matched on the workers and are the unit of
+reading (TFRecord has no sync markers, so a file cannot be split by offset); a Reshuffle spreads
+them over workers, and a job may redistribute the chunks read (pipelines.inputs).
 """
 
 import contextlib
@@ -17,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, FileRecords, RecordChunk, split_by_bytes
 from transforms.records.dead_letters import DEAD_LETTER_TAG, READ, dead_letter
 from transforms.runtime.accounting import AccountedDoFn
-from transforms.sources.files import expand_patterns, read_files
+from transforms.sources.files import check_local_patterns, read_files
 from transforms.sources.framing import RECORD_OVERHEAD, Corruption, read_records
 from transforms.sources.gzip_recovering import GzipRecoveringReader
 
@@ -144,20 +145,17 @@ class ReadRecordChunksFn(AccountedDoFn):
 class ReadKeyedTFRecords(beam.PTransform):
     """Reads TFRecord files matching the patterns (gzip by extension) as RecordChunks.
 
-    Returns WithDeadLetters(RecordChunks, dead letters). The patterns are expanded at
-    construction so an empty glob fails before the pipeline starts.
+    Returns WithDeadLetters(RecordChunks, dead letters). Patterns are matched on the workers; a
+    local pattern that matches nothing fails here, before the pipeline starts.
     """
 
     def __init__(self, patterns: Iterable[str], chunk_size: int = DEFAULT_CHUNK_SIZE,
                  chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES):
         super().__init__()
-        self._paths = expand_patterns(list(patterns))
+        self._patterns = list(patterns)
+        check_local_patterns(self._patterns)
         self._chunk_size = chunk_size
         self._chunk_bytes = chunk_bytes
 
-    @property
-    def paths(self) -> List[str]:
-        return list(self._paths)
-
     def expand(self, pbegin):
-        return read_files(pbegin, self._paths, "ReadRecords", ReadRecordChunksFn(self._chunk_size, self._chunk_bytes))
+        return read_files(pbegin, self._patterns, "ReadRecords", ReadRecordChunksFn(self._chunk_size, self._chunk_bytes))
