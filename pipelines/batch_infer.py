@@ -17,7 +17,7 @@ import time
 from typing import List, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions,
+from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions,
                                                   WorkerOptions)
 
 from models.serving_model import ModelContractError
@@ -28,7 +28,7 @@ from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.inputs import read_chunks
 from pipelines.job import BatchJob, job_from_options
 from pipelines.options import BatchInferOptions, OptionsError, print_options_help
-from pipelines.runners import LocalRunner, is_local, local_runner, pinned_runner, runner_name
+from pipelines.runners import LocalRunner, is_local, keep_main_session, local_runner, pinned_runner, runner_name
 from transforms.graph.model import GraphError
 from transforms.runtime import metrics
 from transforms.runtime.accounting import (MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, MODELS_LOADED,
@@ -133,11 +133,10 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
         options = PipelineOptions(argv)
         opts = options.view_as(BatchInferOptions)
         print(f"No --input/--model/--output given: running the embedded demo\n  {' '.join(demo.demo_args())}")
-    setup = options.view_as(SetupOptions)
-    setup.save_main_session = bool(setup.save_main_session or save_main_session)  # cloudpickle needs none
+    keep_main_session(options, save_main_session)
     warn_about_unsafe_runner_modes(options)
     cloud = options.view_as(GoogleCloudOptions)
-    runner = batch_runner(options)
+    runner = local_runner(options, streaming=False)
     redirected = activate_emulators(opts, cloud.project, runner)
     try:
         job = job_from_options(opts, cloud, gpu_settings(options), bool(options.view_as(DataflowJobOptions).gpu),
@@ -150,14 +149,6 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
             from pipelines.local import bigquery_emulator
 
             bigquery_emulator.restore()
-
-
-def batch_runner(options: PipelineOptions) -> Optional[LocalRunner]:
-    """The local runner the job runs on (None: a remote runner); OptionsError if it cannot."""
-    try:
-        return local_runner(options, streaming=False)
-    except ValueError as e:
-        raise OptionsError(str(e)) from e
 
 
 def scoring_workers(options: PipelineOptions, runner: Optional[LocalRunner]) -> Optional[int]:

@@ -11,7 +11,10 @@ import dataclasses
 import logging
 from typing import Optional
 
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
+from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, PortableOptions, SetupOptions,
+                                                  StandardOptions)
+
+from pipelines.options import OptionsError
 
 # Beam's own resolution (apache_beam.runners.runner.create_runner): a class name in any case,
 # with or without the "Runner" suffix, or a dotted path.
@@ -68,7 +71,7 @@ class LocalRunner:
 
 
 def local_runner(options: PipelineOptions, streaming: bool) -> Optional[LocalRunner]:
-    """What a local job runs on; None for a remote runner. Raises ValueError for a local runner
+    """What a local job runs on; None for a remote runner. Raises OptionsError for a local runner
     that cannot run the job (the FnApiRunner has no streaming)."""
     name = runner_name(options)
     if name not in LOCAL_RUNNERS:
@@ -76,7 +79,7 @@ def local_runner(options: PipelineOptions, streaming: bool) -> Optional[LocalRun
     if name in DIRECT_RUNNERS:
         name = BUNDLE_RUNNER if streaming else FN_API_RUNNER
     if name == FN_API_RUNNER and streaming:
-        raise ValueError("the FnApiRunner cannot run a stream (Pub/Sub); use the DirectRunner, which runs "
+        raise OptionsError("the FnApiRunner cannot run a stream (Pub/Sub); use the DirectRunner, which runs "
                          "streams on the BundleBasedDirectRunner")
     if name == PRISM_RUNNER:
         return LocalRunner(name, options.view_as(PortableOptions).environment_type or "LOOPBACK")
@@ -89,6 +92,13 @@ def local_runner(options: PipelineOptions, streaming: bool) -> Optional[LocalRun
 
         workers = multiprocessing.cpu_count()
     return LocalRunner(name, direct.direct_running_mode or "in_memory", workers or 1)
+
+
+def keep_main_session(options: PipelineOptions, asked: bool) -> None:
+    """--save_main_session only when asked (flag or caller): Beam's cloudpickle pickles what the
+    pipeline uses by value, and no job here relies on the launcher's __main__."""
+    setup = options.view_as(SetupOptions)
+    setup.save_main_session = bool(setup.save_main_session or asked)
 
 
 def pinned_runner(options: PipelineOptions, streaming: bool):

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
-from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions, SetupOptions,
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   StandardOptions)
 
 from models.serving_model import ModelContractError
@@ -32,7 +32,7 @@ from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runne
 from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.job import StreamJob, stream_job_from_options
 from pipelines.options import BatchInferOptions, OptionsError, StreamInferOptions, print_options_help
-from pipelines.runners import local_runner, pinned_runner, runner_name
+from pipelines.runners import keep_main_session, local_runner, pinned_runner, runner_name
 from transforms.graph.model import GraphError, record_spec
 from transforms.runtime import metrics
 from transforms.scoring.engines import batch_calls
@@ -98,12 +98,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, w
     options = PipelineOptions(argv)
     stream, shared = options.view_as(StreamInferOptions), options.view_as(BatchInferOptions)
     options.view_as(StandardOptions).streaming = True
-    setup = options.view_as(SetupOptions)
-    setup.save_main_session = bool(setup.save_main_session or save_main_session)  # cloudpickle needs none
-    try:
-        runner = local_runner(options, streaming=True)
-    except ValueError as e:
-        raise OptionsError(str(e)) from e
+    keep_main_session(options, save_main_session)
+    runner = local_runner(options, streaming=True)
     local = runner is not None
     if stream.pubsub_emulator and not local:
         raise OptionsError("--pubsub_emulator is for local runs: remote workers cannot reach it")

@@ -16,13 +16,13 @@ import sys
 from typing import Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.feature_spec import FeatureSpecError, load_spec_file
 from models.serving_model import ModelContractError, load_serving_model
 from pipelines.inputs import input_format_of, listed_inputs
 from pipelines.options import OptionsError, field_list
-from pipelines.runners import pinned_runner
+from pipelines.runners import keep_main_session, pinned_runner
 from transforms.runtime import metrics
 from transforms.sources.text import InstanceOptions, ReadKeyedInstances
 from transforms.sinks.files import WriteJsonLines
@@ -85,13 +85,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False):
     fmt = input_format_of(opts.input, opts.input_format, listed_inputs(opts.input))
     if fmt not in (JSONL, CSV):
         raise OptionsError(f"the inputs are {fmt}; the converter reads JSON Lines or CSV")
-    setup = options.view_as(SetupOptions)
-    setup.save_main_session = bool(setup.save_main_session or save_main_session)  # cloudpickle needs none
-    try:
-        runner = pinned_runner(options, streaming=False)
-    except ValueError as e:
-        raise OptionsError(str(e)) from e
-    p = beam.Pipeline(runner=runner, options=options)
+    keep_main_session(options, save_main_session)
+    p = beam.Pipeline(runner=pinned_runner(options, streaming=False), options=options)
     build_pipeline(p, opts, fmt)
     result = p.run()
     result.wait_until_finish()
