@@ -27,7 +27,7 @@ import orjson
 from transforms.records.chunk import DEFAULT_CHUNK_SIZE, RecordChunk, split_by_bytes
 from transforms.records.dead_letters import CONVERT, DEAD_LETTER_TAG, WithDeadLetters, dead_letter
 from transforms.runtime.accounting import AccountedDoFn
-from transforms.sources.instances import ConversionError
+from transforms.sources.instances import as_conversion_error
 from transforms.sources.text import InstanceOptions
 
 DIRECT_READ, EXPORT = "DIRECT_READ", "EXPORT"
@@ -98,9 +98,9 @@ class RowsToRecordsFn(AccountedDoFn):
         for row in rows:
             try:
                 key, record = row_to_record(row, self._options)
-            except ConversionError as e:
-                dead = dead_letter(CONVERT, e, key=self._options.key_or_none(row), raw=row_bytes(row),
-                                   source=self._source)
+            except Exception as e:  # pylint: disable=broad-except  # no row may stop the others
+                dead = dead_letter(CONVERT, as_conversion_error(e), key=self._options.key_or_none(row),
+                                   raw=row_bytes(row), source=self._source)
                 self._accounting.dead_letters([dead])
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
                 continue

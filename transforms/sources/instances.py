@@ -18,6 +18,11 @@ README's "Inputs other than TFRecord" repeats them):
   numbers, packed as its model dtype.
 - With keep_extra, fields the spec does not name are kept, typed by their values, when they are a
   scalar or a flat list of one kind (so --passthrough can copy them); other extras are left out.
+- A number that does not fit the stored type (a float32 overflow such as 1e39, an int64 out of
+  range, a raw feature's model dtype) is a ConversionError naming the field, never a silent inf
+  or wrap-around; so are lists nested deeper than MAX_NESTING.
+- Whatever goes wrong converting one instance is a ConversionError for that instance: no input
+  value, however odd, raises anything else.
 """
 
 import base64
@@ -34,6 +39,8 @@ from tensorflow.core.example import example_pb2
 from models.feature_spec import RAW, Feature
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_NESTING = 32  # list levels in one value; a tensor of rank 32 is already absurd
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
@@ -42,11 +49,27 @@ class ConversionError(ValueError):
 
 
 def _flatten(value: Any) -> List[Any]:
-    if isinstance(value, (list, tuple)):
-        return [v for item in value for v in _flatten(item)]
-    if isinstance(value, np.ndarray):
-        return value.reshape(-1).tolist()
-    return [value]
+    """The leaves of nested lists, in order; iterative, so a deeply nested value cannot exhaust
+    the stack (a ~1,000-deep JSON list is a 2 KB line)."""
+    flat: List[Any] = []
+    stack = [(iter([value]), 0)]
+    while stack:
+        items, depth = stack[-1]
+        item = next(items, _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, (list, tuple)):
+            if depth >= MAX_NESTING:
+                raise ConversionError(f"lists nested deeper than {MAX_NESTING} levels")
+            stack.append((iter(item), depth + 1))
+        elif isinstance(item, np.ndarray):
+            flat.extend(item.reshape(-1).tolist())
+        else:
+            flat.append(item)
+    return flat
+
+
+_END = object()
 
 
 def _b64_object(value: Any) -> Optional[bytes]:
@@ -86,12 +109,21 @@ def _temporal_text(value: Any) -> Any:
 
 
 def _to_float(value: Any) -> float:
+    """A float32 feature value; refuses what float32 cannot hold (NaN and infinities given as
+    such pass: they are values a model may be meant to see)."""
     value = _temporal_text(value)
     if isinstance(value, (bool, int, float, decimal.Decimal, np.integer, np.floating)):
-        return float(value)
-    if isinstance(value, _TEMPORAL):
-        return epoch_seconds(value)
-    raise ConversionError(f"{_describe(value)} is not a number")
+        try:
+            number = float(value)
+        except OverflowError:  # an int or Decimal beyond any float
+            raise ConversionError(f"{_describe(value)} overflows float32") from None
+    elif isinstance(value, _TEMPORAL):
+        number = epoch_seconds(value)
+    else:
+        raise ConversionError(f"{_describe(value)} is not a number")
+    if math.isfinite(number) and abs(number) > FLOAT32_MAX:
+        raise ConversionError(f"{_describe(value)} overflows float32 (largest {FLOAT32_MAX:.7g})")
+    return number
 
 
 def _to_int(value: Any) -> int:
@@ -142,11 +174,27 @@ def _raw_bytes(value: Any, feature: Feature) -> bytes:
         if len(numbers) != math.prod(feature.shape):
             raise ConversionError(f"has {len(numbers)} numbers, shape {list(feature.shape)} needs "
                                   f"{math.prod(feature.shape)}")
-        data = np.asarray(numbers, dtype=feature.model_dtype).tobytes()
+        data = _packed(numbers, feature.model_dtype).tobytes()
     if len(data) != feature.raw_nbytes:
         raise ConversionError(f"holds {len(data)} bytes, raw {feature.model_dtype}{list(feature.shape)} "
                               f"needs {feature.raw_nbytes}")
     return data
+
+
+def _packed(numbers: Sequence[float], dtype: str) -> np.ndarray:
+    """numbers as an array of the model's dtype; ConversionError where one does not fit it."""
+    kind = np.dtype(dtype)
+    if kind.kind in "iu":
+        info = np.iinfo(kind)
+        bad = [n for n in numbers if not (math.isfinite(n) and n == int(n) and info.min <= n <= info.max)]
+        if bad:
+            raise ConversionError(f"{bad[0]!r} does not fit {dtype}")
+    elif kind.kind == "f":
+        largest = float(np.finfo(kind).max)
+        bad = [n for n in numbers if math.isfinite(n) and abs(n) > largest]
+        if bad:
+            raise ConversionError(f"{bad[0]!r} overflows {dtype} (largest {largest:.7g})")
+    return np.asarray(numbers, dtype=kind)
 
 
 def feature_list(value: Any, feature: Feature) -> List[Any]:
@@ -206,20 +254,33 @@ def instance_to_example(instance: Mapping[str, Any], spec: Sequence[Feature],
             continue
         try:
             _store(example, feature.name, feature.dtype, feature_list(value, feature))
-        except ConversionError as e:
-            problems.append(f"{feature.name!r}: {e}")
-    if problems:
-        raise ConversionError("; ".join(problems))
+        except Exception as e:  # pylint: disable=broad-except  # any failure is this field's problem
+            problems.append(f"{feature.name!r}: {_reason(e)}")
     if keep_extra:
         named = {f.name for f in spec}
         for name, value in instance.items():
             if name in named or value is None or isinstance(value, Mapping):
                 continue
-            flat = _flatten(value)
-            dtype = _extra_dtype(flat)
-            if dtype is not None:
-                _store(example, name, dtype, [_CONVERTERS[dtype](v) for v in flat])
+            try:
+                flat = _flatten(value)
+                dtype = _extra_dtype(flat)
+                if dtype is not None:
+                    _store(example, name, dtype, [_CONVERTERS[dtype](v) for v in flat])
+            except Exception as e:  # pylint: disable=broad-except  # named, like the spec's fields
+                problems.append(f"{name!r}: {_reason(e)}")
+    if problems:
+        raise ConversionError("; ".join(problems))
     return example.SerializeToString()
+
+
+def _reason(error: Exception) -> str:
+    """A conversion problem in words: our own message, or the unexpected error's type and text."""
+    return str(error) if isinstance(error, ConversionError) else f"{type(error).__name__}: {error}"
+
+
+def as_conversion_error(error: Exception, prefix: str = "") -> ConversionError:
+    """Any error converting one record, as that record's ConversionError (its dead letter)."""
+    return ConversionError(prefix + _reason(error))
 
 
 def select_fields(instance: Mapping[str, Any], included: Sequence[str] = (),

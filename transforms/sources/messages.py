@@ -12,7 +12,7 @@ from typing import Dict, Mapping, NamedTuple, Optional, Sequence
 import orjson
 
 from models.feature_spec import Feature
-from transforms.sources.instances import ConversionError, instance_to_example
+from transforms.sources.instances import as_conversion_error, instance_to_example
 
 EXAMPLE, JSON = "example", "json"
 PAYLOAD_FORMATS = (EXAMPLE, JSON)
@@ -56,8 +56,8 @@ def payload_to_example(payload: bytes, payload_format: str, spec: Sequence[Featu
         raise MessageError("decode", f"payload is a JSON {type(instance).__name__}, expected an object of features")
     try:
         return instance_to_example(instance, spec, keep_extra=True)
-    except ConversionError as e:
-        raise MessageError("convert", str(e)) from e
+    except Exception as e:  # pylint: disable=broad-except  # any failure is this message's dead letter
+        raise MessageError("convert", str(as_conversion_error(e))) from e
 
 
 def message_to_record(payload: bytes, attributes: Optional[Mapping[str, str]], message_id: str,

@@ -45,8 +45,9 @@ class MessagesToRecordsFn(AccountedDoFn):
         try:
             yield message_to_record(payload, attributes, message_id, self._spec, self._payload_format,
                                     self._key_attribute, self._max_payload_bytes)
-        except MessageError as e:
-            row = dead_letter(e.stage, e, key=e.key, raw=payload, source={"message_id": message_id})
+        except Exception as e:  # pylint: disable=broad-except  # no message may stop the stream
+            error = e if isinstance(e, MessageError) else MessageError("convert", f"{type(e).__name__}: {e}")
+            row = dead_letter(error.stage, error, key=error.key, raw=payload, source={"message_id": message_id})
             self._accounting.dead_letters([row])
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(row, payload, attributes, message_id))
 

@@ -19,7 +19,8 @@ from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, Re
 from transforms.records.dead_letters import CONVERT, DEAD_LETTER_TAG, dead_letter
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.sources.files import check_local_patterns, read_files
-from transforms.sources.instances import ConversionError, instance_key, instance_to_example, select_fields
+from transforms.sources.instances import (ConversionError, as_conversion_error, instance_key, instance_to_example,
+                                          select_fields)
 from transforms.sources.text_formats import CSV, JSONL, InstanceError, iter_csv, iter_jsonl
 
 
@@ -45,7 +46,7 @@ class InstanceOptions:
     def key_or_none(self, instance: dict) -> Optional[str]:
         try:
             return self.key_of(instance) if self.key_field else None
-        except ConversionError:
+        except Exception:  # pylint: disable=broad-except  # no usable key: the position keys it
             return None
 
     def convert(self, instance: dict) -> bytes:
@@ -98,8 +99,8 @@ def keyed_examples(path: str, name: str, fmt: str, options: InstanceOptions
             if options.image_columns:
                 instance = read_image_columns(instance, options.image_columns, FileSystems.split(path)[0])
             example = options.convert(instance)
-        except ConversionError as e:
-            yield line, key, dead_letter(CONVERT, ConversionError(f"line {line}: {e}"), key=key, raw=raw,
+        except Exception as e:  # pylint: disable=broad-except  # no record may stop the file's others
+            yield line, key, dead_letter(CONVERT, as_conversion_error(e, f"line {line}: "), key=key, raw=raw,
                                          source=source), raw
             continue
         yield line, key, example, raw

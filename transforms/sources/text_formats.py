@@ -110,7 +110,8 @@ def _json_or_fail(text: str, feature: Feature) -> Any:
 def iter_csv(lines: Iterable[bytes], spec: Sequence[Feature]) -> Iterator[Item]:
     """Rows of a CSV file with a header; spec features are read by their dtype (cell_value)."""
     by_name = {f.name: f for f in spec}
-    text = io.TextIOWrapper(_LineStream(lines), encoding="utf-8", newline="")
+    # utf-8-sig: the byte-order mark spreadsheet exports put before the header is not part of it
+    text = io.TextIOWrapper(_LineStream(lines), encoding="utf-8-sig", newline="")
     reader = csv.reader(text)
     try:
         header = next(reader)
