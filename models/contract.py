@@ -77,6 +77,7 @@ def contract_problems(export_dir: str, signature_name: str = "serving_default") 
     if signature.method_name not in SUPPORTED_METHODS:
         problems.append(f"signature method {signature.method_name!r} is not predict, classify or regress")
     missing = unrestored_variables(meta_graph, signature_name)
+    problems += weights_problems(export_dir, meta_graph)
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         problems.append(
@@ -85,3 +86,31 @@ def contract_problems(export_dir: str, signature_name: str = "serving_default") 
             "Keras 3 model wrapped in a tf.Module + @tf.function exports; export with models.prepare "
             "(keras.export.ExportArchive) instead")
     return problems
+
+
+_VARIABLE_OPS = {"VarHandleOp", "VariableV2", "Variable"}
+
+
+def weights_problems(export_dir: str, meta_graph) -> List[str]:
+    """What is missing of the weights a model with variables needs: variables/variables.index
+    and every variables.data-NNNNN-of-MMMMM shard, none of them empty (a partial copy of a
+    version directory, say). Empty when the model has no variables or they are all there."""
+    graph = meta_graph.graph_def
+    if not any(n.op in _VARIABLE_OPS for n in graph.node) and not any(
+            n.op in _VARIABLE_OPS for f in graph.library.function for n in f.node_def):
+        return []
+    directory = f"{export_dir.rstrip('/')}/variables"
+    index = f"{directory}/variables.index"
+    if not tf.io.gfile.exists(index):
+        return [f"{directory}/variables.index is missing: the model's weights are not there (copy the whole "
+                "version directory, variables/ included)"]
+    shards = sorted(tf.io.gfile.glob(f"{directory}/variables.data-*-of-*"))
+    if not shards:
+        return [f"{directory} has no variables.data-* file: the model's weights are not there"]
+    expected = int(shards[0].rsplit("-of-", 1)[1])
+    if len(shards) < expected:
+        return [f"{directory} has {len(shards)} of the {expected} variables.data shards"]
+    empty = [path for path in [index] + shards if tf.io.gfile.stat(path).length == 0]
+    if empty:
+        return [f"{path} is empty (an interrupted copy?)" for path in empty]
+    return []

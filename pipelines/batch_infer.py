@@ -28,6 +28,7 @@ from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.inputs import read_chunks
 from pipelines.job import BatchJob, job_from_options
 from pipelines.options import BatchInferOptions, OptionsError, print_options_help
+from pipelines.output_paths import output_path_problems
 from pipelines.runners import LocalRunner, is_local, keep_main_session, local_runner, pinned_runner, runner_name
 from transforms.graph.model import GraphError
 from transforms.runtime import metrics
@@ -143,6 +144,10 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
                                offline=is_dry_run(options), workers=scoring_workers(options, runner))
         for warning in prepare_runner_options(options, worker_paths(job)):
             print(f"warning: {warning}", file=sys.stderr)
+        if not is_dry_run(options):
+            problems = output_path_problems([job.output, job.errors, job.manifest])
+            if problems:
+                raise OptionsError("; ".join(problems))
         return _run_job(job, options, test_pipeline, runner)
     finally:
         if redirected:
@@ -196,13 +201,16 @@ def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[be
         result = p.run()
         result.wait_until_finish()
     except Exception as e:
-        write_manifest({}, e)
+        try:
+            write_manifest({}, e)
+        except manifest.ManifestWriteError as unwritten:
+            e.add_note(str(unwritten))  # the job's own error stays the one raised
         raise
     counters = metrics.query_counters(result)
     processes = len(metrics.query_string_sets(result).get(SCORING_PROCESSES, ()))
-    write_manifest(counters, processes=processes)
     if test_pipeline is None and is_local(options):
         print(summarize(job, counters, time.monotonic() - started, ran_on, processes))
+    write_manifest(counters, processes=processes)  # ManifestWriteError: the run is not on record
     return result, counters
 
 
@@ -214,6 +222,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OptionsError, ModelContractError, NoInputFilesError, GraphError, SchemaError) as e:
         print(f"batch_infer: error: {e}", file=sys.stderr)
         return 2
+    except manifest.ManifestWriteError as e:
+        print(f"batch_infer: error: the job ran, but {e}", file=sys.stderr)
+        return 1
     return 0
 
 

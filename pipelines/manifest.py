@@ -9,8 +9,10 @@ through Beam's FileSystems, so a gs:// output gets its manifest on GCS.
 import datetime
 import importlib.metadata
 import json
+import os
 import platform
 import re
+import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
@@ -21,9 +23,13 @@ from transforms.runtime.accounting import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPU
 
 MANIFEST_SUFFIX = ".manifest.json"
 REDACTED = "<redacted>"
-_SECRET_WORDS = {"password", "passwd", "secret", "token", "credential", "credentials", "apikey", "auth"}
-_SECRET_PAIRS = ("api_key", "private_key", "access_key")
+# Words that make a name (an option, a key=value pair, a URL query parameter) name a secret
+_SECRET_PARTS = {"password", "passwd", "pwd", "secret", "token", "sig", "signature", "credential",
+                 "credentials", "apikey", "accountkey", "auth", "authorization", "sas"}
+_KEY_QUALIFIERS = {"api", "access", "private", "secret", "account", "shared", "client", "sas"}  # api_key, ...
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^@/\s]+@")
+# NAME=VALUE inside a value: a connection string part, a URL query parameter, a label
+_NAMED_VALUE = re.compile(r"(?<![\w.-])([A-Za-z][\w.-]*)=([^;&,\s]+)")
 PACKAGES = ("apache-beam", "tensorflow", "tfx-bsl", "tf-beam-inference")
 
 
@@ -36,20 +42,34 @@ def utc_now() -> str:
 
 
 def is_secret_name(name: str) -> bool:
-    """Whether an option's name says its value is a secret (password, token, api_key, ...)."""
-    lowered = name.lower()
-    return bool(_SECRET_WORDS & set(lowered.split("_"))) or any(p in lowered for p in _SECRET_PAIRS)
+    """Whether a name says its value is a secret: password, token, sig, api_key, AccountKey,
+    X-Goog-Signature, ... (words split at any non-letter and at camel case)."""
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+    parts = [p for p in re.split(r"[^a-z0-9]+", words) if p]
+    if _SECRET_PARTS & set(parts):
+        return True
+    return any(p == "key" and i > 0 and parts[i - 1] in _KEY_QUALIFIERS for i, p in enumerate(parts))
+
+
+def redact_text(text: str) -> str:
+    """A value with the secrets inside it hidden: passwords in URLs, and NAME=VALUE parts whose
+    name is secret-looking (';AccountKey=...', '?sig=...', 'api-token=...')."""
+    text = _URL_PASSWORD.sub(r"\1" + REDACTED + "@", text)
+    return _NAMED_VALUE.sub(lambda m: f"{m.group(1)}={REDACTED}" if is_secret_name(m.group(1)) else m.group(0), text)
 
 
 def redact_options(options: Mapping[str, Any]) -> Dict[str, Any]:
-    """Options as given, with values of secret-looking names and passwords inside URLs hidden."""
+    """Options as given, with secrets hidden: the whole value of a secret-looking option name,
+    and secret-looking parts of any other value (redact_text)."""
     def clean(name: str, value: Any) -> Any:
         if is_secret_name(name) and value not in (None, False, ""):
             return REDACTED
         if isinstance(value, str):
-            return _URL_PASSWORD.sub(r"\1" + REDACTED + "@", value)
+            return redact_text(value)
         if isinstance(value, list):
             return [clean(name, v) for v in value]
+        if isinstance(value, dict):
+            return {k: REDACTED if is_secret_name(str(k)) else clean(name, v) for k, v in value.items()}
         return value
     return {name: clean(name, value) for name, value in sorted(options.items())}
 
@@ -106,9 +126,35 @@ def versions() -> Dict[str, Optional[str]]:
     return found
 
 
+class ManifestWriteError(OSError):
+    """The run manifest could not be written (the message names the path and why)."""
+
+
 def write_manifest(path: str, manifest: Mapping[str, Any]) -> None:
-    with FileSystems.create(path, mime_type="application/json") as f:
-        f.write(json.dumps(manifest, indent=2, sort_keys=False, default=str).encode("utf-8") + b"\n")
+    """Writes the manifest whole or not at all: locally to a temporary file beside it, then renamed
+    over it (a full disk leaves the previous manifest, never a truncated one); object stores
+    (gs://) make an object visible only once it is complete. Raises ManifestWriteError."""
+    data = json.dumps(manifest, indent=2, sort_keys=False, default=str).encode("utf-8") + b"\n"
+    try:
+        if FileSystems.get_scheme(path) not in (None, "file"):
+            with FileSystems.create(path, mime_type="application/json") as f:
+                f.write(data)
+            return
+        local = path[len("file://"):] if path.startswith("file://") else path
+        directory = os.path.dirname(os.path.abspath(local))
+        os.makedirs(directory, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=".manifest-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, local)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+    except Exception as e:  # pylint: disable=broad-except  # disk full, read-only, a file in the path...
+        raise ManifestWriteError(f"could not write the run manifest {path}: {type(e).__name__}: {e}") from e
 
 
 def read_manifest(path: str) -> Dict[str, Any]:
