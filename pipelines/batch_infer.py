@@ -33,7 +33,7 @@ from pipelines.runners import LocalRunner, is_local, keep_main_session, local_ru
 from transforms.graph.model import GraphError
 from transforms.runtime import metrics
 from transforms.runtime.accounting import (MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, MODELS_LOADED,
-                                          SCORING_PROCESSES)
+                                          SCORING_PROCESSES, UNREADABLE_BYTES, UNREADABLE_REGIONS)
 from transforms.scoring.beam import FormatPredictionLogsFn, FormatRows, ScoreChunks
 from transforms.scoring.engines import batch_calls
 from transforms.sinks.bigquery import WritePredictionRows
@@ -101,13 +101,23 @@ def summarize(job: BatchJob, counters: dict, seconds: float, runner: str = "", p
         f"dead letters: {job.bigquery.errors_table or f'{job.errors}-*.jsonl'}",
         f"manifest:     {job.manifest or 'none (give --manifest PATH)'}",
         f"records in {read + counters.get(metrics.DEAD_LETTER_PREFIX + 'read', 0):,}; "
-        f"predictions out {written:,}; dead letters {dead:,}",
+        f"predictions out {written:,}; dead letters {dead:,}" + unreadable_note(counters),
         f"wall time {seconds:.1f} s; {read / max(seconds, 1e-9):,.0f} records/s end to end",
         f"runner {runner or 'unknown'}; scored in {processes} worker process{'es' if processes != 1 else ''}"
         f"{'; chunks redistributed' if job.redistribute else ''}",
         "counters:",
         metrics.format_counters(counters),
     ])
+
+
+def unreadable_note(counters: dict) -> str:
+    """' (of which N unreadable file regions, M bytes skipped)' when files had corrupt regions."""
+    regions = counters.get(UNREADABLE_REGIONS, 0)
+    if not regions:
+        return ""
+    skipped = counters.get(UNREADABLE_BYTES, 0)
+    return (f" (of which {regions:,} unreadable file region{'s' if regions != 1 else ''}"
+            f"{f', {skipped:,} bytes skipped' if skipped else ''})")
 
 
 def print_help() -> None:

@@ -19,7 +19,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from models.fingerprint import saved_model_fingerprint
 from transforms.runtime import metrics
-from transforms.runtime.accounting import MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX
+from transforms.runtime.accounting import (MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, UNREADABLE_BYTES,
+                                          UNREADABLE_REGIONS)
 
 MANIFEST_SUFFIX = ".manifest.json"
 REDACTED = "<redacted>"
@@ -107,6 +108,9 @@ def stage_counts(counters: Mapping[str, int], model_names: Sequence[str]) -> Dic
         "dead_letters": sum(dead.values()),
         "dead_letters_by_stage": dead,
     }
+    if counters.get(UNREADABLE_REGIONS):  # each is one read dead letter, however much it skipped
+        counts["unreadable_regions"] = counters[UNREADABLE_REGIONS]
+        counts["unreadable_bytes"] = counters.get(UNREADABLE_BYTES, 0)
     per_model = {name: {"outputs": counters.get(MODEL_OUTPUTS_PREFIX + name, 0),
                         "dead_letters": counters.get(MODEL_DEAD_LETTERS_PREFIX + name, 0)}
                  for name in model_names if MODEL_OUTPUTS_PREFIX + name in counters

@@ -147,8 +147,9 @@ def test_corrupt_tail_yields_readable_records_and_one_read_dead_letter(tmp_path,
         if len(rows) != 1:
             raise BeamAssertException(f"expected exactly one dead letter, got {rows}")
         row = rows[0]
-        expected = {"key": f"broken.tfrecord:{len(written)}", "stage": "read", "error_type": "Error",
-                    "input_base64": None, "source": {"file": path, "offset": tail_offset}, "model": None}
+        expected = {"key": f"broken.tfrecord:{len(written)}", "stage": "read", "error_type": "TruncatedRecord",
+                    "input_base64": base64.b64encode(partial).decode(), "model": None,
+                    "source": {"file": path, "offset": tail_offset, "bytes_skipped": len(partial)}}
         for field, value in expected.items():
             if row.get(field) != value:
                 raise BeamAssertException(f"{field}: {row.get(field)!r} != {value!r} in {row}")

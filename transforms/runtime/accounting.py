@@ -25,6 +25,8 @@ BATCH_LATENCY_US = "inference_batch_latency_micro_secs"
 LOAD_LATENCY_MS = "load_model_latency_milli_secs"
 FAILED_BATCHES = "failed_batches_counter"
 REFUSED_DEAD_LETTERS = "errors_table_refused"
+UNREADABLE_REGIONS = "unreadable_regions"  # corrupt file regions, each one read dead letter
+UNREADABLE_BYTES = "unreadable_bytes"  # the bytes they skipped (where known)
 MODELS_LOADED = "models_loaded"  # model loads, each process loading each model once
 SCORING_PROCESSES = "scoring_processes"  # a string set: HOST:PID of every process that scored
 
@@ -43,6 +45,13 @@ class Accounting:
         if n:
             self._read.inc(n)
             metrics.PROGRESS.add(metrics.RECORDS_READ, n)
+
+    def unreadable_region(self, bytes_skipped) -> None:
+        """A file region that could not be read (its one dead letter is counted as such too);
+        bytes_skipped is None where unknown (past a corrupt spot in a gzip stream)."""
+        metrics.counter(UNREADABLE_REGIONS).inc()
+        if bytes_skipped:
+            metrics.counter(UNREADABLE_BYTES).inc(bytes_skipped)
 
     def dead_letters(self, rows: Iterable[Mapping]) -> None:
         """Dead letters leaving a stage: by stage, and by model when they name one."""

@@ -37,6 +37,15 @@ class Record:
     data: bytes
 
 
+# What went wrong, as the dead letter's error_type
+DATA_CRC_MISMATCH = "DataCrcMismatch"
+LENGTH_CRC_MISMATCH = "LengthCrcMismatch"
+TRUNCATED_RECORD = "TruncatedRecord"
+IMPLAUSIBLE_LENGTH = "ImplausibleLength"
+CORRUPT_COMPRESSION = "CorruptCompressedStream"
+NOT_GZIP = "NotGzip"
+
+
 @dataclasses.dataclass(frozen=True)
 class Corruption:
     index: int
@@ -44,6 +53,7 @@ class Corruption:
     reason: str
     fatal: bool  # True: framing lost, nothing after this offset can be read
     data: Optional[bytes] = None  # the payload when only its CRC was wrong
+    kind: str = DATA_CRC_MISMATCH
 
 
 def read_records(stream: BinaryIO) -> Iterator[Union[Record, Corruption]]:
@@ -53,28 +63,30 @@ def read_records(stream: BinaryIO) -> Iterator[Union[Record, Corruption]]:
         try:
             header = stream.read(_HEADER.size)
         except (EOFError, OSError, ValueError, zlib.error) as e:  # gzip: truncated or corrupt stream
-            yield Corruption(index, offset, f"compressed stream unreadable: {e}", fatal=True)
+            yield Corruption(index, offset, f"compressed stream unreadable: {e}", True, kind=CORRUPT_COMPRESSION)
             return
         if not header:
             return
         if len(header) < _HEADER.size:
-            yield Corruption(index, offset, f"truncated record header ({len(header)} of 12 bytes)", True)
+            yield Corruption(index, offset, f"truncated record header ({len(header)} of 12 bytes)", True,
+                             kind=TRUNCATED_RECORD)
             return
         length, length_crc = _HEADER.unpack(header)
         if masked_crc32c(header[:8]) != length_crc:
-            yield Corruption(index, offset, "length CRC mismatch (framing lost)", fatal=True)
+            yield Corruption(index, offset, "length CRC mismatch (framing lost)", True, kind=LENGTH_CRC_MISMATCH)
             return
         if length > MAX_RECORD_BYTES:
-            yield Corruption(index, offset, f"implausible record length {length}", fatal=True)
+            yield Corruption(index, offset, f"implausible record length {length}", True, kind=IMPLAUSIBLE_LENGTH)
             return
         try:
             body = stream.read(length + _FOOTER.size)
         except (EOFError, OSError, ValueError, zlib.error) as e:
-            yield Corruption(index, offset, f"compressed stream unreadable: {e}", fatal=True)
+            yield Corruption(index, offset, f"compressed stream unreadable: {e}", True, kind=CORRUPT_COMPRESSION)
             return
         if len(body) < length + _FOOTER.size:
             yield Corruption(index, offset,
-                             f"truncated record ({len(body)} of {length + 4} bytes after the header)", True)
+                             f"truncated record ({len(body)} of {length + 4} bytes after the header)", True,
+                             kind=TRUNCATED_RECORD)
             return
         data = body[:length]
         (data_crc,) = _FOOTER.unpack_from(body, length)

@@ -19,7 +19,7 @@ from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, Fi
 from transforms.records.dead_letters import DEAD_LETTER_TAG, READ, dead_letter
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.sources.files import check_local_patterns, read_files
-from transforms.sources.framing import RECORD_OVERHEAD, Corruption, read_records
+from transforms.sources.framing import NOT_GZIP, RECORD_OVERHEAD, Corruption, read_records
 from transforms.sources.gzip_recovering import GzipRecoveringReader
 
 GZIP_SUFFIXES = (".gz", ".gzip")
@@ -74,6 +74,10 @@ def _iter_counted_chunks(path: str, chunk_size: int) -> Iterator[Union[Tuple[int
     """
     import tensorflow as tf
 
+    not_gzip = gzip_name_problem(path)
+    if not_gzip:
+        yield not_gzip
+        return
     emitted = consumed = 0
     batches = iter(tf.data.TFRecordDataset(
         path, compression_type="GZIP" if is_gzip(path) else "", buffer_size=1 << 22
@@ -112,10 +116,47 @@ def _iter_counted_chunks(path: str, chunk_size: int) -> Iterator[Union[Tuple[int
         yield first, records
 
 
-def corruption_dead_letter(path: str, key: str, item: Corruption):
-    detail = "" if not item.fatal else "; the rest of the file is unreadable"
-    return dead_letter(READ, f"{path} at byte {item.offset}: {item.reason}{detail}",
-                       key=key, raw=item.data, source={"file": path, "offset": item.offset})
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_REGION_BYTES = 64 << 10  # of an unreadable region, kept in its dead letter (input_base64)
+
+
+def gzip_name_problem(path: str) -> Optional[Corruption]:
+    """A Corruption for a non-empty file named .gz/.gzip that is not gzip, else None."""
+    if not is_gzip(path):
+        return None
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        head = f.read(2)
+    if not head or head == GZIP_MAGIC:
+        return None
+    return Corruption(0, 0, f"the file is named {os.path.splitext(path)[1]} but is not gzip (it does not start "
+                            "with gzip's bytes 1f 8b); if it is plain TFRecord, rename it without the suffix",
+                      fatal=True, kind=NOT_GZIP)
+
+
+def unreadable_region(path: str, item: Corruption) -> Tuple[Optional[int], Optional[bytes]]:
+    """(bytes skipped, the first MAX_REGION_BYTES of them) of a fatal corruption: the rest of the
+    file from item.offset. For gzip the offset is in the uncompressed stream, which cannot be
+    read past the corrupt spot: (None, None), unless the whole file was skipped (not gzip)."""
+    if is_gzip(path) and item.kind != NOT_GZIP:
+        return None, None
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.seek(item.offset)
+        head = f.read(MAX_REGION_BYTES)
+    size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    return size - item.offset, head
+
+
+def corruption_dead_letter(path: str, key: str, item: Corruption) -> dict:
+    """One dead letter per unreadable region: a record whose data CRC failed (its bytes), or the
+    rest of the file where the framing was lost (offset, bytes skipped and their first 64 KiB)."""
+    if not item.fatal:
+        return dead_letter(READ, f"{path} at byte {item.offset}: {item.reason}", key=key, raw=item.data,
+                           source={"file": path, "offset": item.offset}, error_type=item.kind)
+    skipped, head = unreadable_region(path, item)
+    size = "the rest of the file" if skipped is None else f"the rest of the file, {skipped:,} bytes,"
+    return dead_letter(READ, f"{path} at byte {item.offset}: {item.reason}; {size} cannot be read",
+                       key=key, raw=head, error_type=item.kind,
+                       source={"file": path, "offset": item.offset, "bytes_skipped": skipped})
 
 
 class ReadRecordChunksFn(AccountedDoFn):
@@ -133,6 +174,8 @@ class ReadRecordChunksFn(AccountedDoFn):
         for item in iter_chunks(path, self._chunk_size, self._chunk_bytes):
             if isinstance(item, Corruption):
                 row = corruption_dead_letter(path, f"{name}:{item.index}", item)
+                if item.fatal:
+                    self._accounting.unreadable_region(row["source"]["bytes_skipped"])
                 self._accounting.dead_letters([row])
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)
                 continue
