@@ -38,6 +38,9 @@ class BatchInferOptions(PipelineOptions):
                             help="run the --model arguments in sequence, each fed by the one before")
         parser.add_argument("--graph", help="YAML model graph (models, how they connect, post-processing); "
                                             "instead of --model")
+        parser.add_argument("--allow_outside_paths", action="store_true", default=False,
+                            help="--graph: let the graph file name models and files outside its own "
+                                 "directory (a graph file is code: trust it first)")
         parser.add_argument("--row_per_model", action="store_true", default=False,
                             help="one row per (key, model) instead of one row per key")
         parser.add_argument("--passthrough", default=None,

@@ -2,6 +2,8 @@
 models, partial failures and per-model count conservation, on both engines."""
 
 import collections
+import os
+import shutil
 
 import apache_beam as beam
 import numpy as np
@@ -14,7 +16,7 @@ from models.examples import make_example
 from models.serving_model import load_serving_model
 from pipelines import batch_infer
 from tests.helpers import read_jsonl
-from transforms.graph.model import chain_graph, parallel_graph
+from transforms.graph.model import GraphError, chain_graph, parallel_graph
 from transforms.records.chunk import RecordChunk
 from transforms.scoring.beam import ScoreRecords
 from transforms.scoring.engines import load_batch_call as shared_batch_call
@@ -47,7 +49,9 @@ def write_graph(tmp_path, config):
 
 
 def run(args):
-    return batch_infer.run(args, save_main_session=False)[1]
+    # the test models live in session directories, outside each test's graph file directory
+    trusted = ["--allow_outside_paths"] if "--graph" in args else []
+    return batch_infer.run(args + trusted, save_main_session=False)[1]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -273,3 +277,27 @@ def test_graph_flag_errors_are_clear(graph_models, write_tfrecords, tmp_path, ca
     code = batch_infer.main(["--input", path, "--model", graph_models["five"][0],
                              "--output", str(tmp_path / "o")] + args)
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_a_graph_file_is_kept_to_its_own_directory_unless_trusted(graph_models, tmp_path):
+    """A graph file names models, files and code to run; paths that lead out of its directory
+    (../.., absolute, a symlink) are refused unless --allow_outside_paths."""
+    from transforms.graph.file import load_graph_file
+
+    home = tmp_path / "graphs"
+    (home / "models").mkdir(parents=True)
+    os.symlink(graph_models["five"][0], home / "models" / "five")  # a link out is still outside
+    inside = write_graph(home, {"models": [{"name": "ok", "path": "models/../models/five"}]})
+    with pytest.raises(GraphError, match="model 'ok': path 'models/../models/five' leads outside"):
+        load_graph_file(inside)
+    shutil.copytree(graph_models["five"][0], home / "models" / "copy")
+    assert load_graph_file(write_graph(home, {"models": [{"name": "ok", "path": "models/copy"}]})).names == ["ok"]
+    for path in ("../../" + os.path.relpath(graph_models["five"][0], tmp_path.parent), graph_models["five"][0]):
+        graph = write_graph(home, {"models": [{"name": "far", "path": path}]})
+        with pytest.raises(GraphError, match="leads outside the graph file's directory"):
+            load_graph_file(graph)
+        assert load_graph_file(graph, allow_outside_paths=True).names == ["far"]
+    labels = write_graph(home, {"models": [{"name": "ok", "path": "models/copy", "postprocess": [
+        {"classify": {"output": "y", "threshold": 0.5, "labels": "/etc/hostname"}}]}]})
+    with pytest.raises(GraphError, match="model 'ok': labels: path '/etc/hostname' leads outside"):
+        load_graph_file(labels)

@@ -33,10 +33,20 @@ TOP_LEVEL_KEYS = {"models", "passthrough"}
 MODEL_KEYS = {"name", "path", "signature", "engine", "inputs", "postprocess", "keep"}
 
 
-def _resolve(path: str, base_dir: str) -> str:
-    if "://" in path or os.path.isabs(path):
+def _resolve(path: str, base_dir: str, confine: bool = False) -> str:
+    """The path relative to the graph file's directory (absolute and remote ones as given). With
+    confine, a local path that leads outside that directory (../.., /etc, a symlink out) is refused:
+    a graph file names files to read and code to run, so one from elsewhere is kept to its folder."""
+    if "://" in path:
         return path
-    return os.path.normpath(os.path.join(base_dir, path))
+    resolved = path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
+    if confine:
+        real, home = os.path.realpath(resolved), os.path.realpath(base_dir)
+        if os.path.commonpath([real, home]) != home:
+            raise GraphError(f"path {path!r} leads outside the graph file's directory {home}; a graph file is "
+                             "code you run (it names models, files and functions): give "
+                             "--allow_outside_paths if you trust it")
+    return resolved
 
 
 def _bridges(name: str, inputs: Any, models: Mapping[str, ServingModel]) -> List[Bridge]:
@@ -57,7 +67,7 @@ def _bridges(name: str, inputs: Any, models: Mapping[str, ServingModel]) -> List
     return bridges
 
 
-def _steps(name: str, entry: Mapping[str, Any], base_dir: str) -> tuple:
+def _steps(name: str, entry: Mapping[str, Any], base_dir: str, confine: bool = False) -> tuple:
     configs = entry.get("postprocess") or []
     if not isinstance(configs, list):
         raise GraphError(f"model {name!r}: postprocess is a list of steps")
@@ -66,7 +76,11 @@ def _steps(name: str, entry: Mapping[str, Any], base_dir: str) -> tuple:
         if isinstance(config, Mapping) and isinstance(config.get("classify"), Mapping):
             labels = config["classify"].get("labels")
             if isinstance(labels, str):  # a vocabulary file, relative to the graph file
-                config = {"classify": {**config["classify"], "labels": _resolve(labels, base_dir)}}
+                try:
+                    labels = _resolve(labels, base_dir, confine)
+                except GraphError as e:
+                    raise GraphError(f"model {name!r}: labels: {e}") from e
+                config = {"classify": {**config["classify"], "labels": labels}}
         try:
             steps.append(step_from_config(config))
         except (PostprocessError, OSError) as e:
@@ -80,8 +94,9 @@ def _steps(name: str, entry: Mapping[str, Any], base_dir: str) -> tuple:
 
 
 def graph_from_config(config: Any, base_dir: str = ".", engine: str = DEFAULT_ENGINE,
-                      signature: str = "serving_default") -> ModelGraph:
-    """A checked ModelGraph from the parsed YAML; raises GraphError or ModelContractError."""
+                      signature: str = "serving_default", confine: bool = False) -> ModelGraph:
+    """A checked ModelGraph from the parsed YAML; raises GraphError or ModelContractError.
+    confine: local paths must stay inside base_dir (see _resolve)."""
     if not isinstance(config, Mapping) or not isinstance(config.get("models"), list) or not config["models"]:
         raise GraphError("a graph file holds 'models': a list of {name, path, ...}")
     unknown = set(config) - TOP_LEVEL_KEYS
@@ -100,22 +115,28 @@ def graph_from_config(config: Any, base_dir: str = ".", engine: str = DEFAULT_EN
             raise GraphError(f"model {name!r}: a name cannot contain '.' (inputs read model.output)")
         if name in models:
             raise GraphError(f"model name {name!r} is used twice")
-        models[name] = load_serving_model(_resolve(str(entry["path"]), base_dir), name,
-                                          str(entry.get("signature", signature)))
+        try:
+            path = _resolve(str(entry["path"]), base_dir, confine)
+        except GraphError as e:
+            raise GraphError(f"model {name!r}: {e}") from e
+        models[name] = load_serving_model(path, name, str(entry.get("signature", signature)))
     nodes = []
     for entry in entries:
         name = str(entry["name"])
         nodes.append(GraphNode(models[name], str(entry.get("engine", engine)),
                                tuple(_bridges(name, entry.get("inputs"), models)),
-                               _steps(name, entry, base_dir)))
+                               _steps(name, entry, base_dir, confine)))
     passthrough = config.get("passthrough") or []
     if isinstance(passthrough, str) or not all(isinstance(p, str) for p in passthrough):
         raise GraphError("passthrough is a list of feature names")
     return check_graph(ModelGraph(tuple(nodes), tuple(passthrough)))
 
 
-def load_graph_file(path: str, engine: str = DEFAULT_ENGINE, signature: str = "serving_default"
-                    ) -> ModelGraph:
+def load_graph_file(path: str, engine: str = DEFAULT_ENGINE, signature: str = "serving_default",
+                    allow_outside_paths: bool = False) -> ModelGraph:
+    """The graph of a YAML file. Its local paths must stay in the file's directory unless
+    allow_outside_paths: the file is trusted like code (its `function:` steps import and run
+    modules)."""
     try:
         with open(path) as f:
             config = yaml.safe_load(f)
@@ -123,4 +144,5 @@ def load_graph_file(path: str, engine: str = DEFAULT_ENGINE, signature: str = "s
         raise GraphError(f"cannot read graph file {path}: {e}") from e
     except yaml.YAMLError as e:
         raise GraphError(f"graph file {path} is not valid YAML: {e}") from e
-    return graph_from_config(config, os.path.dirname(os.path.abspath(path)), engine, signature)
+    return graph_from_config(config, os.path.dirname(os.path.abspath(path)), engine, signature,
+                             confine=not allow_outside_paths)
