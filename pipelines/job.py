@@ -163,6 +163,7 @@ class StreamJob:
     bigquery_write_method: str
     project: Optional[str] = None
     gpu: GpuSettings = GpuSettings()
+    ack_when_answered: bool = False  # local runs: at-least-once (pipelines/local/pubsub_acks.py)
 
 
 def stream_job_from_options(stream: StreamInferOptions, shared: BatchInferOptions, project: Optional[str],

@@ -11,13 +11,18 @@ JSON, the key as the `key` attribute) and/or rows in --output_table; every messa
 scored becomes one message on --errors_topic (its payload and attributes unchanged, plus
 error_stage, error_type, error) and/or a row in --errors_table. Streaming mode is set here.
 Locally (DirectRunner), --pubsub_emulator HOST:PORT points the Pub/Sub clients at an emulator, and
---bigquery_emulator/--storage_emulator the BigQuery and GCS clients (as in batch_infer).
+--bigquery_emulator/--storage_emulator the BigQuery and GCS clients (as in batch_infer). Local
+streams are at least once across any stop: a message is acknowledged once its answer is published,
+and Ctrl-C or SIGTERM drain the messages in hand before exiting (pipelines/local/pubsub_acks.py).
 """
 
 import base64
+import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Optional, Sequence
 
@@ -53,6 +58,21 @@ def _as_pubsub_message(pair) -> PubsubMessage:
     return PubsubMessage(data, attributes)
 
 
+def _publish(job: StreamJob, topic: str) -> beam.PTransform:
+    """Beam's Pub/Sub sink; locally, our publish-then-acknowledge (pipelines.local.pubsub_acks)."""
+    if not job.ack_when_answered:
+        return beam.io.WriteToPubSub(topic, with_attributes=True)
+    from pipelines.local.pubsub_acks import PublishThenAckFn
+
+    return beam.ParDo(PublishThenAckFn(topic))
+
+
+def _ack_answered() -> beam.DoFn:
+    from pipelines.local.pubsub_acks import AckAnsweredFn
+
+    return AckAnsweredFn()
+
+
 def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
     """Pub/Sub -> records -> latency-bounded batches -> the scoring core -> topics and/or tables."""
     if job.input_subscription:
@@ -68,7 +88,9 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
     if job.output_topic:
         (rows
          | "ToPredictionMessages" >> beam.Map(lambda pred: _as_pubsub_message(prediction_message(*pred)))
-         | "WritePredictions" >> beam.io.WriteToPubSub(job.output_topic, with_attributes=True))
+         | "WritePredictions" >> _publish(job, job.output_topic))
+    elif job.ack_when_answered:
+        rows | "AckPredictions" >> beam.ParDo(_ack_answered())
     if job.output_table:
         refused = (rows
                    | "PredictionRows" >> beam.Map(lambda pred: pred.row)
@@ -81,7 +103,9 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
         (dead
          | "ToDeadLetterMessages" >> beam.Map(lambda d: _as_pubsub_message(
              dead_letter_message(d.row, d.payload, d.attributes, d.message_id)))
-         | "WriteDeadLetters" >> beam.io.WriteToPubSub(job.errors_topic, with_attributes=True))
+         | "WriteDeadLetters" >> _publish(job, job.errors_topic))
+    elif job.ack_when_answered:
+        dead | "AckDeadLetters" >> beam.ParDo(_ack_answered())
     if job.errors_table:
         (dead
          | "DeadLetterRows" >> beam.Map(lambda d: d.row)
@@ -108,10 +132,12 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, w
                                   gpu_settings(options), bool(options.view_as(DataflowJobOptions).gpu))
     if stream.pubsub_emulator:
         os.environ["PUBSUB_EMULATOR_HOST"] = stream.pubsub_emulator
-    if local:
-        from pipelines.local import pubsub_prompt_pulls
+    if local:  # at-least-once: a message is acknowledged once its row or dead letter is published
+        from pipelines.local import pubsub_acks, pubsub_prompt_pulls
 
-        pubsub_prompt_pulls.use_prompt_pulls()
+        pubsub_prompt_pulls.use_prompt_pulls(defer_acks=True)
+        pubsub_acks.IN_FLIGHT.reset()
+        job = dataclasses.replace(job, ack_when_answered=True)
     # local BigQuery/GCS for --output_table/--errors_table: stays redirected while the stream runs
     activate_emulators(shared, options.view_as(GoogleCloudOptions).project, runner)
     for warning in prepare_runner_options(options, [n.model.path for n in job.graph.nodes]):
@@ -129,16 +155,37 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, w
               f"{runner.describe() if runner else runner_name(options)}", file=sys.stderr)
     result = p.run()
     if wait:
+        stop_on_sigterm()
         try:
             result.wait_until_finish()
-        except KeyboardInterrupt:
-            result.cancel()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a clean stop
+            stop(result, local)
         finally:
             if local:
                 from pipelines.local import pubsub_prompt_pulls
 
                 pubsub_prompt_pulls.close_readers()
     return result
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a service manager's stop) stops the stream as Ctrl-C does: cleanly."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def stop(result, local: bool) -> None:
+    """Stops a running stream. Locally it drains first: nothing new is pulled, the messages in
+    hand are answered and acknowledged, the rest handed back for redelivery (pubsub_acks.drain)."""
+    if not local:
+        result.cancel()
+        return
+    from pipelines.local import pubsub_acks
+
+    print("stream_infer: stopping: answering the messages in hand...", file=sys.stderr)
+    answered, handed_back = pubsub_acks.drain(result)
+    print(f"stream_infer: stopped; {answered} in-flight message(s) answered while stopping, "
+          f"{handed_back} handed back for redelivery", file=sys.stderr)
 
 
 def print_help() -> None:

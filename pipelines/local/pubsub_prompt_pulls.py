@@ -9,35 +9,53 @@ at most poll_s (an empty answer is no error) and takes up to max_messages at onc
 other runners have their own Pub/Sub reader and are not touched.
 """
 
+import time
 from typing import Optional
 
 _original = None
 
 
 class _PromptPulls:
-    """A SubscriberClient whose pull() waits at most poll_s and returns an empty response then."""
+    """A SubscriberClient whose pull() waits at most poll_s and returns an empty response then.
+    With defer_acks, the read's own acknowledge() is a no-op: pulled messages are recorded in
+    pubsub_acks.IN_FLIGHT and acknowledged once answered; while draining, nothing is pulled."""
 
-    def __init__(self, client, poll_s: float, max_messages: int):
+    def __init__(self, client, poll_s: float, max_messages: int, defer_acks: bool = False):
         self._client = client
         self._poll_s = poll_s
         self._max_messages = max_messages
+        self._defer_acks = defer_acks
 
     def pull(self, subscription, max_messages=10, timeout=None, **kwargs):
         from google.api_core import exceptions
         from google.pubsub_v1 import PullResponse
 
+        from pipelines.local.pubsub_acks import IN_FLIGHT
+
+        if self._defer_acks and IN_FLIGHT.draining.is_set():
+            time.sleep(self._poll_s)  # a clean stop: take nothing new
+            return PullResponse()
         try:
-            return self._client.pull(subscription=subscription, timeout=self._poll_s,
-                                     max_messages=max(max_messages, self._max_messages), **kwargs)
+            response = self._client.pull(subscription=subscription, timeout=self._poll_s,
+                                         max_messages=max(max_messages, self._max_messages), **kwargs)
         except (exceptions.DeadlineExceeded, exceptions.RetryError):
             return PullResponse()
+        if self._defer_acks:
+            IN_FLIGHT.received(self._client, subscription, response.received_messages)
+        return response
+
+    def acknowledge(self, subscription, ack_ids, **kwargs):
+        if not self._defer_acks:
+            return self._client.acknowledge(subscription=subscription, ack_ids=ack_ids, **kwargs)
+        return None  # acknowledged once each message's row or dead letter is published
 
     def __getattr__(self, name):
         return getattr(self._client, name)
 
 
-def use_prompt_pulls(poll_s: float = 0.05, max_messages: int = 500) -> None:
-    """Make the DirectRunner's Pub/Sub reads in this process prompt (idempotent)."""
+def use_prompt_pulls(poll_s: float = 0.05, max_messages: int = 500, defer_acks: bool = False) -> None:
+    """Make the DirectRunner's Pub/Sub reads in this process prompt (idempotent); with defer_acks,
+    at-least-once (pipelines.local.pubsub_acks)."""
     global _original
     from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator
 
@@ -46,7 +64,7 @@ def use_prompt_pulls(poll_s: float = 0.05, max_messages: int = 500) -> None:
     original = _original.__func__
 
     def prompt_client(cls, transform):
-        return _PromptPulls(original(cls, transform), poll_s, max_messages)
+        return _PromptPulls(original(cls, transform), poll_s, max_messages, defer_acks)
 
     _PubSubReadEvaluator._get_subscriber_client = classmethod(prompt_client)
 

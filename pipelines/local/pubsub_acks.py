@@ -1,0 +1,145 @@
+"""At-least-once local streams: a message is acknowledged only once its row or dead letter is out.
+
+Beam 2.77's local Pub/Sub read acknowledges each pull before the messages are processed, so a
+stop (Ctrl-C, SIGTERM, kill -9) loses what was in flight. Locally, stream_infer therefore
+(1) keeps the read from acknowledging (pubsub_prompt_pulls with defer_acks: each pulled message's
+ack id is recorded here, and its lease extended while it is in flight), (2) publishes rows and
+dead letters with PublishThenAckFn, which acknowledges a message once the message that answers it
+is confirmed by Pub/Sub, and (3) on a clean stop drains: no new pulls, the messages in hand are
+scored, published and acknowledged, then the job is cancelled. A message still unanswered when
+the drain times out is handed back (its ack deadline set to 0) for prompt redelivery.
+
+So after kill -9 a restart on the same subscription gets every message that was not answered
+(some answered ones may come again: rows carry `message_id` so consumers can drop repeats); after
+a clean stop nothing is lost and nothing repeated. Dataflow acknowledges on its own commit and
+does not use this module. Local runs only: it is process state, as the local runner is in-process.
+"""
+
+import threading
+import time
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import apache_beam as beam
+
+LEASE_SECONDS = 20  # the ack deadline an in-flight message is given, renewed every RENEW_EVERY_S
+RENEW_EVERY_S = 5.0
+
+
+class InFlight:
+    """Pulled messages not yet answered: message id -> (subscription, ack id)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._acks: Dict[str, Tuple[str, str]] = {}
+        self._client = None
+        self._lease: Optional[threading.Thread] = None
+        self.draining = threading.Event()
+
+    def received(self, client, subscription: str, received_messages: Iterable) -> None:
+        with self._lock:
+            self._client = client
+            for rm in received_messages:
+                self._acks[rm.message.message_id] = (subscription, rm.ack_id)
+            if self._lease is None:
+                self._lease = threading.Thread(target=self._renew_leases, name="pubsub-leases", daemon=True)
+                self._lease.start()
+
+    def answered(self, message_ids: Iterable[str]) -> int:
+        """Acknowledges these messages (their answers are out); unknown ids are ignored."""
+        with self._lock:
+            taken = [self._acks.pop(m) for m in message_ids if m in self._acks]
+            client = self._client
+        for subscription, ack_ids in _by_subscription(taken).items():
+            client.acknowledge(subscription=subscription, ack_ids=ack_ids)
+        return len(taken)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._acks)
+
+    def hand_back(self) -> int:
+        """Sets the ack deadline of every unanswered message to 0 (redelivered at once); returns how many."""
+        with self._lock:
+            taken, self._acks = list(self._acks.values()), {}
+            client = self._client
+        for subscription, ack_ids in _by_subscription(taken).items():
+            client.modify_ack_deadline(subscription=subscription, ack_ids=ack_ids, ack_deadline_seconds=0)
+        return len(taken)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._acks = {}
+        self.draining.clear()
+
+    def _renew_leases(self) -> None:
+        while True:
+            time.sleep(RENEW_EVERY_S)
+            with self._lock:
+                held = list(self._acks.values())
+                client = self._client
+            for subscription, ack_ids in _by_subscription(held).items():
+                try:
+                    client.modify_ack_deadline(subscription=subscription, ack_ids=ack_ids,
+                                               ack_deadline_seconds=LEASE_SECONDS)
+                except Exception:  # pylint: disable=broad-except  # an expired lease means a redelivery, not a loss
+                    pass
+
+
+def _by_subscription(pairs: Iterable[Tuple[str, str]]) -> Dict[str, List[str]]:
+    grouped: Dict[str, List[str]] = {}
+    for subscription, ack_id in pairs:
+        grouped.setdefault(subscription, []).append(ack_id)
+    return grouped
+
+
+IN_FLIGHT = InFlight()
+
+
+class PublishThenAckFn(beam.DoFn):
+    """PubsubMessage -> published on topic; the message it answers (its `message_id` attribute) is
+    acknowledged once the publish is confirmed, at the end of each bundle."""
+
+    def __init__(self, topic: str):
+        self._topic = topic
+        self._publisher = None
+        self._pending: List[Tuple[str, object]] = []
+
+    def setup(self):
+        from google.cloud import pubsub
+
+        self._publisher = pubsub.PublisherClient()
+
+    def start_bundle(self):
+        self._pending = []
+
+    def process(self, message):
+        future = self._publisher.publish(self._topic, message.data, **(message.attributes or {}))
+        self._pending.append(((message.attributes or {}).get("message_id"), future))
+
+    def finish_bundle(self):
+        for _, future in self._pending:
+            future.result(timeout=60)  # raises: the bundle fails, nothing of it is acknowledged
+        IN_FLIGHT.answered(m for m, _ in self._pending if m)
+        self._pending = []
+
+
+class AckAnsweredFn(beam.DoFn):
+    """Acknowledges the message an element answers (elements with a `message_id`) where no topic
+    publish does it: rows handed to a BigQuery table sink."""
+
+    def process(self, element):
+        IN_FLIGHT.answered([element.message_id])
+
+
+def drain(result, timeout_s: float = 30.0, poll_s: float = 0.05) -> Tuple[int, int]:
+    """A clean stop: pulls stop, the messages in hand are answered and acknowledged (up to
+    timeout_s), the rest handed back; then the job is cancelled. Returns (answered while
+    draining, handed back)."""
+    before = IN_FLIGHT.count()
+    IN_FLIGHT.draining.set()
+    deadline = time.monotonic() + timeout_s
+    while IN_FLIGHT.count() and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    handed_back = IN_FLIGHT.hand_back()
+    result.cancel()
+    return before - handed_back, handed_back
