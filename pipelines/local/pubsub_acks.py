@@ -23,6 +23,7 @@ import apache_beam as beam
 
 LEASE_SECONDS = 20  # the ack deadline an in-flight message is given, renewed every RENEW_EVERY_S
 RENEW_EVERY_S = 5.0
+ACK_EVERY_S = 0.05  # published answers are acknowledged in one call this often
 
 
 class InFlight:
@@ -31,8 +32,9 @@ class InFlight:
     def __init__(self):
         self._lock = threading.Lock()
         self._acks: Dict[str, Tuple[str, str]] = {}
+        self._confirmed: List[str] = []  # answers published, their requests not yet acknowledged
         self._client = None
-        self._lease: Optional[threading.Thread] = None
+        self._threads: List[threading.Thread] = []
         self.draining = threading.Event()
 
     def received(self, client, subscription: str, received_messages: Iterable) -> None:
@@ -40,9 +42,29 @@ class InFlight:
             self._client = client
             for rm in received_messages:
                 self._acks[rm.message.message_id] = (subscription, rm.ack_id)
-            if self._lease is None:
-                self._lease = threading.Thread(target=self._renew_leases, name="pubsub-leases", daemon=True)
-                self._lease.start()
+            if not self._threads:
+                self._threads = [threading.Thread(target=self._renew_leases, name="pubsub-leases", daemon=True),
+                                 threading.Thread(target=self._acknowledge_confirmed, name="pubsub-acks",
+                                                  daemon=True)]
+                for thread in self._threads:
+                    thread.start()
+
+    def confirmed(self, message_id: str) -> None:
+        """The answer to this message is published (a publish future's callback): acknowledged
+        shortly, in one call with the others confirmed meanwhile, off the runner's thread."""
+        with self._lock:
+            self._confirmed.append(message_id)
+
+    def _acknowledge_confirmed(self) -> None:
+        while True:
+            time.sleep(ACK_EVERY_S)
+            with self._lock:
+                confirmed, self._confirmed = self._confirmed, []
+            if confirmed:
+                try:
+                    self.answered(confirmed)
+                except Exception:  # pylint: disable=broad-except  # unacknowledged means redelivered, not lost
+                    pass
 
     def answered(self, message_ids: Iterable[str]) -> int:
         """Acknowledges these messages (their answers are out); unknown ids are ignored."""
@@ -54,6 +76,7 @@ class InFlight:
         return len(taken)
 
     def count(self) -> int:
+        """Messages pulled and not yet acknowledged."""
         with self._lock:
             return len(self._acks)
 
@@ -68,7 +91,7 @@ class InFlight:
 
     def reset(self) -> None:
         with self._lock:
-            self._acks = {}
+            self._acks, self._confirmed = {}, []
         self.draining.clear()
 
     def _renew_leases(self) -> None:
@@ -97,30 +120,24 @@ IN_FLIGHT = InFlight()
 
 class PublishThenAckFn(beam.DoFn):
     """PubsubMessage -> published on topic; the message it answers (its `message_id` attribute) is
-    acknowledged once the publish is confirmed, at the end of each bundle."""
+    acknowledged once Pub/Sub confirms the publish (a callback: the runner's one thread never
+    waits on it). A publish that fails leaves its request unacknowledged: redelivered, not lost."""
 
     def __init__(self, topic: str):
         self._topic = topic
         self._publisher = None
-        self._pending: List[Tuple[str, object]] = []
 
     def setup(self):
         from google.cloud import pubsub
 
         self._publisher = pubsub.PublisherClient()
 
-    def start_bundle(self):
-        self._pending = []
-
     def process(self, message):
-        future = self._publisher.publish(self._topic, message.data, **(message.attributes or {}))
-        self._pending.append(((message.attributes or {}).get("message_id"), future))
-
-    def finish_bundle(self):
-        for _, future in self._pending:
-            future.result(timeout=60)  # raises: the bundle fails, nothing of it is acknowledged
-        IN_FLIGHT.answered(m for m, _ in self._pending if m)
-        self._pending = []
+        attributes = message.attributes or {}
+        future = self._publisher.publish(self._topic, message.data, **attributes)
+        message_id = attributes.get("message_id")
+        if message_id:
+            future.add_done_callback(lambda f: f.exception() is None and IN_FLIGHT.confirmed(message_id))
 
 
 class AckAnsweredFn(beam.DoFn):
