@@ -2,11 +2,12 @@
 engines can run it (each loads it as a job would and scores golden examples). Exit 1 when the
 contract fails or an engine cannot run the model."""
 
-import argparse
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
+
+from models import cli
 
 
 def _tensor_line(name: str, info) -> str:
@@ -89,7 +90,7 @@ def engine_report(version_dir: str, signature: str = "serving_default") -> Dict[
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.inspect", description=__doc__)
+    parser = cli.ArgumentParser(prog="python -m models.inspect", description=__doc__)
     parser.add_argument("model_dir", help="version directory or base directory (highest version)")
     parser.add_argument("--signature", default="serving_default")
     args = parser.parse_args(argv)

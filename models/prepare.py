@@ -16,13 +16,13 @@ Signature method (models.signature_methods): --method predict|classify|regress [
 TF Serving warmup requests from the golden examples go to assets.extra/tf_serving_warmup_requests.
 """
 
-import argparse
 import logging
 import os
 import sys
 import tempfile
 from typing import Mapping, Optional, Sequence, Union
 
+from models import cli
 from models.feature_spec import (
     FeatureSpec, FeatureSpecError, describe, load_spec_file, override_spec, with_passthrough)
 
@@ -126,7 +126,7 @@ def _comma_list(value: Optional[str]) -> list:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.prepare", description=__doc__.split("\n\n")[1])
+    parser = cli.ArgumentParser(prog="python -m models.prepare", description=__doc__.split("\n\n")[1])
     parser.add_argument("--model", required=True, help=".keras file or SavedModel directory (dense inputs)")
     parser.add_argument("--output", required=True, help="base directory; the export goes to OUTPUT/<version>")
     parser.add_argument("--version", type=int, help="version number (default: the next free one)")

@@ -27,6 +27,7 @@ from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runne
 from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.inputs import read_chunks
 from pipelines.job import BatchJob, job_from_options
+from pipelines.flags import unknown_flag_problems
 from pipelines.options import BatchInferOptions, OptionsError, print_options_help
 from pipelines.output_paths import output_path_problems
 from pipelines.runners import LocalRunner, is_local, keep_main_session, local_runner, pinned_runner, runner_name
@@ -134,6 +135,9 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
     if "-h" in argv or "--help" in argv:
         print_help()
         return None, {}
+    unknown = unknown_flag_problems(argv)
+    if unknown:  # before anything else: a misspelt --model is not a missing one, nor the demo
+        raise OptionsError("; ".join(unknown))
     options = PipelineOptions(argv)
     opts = options.view_as(BatchInferOptions)
     if not (opts.input or opts.input_table or opts.input_query or opts.model or opts.output

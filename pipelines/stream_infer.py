@@ -36,6 +36,7 @@ from pipelines.bigquery_io import activate_emulators
 from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runner_options, report_dry_run
 from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.job import StreamJob, stream_job_from_options
+from pipelines.flags import unknown_flag_problems
 from pipelines.options import BatchInferOptions, OptionsError, StreamInferOptions, print_options_help
 from pipelines.runners import keep_main_session, local_runner, pinned_runner, runner_name
 from transforms.graph.model import GraphError, record_spec
@@ -119,6 +120,9 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, w
     Returns the PipelineResult (None for a --dry_run). Raises OptionsError on bad flags.
     test_pipeline: build into this pipeline (a TestPipeline with TestStream input, say)."""
     argv = normalize_dry_run_argv(sys.argv[1:] if argv is None else argv)
+    unknown = unknown_flag_problems(argv)
+    if unknown:
+        raise OptionsError("; ".join(unknown))
     options = PipelineOptions(argv)
     stream, shared = options.view_as(StreamInferOptions), options.view_as(BatchInferOptions)
     options.view_as(StandardOptions).streaming = True

@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.feature_spec import FeatureSpecError, load_spec_file
 from models.serving_model import ModelContractError, load_serving_model
+from pipelines.flags import unknown_flag_problems
 from pipelines.inputs import input_format_of, listed_inputs
 from pipelines.options import OptionsError, field_list
 from pipelines.runners import keep_main_session, pinned_runner
@@ -77,7 +78,11 @@ def _chunk_records(chunk):
 
 def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False):
     """Builds and runs the conversion; returns the counters. Raises on bad flags."""
-    opts, beam_args = converter_parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    parser = converter_parser()
+    opts, beam_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    unknown = unknown_flag_problems(beam_args, extra=[o for a in parser._actions for o in a.option_strings])
+    if unknown:  # only Beam's own options may pass through
+        raise OptionsError("; ".join(unknown))
     options = PipelineOptions(beam_args)
     missing = [f"--{flag} is required" for flag in ("input", "output") if not getattr(opts, flag)]
     if missing:
