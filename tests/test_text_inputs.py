@@ -173,7 +173,7 @@ def test_the_manifest_traces_results_to_inputs_and_models(penguin_model, tmp_pat
     path = write_jsonl(tmp_path / "in.jsonl", values, extra_lines=["{bad"])
     out = str(tmp_path / "out" / "pred")
     run_job("--input", str(tmp_path / "*.jsonl"), "--model", f"clf={version_dir}", "--output", out,
-            "--key_feature", "id", "--my_api_key=sekrit-value", "--labels=team=ml")
+            "--key_feature", "id", "--labels=api_key=sekrit-value", "--labels=team=ml")
     text = open(out + ".manifest.json").read()
     manifest = read_manifest(out + ".manifest.json")
     assert manifest["status"] == "succeeded" and manifest["started_at"] <= manifest["ended_at"]
@@ -191,8 +191,8 @@ def test_the_manifest_traces_results_to_inputs_and_models(penguin_model, tmp_pat
     assert counts["dead_letters_by_stage"] == {"decode": 1} and counts["dead_letters"] == len(dead)
     assert counts["records_in"] == 7
     assert manifest["versions"]["apache-beam"] == "2.77.0" and manifest["versions"]["tensorflow"] == "2.21.0"
-    assert manifest["options"]["key_feature"] == "id" and manifest["options"]["labels"] == ["team=ml"]
-    assert "sekrit" not in text and manifest["options"]["my_api_key"] == "<redacted>"
+    assert manifest["options"]["key_feature"] == "id"
+    assert "sekrit" not in text and manifest["options"]["labels"] == ["api_key=<redacted>", "team=ml"]
 
 
 def test_a_fingerprint_changes_with_any_file(penguin_model, tmp_path):
