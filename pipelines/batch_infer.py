@@ -111,6 +111,28 @@ def summarize(job: BatchJob, counters: dict, seconds: float, runner: str = "", p
     ])
 
 
+class ErrorBudgetExceeded(RuntimeError):
+    """The job ran but scored nothing, or turned too many records into dead letters."""
+
+
+def error_budget_problem(counters: dict, max_fraction: float) -> Optional[str]:
+    """Why a finished job counts as failed, or None: nothing scored (no records read, or every
+    record a dead letter), or more than max_fraction of the records in became dead letters (a
+    misspelt --key_feature does that). max_fraction 1 turns the check off."""
+    if max_fraction >= 1:
+        return None
+    records_in = counters.get(metrics.RECORDS_READ, 0) + counters.get(metrics.DEAD_LETTER_PREFIX + "read", 0)
+    dead = sum(v for k, v in counters.items() if k.startswith(metrics.DEAD_LETTER_PREFIX))
+    if not records_in:
+        return "no records were read from the inputs"
+    if not counters.get(metrics.PREDICTIONS_WRITTEN, 0):
+        return f"nothing was scored: all {records_in:,} records in became dead letters ({dead:,})"
+    if dead > max_fraction * records_in:
+        return (f"{dead:,} of {records_in:,} records in ({dead / records_in:.0%}) became dead letters, over "
+                f"--max_dead_letter_fraction {max_fraction:g}; see the dead letters for why")
+    return None
+
+
 def unreadable_note(counters: dict) -> str:
     """' (of which N unreadable file regions, M bytes skipped)' when files had corrupt regions."""
     regions = counters.get(UNREADABLE_REGIONS, 0)
@@ -224,7 +246,11 @@ def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[be
     processes = len(metrics.query_string_sets(result).get(SCORING_PROCESSES, ()))
     if test_pipeline is None and is_local(options):
         print(summarize(job, counters, time.monotonic() - started, ran_on, processes))
-    write_manifest(counters, processes=processes)  # ManifestWriteError: the run is not on record
+    problem = error_budget_problem(counters, job.max_dead_letter_fraction)
+    failed = ErrorBudgetExceeded(problem) if problem else None
+    write_manifest(counters, failed, processes=processes)  # ManifestWriteError: the run is not on record
+    if failed:
+        raise failed
     return result, counters
 
 
@@ -238,6 +264,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except manifest.ManifestWriteError as e:
         print(f"batch_infer: error: the job ran, but {e}", file=sys.stderr)
+        return 1
+    except ErrorBudgetExceeded as e:
+        print(f"batch_infer: error: the job failed: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -77,6 +77,10 @@ class BatchInferOptions(PipelineOptions):
                             help="yes, no or auto: spread the chunks read over the workers before scoring "
                                  "(a file is read on one worker). auto: where several worker processes "
                                  "can score and there are fewer than 4 files per worker, or GPU workers")
+        parser.add_argument("--max_dead_letter_fraction", type=float, default=0.5,
+                            help="the job fails (exit 1, manifest status failed) when more than this "
+                                 "fraction of the records in became dead letters, or when nothing was "
+                                 "scored; 1 turns the check off (default 0.5)")
         parser.add_argument("--manifest", help="run manifest path (default: OUTPUT.manifest.json)")
         _add_bigquery_args(parser)
 
@@ -115,6 +119,8 @@ def check_options(opts: BatchInferOptions) -> None:
         problems.append("--output (or --output_table) is required")
     problems += bigquery_problems(opts)
     problems += model_flag_problems(opts)
+    if not 0 <= opts.max_dead_letter_fraction <= 1:
+        problems.append(f"--max_dead_letter_fraction {opts.max_dead_letter_fraction} is not between 0 and 1")
     if opts.output_format not in OUTPUT_FORMATS:
         problems.append(f"--output_format {opts.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
     if opts.input_format is not None and opts.input_format not in INPUT_FORMATS:
