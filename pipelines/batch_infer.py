@@ -24,10 +24,10 @@ from models.serving_model import ModelContractError
 from pipelines import manifest
 from pipelines.bigquery_io import activate_emulators, write_dead_letters
 from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runner_options, report_dry_run
+from pipelines.flags import unknown_flag_problems
 from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.inputs import read_chunks
 from pipelines.job import BatchJob, job_from_options
-from pipelines.flags import unknown_flag_problems
 from pipelines.options import BatchInferOptions, OptionsError, print_options_help
 from pipelines.output_paths import output_path_problems
 from pipelines.runners import LocalRunner, is_local, keep_main_session, local_runner, pinned_runner, runner_name

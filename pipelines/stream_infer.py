@@ -34,9 +34,9 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 from models.serving_model import ModelContractError
 from pipelines.bigquery_io import activate_emulators
 from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runner_options, report_dry_run
+from pipelines.flags import unknown_flag_problems
 from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.job import StreamJob, stream_job_from_options
-from pipelines.flags import unknown_flag_problems
 from pipelines.options import BatchInferOptions, OptionsError, StreamInferOptions, print_options_help
 from pipelines.runners import keep_main_session, local_runner, pinned_runner, runner_name
 from transforms.graph.model import GraphError, record_spec
@@ -159,12 +159,14 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, w
               f"{runner.describe() if runner else runner_name(options)}", file=sys.stderr)
     result = p.run()
     if wait:
-        stop_on_sigterm()
+        previous = stop_on_sigterm()
         try:
             result.wait_until_finish()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a clean stop
             stop(result, local)
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             if local:
                 from pipelines.local import pubsub_prompt_pulls
 
@@ -172,10 +174,12 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, w
     return result
 
 
-def stop_on_sigterm() -> None:
-    """SIGTERM (a service manager's stop) stops the stream as Ctrl-C does: cleanly."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+def stop_on_sigterm():
+    """SIGTERM (a service manager's stop) stops the stream as Ctrl-C does: cleanly. Returns the
+    handler it replaced (None off the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def stop(result, local: bool) -> None:
