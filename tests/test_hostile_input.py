@@ -195,3 +195,16 @@ def test_fuzz_tf_example_bytes_each_end_as_one_prediction_or_one_dead_letter(pen
     dead_positions = [row["source"]["record"] for row in scored.dead]
     assert len(dead_positions) == len(set(dead_positions)) and not predicted & set(dead_positions)
     assert predicted | set(dead_positions) == set(range(len(chunk_records)))
+
+
+def test_a_word_where_numbers_belong_is_not_a_number_in_json_and_in_csv(tmp_path):
+    spec = (Feature("vec", "float32", (6,)),)
+    with pytest.raises(ConversionError, match=r"^'vec': str 'abc' is not a number$"):
+        instance_to_example({"vec": "abc"}, spec)
+    (tmp_path / "in.jsonl").write_text('{"vec": "abc"}\n')
+    (tmp_path / "in.csv").write_text('vec\nabc\n')
+    options = InstanceOptions(spec)
+    (_, _, from_json, _), = keyed_examples(str(tmp_path / "in.jsonl"), "in.jsonl", "jsonl", options)
+    (_, _, from_csv, _), = keyed_examples(str(tmp_path / "in.csv"), "in.csv", "csv", options)
+    assert from_json["stage"] == from_csv["stage"] == "convert"
+    assert from_json["error_type"] == from_csv["error_type"] == "ConversionError"

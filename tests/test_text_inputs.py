@@ -131,7 +131,8 @@ def test_included_and_excluded_fields_pick_what_the_examples_hold(penguin_model,
         rows = read_jsonl(out + "-*.jsonl")
         assert len(rows) == 4 and {r["inputs"]["note"] for r in rows} == {note}
     out = str(tmp_path / "dropped" / "pred")
-    run_job("--input", path, "--model", version_dir, "--output", out, "--excluded_fields", "island")
+    run_job("--input", path, "--model", version_dir, "--output", out, "--excluded_fields", "island",
+            "--max_dead_letter_fraction", "1")  # every record a dead letter, on purpose
     dead = read_jsonl(out + ".errors-*.jsonl")
     assert len(dead) == 4 and all("'island': required and missing" in d["error"] for d in dead)
     with pytest.raises(OptionsError, match="not both"):

@@ -204,10 +204,11 @@ def feature_list(value: Any, feature: Feature) -> List[Any]:
     flat = [value] if _b64_object(value) is not None else _flatten(value)
     if any(v is None for v in flat):
         raise ConversionError("a list holds a null")
-    if len(flat) != feature.size and not feature.varlen:  # a variable-length feature takes any number
-        raise ConversionError(f"has {len(flat)} values, shape {list(feature.shape)} needs {feature.size}")
     convert = _CONVERTERS[feature.dtype]
-    return [convert(v) for v in flat]
+    values = [convert(v) for v in flat]  # "'abc' is not a number" says more than a count
+    if len(values) != feature.size and not feature.varlen:  # a variable-length feature takes any number
+        raise ConversionError(f"has {len(values)} values, shape {list(feature.shape)} needs {feature.size}")
+    return values
 
 
 def _extra_dtype(flat: Sequence[Any]) -> Optional[str]:

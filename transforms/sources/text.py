@@ -93,7 +93,10 @@ def keyed_examples(path: str, name: str, fmt: str, options: InstanceOptions
         key = options.key_or_none(fields) or f"{name}:{line}"  # its own key names its dead letter too
         source = {"file": path, "line": line}
         if isinstance(instance, InstanceError):
-            yield line, key, dead_letter(instance.stage, instance, key=key, raw=raw, source=source), raw
+            # a CSV cell that does not fit is the same problem as a JSON value that does not
+            error_type = ConversionError.__name__ if instance.stage == CONVERT else None
+            yield line, key, dead_letter(instance.stage, instance, key=key, raw=raw, source=source,
+                                         error_type=error_type), raw
             continue
         try:
             if options.image_columns:
