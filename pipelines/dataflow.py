@@ -95,6 +95,20 @@ def _path_of(arg: str) -> str:
     return arg.split("=", 1)[1] if _NAMED.match(arg) and "://" not in arg.split("=", 1)[0] else arg
 
 
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+
+
+def bucket_name_problem(path: Optional[str]) -> str:
+    """'; ...' saying why the bucket of a gs:// path is not a valid bucket name, or ''."""
+    if not path or not path.startswith("gs://"):
+        return ""
+    bucket = path[len("gs://"):].split("/", 1)[0]
+    if _BUCKET.match(bucket) and ("." in bucket or len(bucket) <= 63):
+        return ""
+    return (f"; {bucket!r} is not a bucket name: 3 to 63 characters of lowercase letters, digits, '-', "
+            "'_' and '.', starting and ending with a letter or digit")
+
+
 def _check_cloud(options: PipelineOptions) -> None:
     cloud = options.view_as(GoogleCloudOptions)
     problems = [f"--{name} is required with DataflowRunner" for name in ("project", "region")
@@ -103,7 +117,7 @@ def _check_cloud(options: PipelineOptions) -> None:
     if validator.validate_gcs_path(cloud, "temp_location") and validator.validate_gcs_path(cloud, "staging_location"):
         # Otherwise Beam tries to create a default bucket, which stalls for minutes offline.
         problems.append(f"--temp_location must be a gs://BUCKET/PATH Dataflow can write to "
-                        f"(got {cloud.temp_location!r})")
+                        f"(got {cloud.temp_location!r}{bucket_name_problem(cloud.temp_location)})")
     if problems:
         raise DataflowOptionsError("; ".join(problems))
 

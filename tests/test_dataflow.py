@@ -210,7 +210,8 @@ def test_other_runners_ignore_dataflow_flags_and_refuse_a_dry_run():
 
 @pytest.mark.parametrize("flags,message", [
     (["--temp_location=/tmp/local"], "--temp_location must be a gs://BUCKET/PATH"),
-    (["--temp_location=gs://b/tmp"], "--temp_location must be a gs://BUCKET/PATH"),  # bucket name too short
+    (["--temp_location=gs://B/tmp"], "--temp_location must be a gs://BUCKET/PATH Dataflow can write to (got "
+     "'gs://B/tmp'; 'B' is not a bucket name: 3 to 63 characters of lowercase letters"),
     (["--region="], "--region is required"),
 ])
 def test_cloud_settings_that_would_stall_or_fail_are_refused(flags, message):
