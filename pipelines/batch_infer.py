@@ -6,9 +6,10 @@
     ... --graph graph.yaml                                            # any wiring, post-processing
     ... --input 'data/*.jsonl' (or .csv) --key_feature id             # instances, converted by the spec
 
-Every run writes OUTPUT.manifest.json: inputs, model hashes, options, counts, versions.
+A run with --output writes OUTPUT.manifest.json (inputs, model hashes, options, counts, versions);
+any run, BigQuery to BigQuery included, writes one with --manifest PATH.
 
-With no arguments it runs the embedded demo (pipelines/local/demo.py) on the DirectRunner.
+With no arguments it runs the embedded demo (pipelines/local/demo.py) locally.
 """
 
 import logging
