@@ -31,9 +31,16 @@ def list_versions(base: str) -> List[int]:
     return [int(name) for name in version_names(base)]
 
 
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
 def resolve_version_dir(path: str) -> str:
     """A version directory as it is, or a base directory's numerically highest version (as TF
     Serving picks it), its name kept as it is on disk."""
+    if path.lower().endswith(KERAS_SUFFIXES):
+        raise ModelNotFoundError(
+            f"{path} is a Keras file, not a SavedModel: export it first with "
+            f"python -m models.prepare --model {path} --output DIR, then pass DIR")
     if not tf.io.gfile.exists(path):
         raise ModelNotFoundError(f"model directory {path} does not exist")
     if is_saved_model_dir(path):

@@ -122,7 +122,8 @@ def spec_from_signature(export_dir: str, signature_name: str = "serving_default"
     if not found:
         raise FeatureSpecError(
             f"signature {signature_name!r} of {export_dir} parses no tf.Example (no ParseExample op); "
-            "pass --feature_spec")
+            "give its feature spec to the jobs (batch_infer/stream_infer --feature_spec [NAME=]FILE) or "
+            "write it to the export's assets.extra/feature_spec.json")
     features = []
     for node, nodes in found:
         for feature in _features_of(node, nodes):

@@ -107,3 +107,12 @@ def test_redaction_keeps_what_only_looks_like_a_secret_name():
     options = {"model": ["keyword=/models/kw", "tokenizer=/models/tok"], "key_feature": "id",
                "input": ["gs://bucket/data/*.tfrecord"], "labels": ["team=ml", "monkey=george"]}
     assert manifest.redact_options(options) == options
+
+
+def test_a_keras_file_given_as_a_model_says_to_prepare_it_first(tmp_path, capsys):
+    (tmp_path / "clf.keras").write_bytes(b"PK")  # only the name matters: it is refused before it is read
+    (tmp_path / "in.jsonl").write_text('{"measurements": [1, 2, 3, 4], "island": 1}\n')
+    assert batch_infer.main(["--input", str(tmp_path / "in.jsonl"), "--model", str(tmp_path / "clf.keras"),
+                             "--output", str(tmp_path / "out" / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "is a Keras file, not a SavedModel: export it first with python -m models.prepare" in err
