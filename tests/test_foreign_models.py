@@ -181,8 +181,8 @@ def test_outputs_that_ignore_the_batch_never_become_rows(tmp_path, write_tfrecor
     model_dir = batch_ignoring_export(str(tmp_path / "dynamic"), static=False)
     records = [make_example({"x": [float(i), 1.0]}).SerializeToString() for i in range(20)]
     path = write_tfrecords("x.tfrecord", records)
-    rows, dead = run(["--input", path, "--model", model_dir, "--engine", engine, "--max_batch_size", "8"],
-                     str(tmp_path / "rows"))
+    rows, dead = run(["--input", path, "--model", model_dir, "--engine", engine, "--max_batch_size", "8",
+                      "--max_dead_letter_fraction", "1"], str(tmp_path / "rows"))  # all dead, on purpose
     assert rows == {} and len(dead) == 20  # every record accounted for, none as a wrong row
     assert {(d["stage"], d["error_type"]) for d in dead} == {("infer", "OutputBatchError")}
     assert "the model ignores the batch" in dead[0]["error"]
