@@ -153,7 +153,8 @@ def print_help() -> None:
 
 def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
         test_pipeline: Optional[beam.Pipeline] = None):
-    """Builds and runs the job; returns (PipelineResult, counters). Raises on bad flags or models."""
+    """Builds and runs the job; returns (PipelineResult, counters). Raises OptionsError and the
+    like on bad flags or models, and ErrorBudgetExceeded when the job scored (almost) nothing."""
     argv = normalize_dry_run_argv(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print_help()
