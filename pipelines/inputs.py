@@ -10,7 +10,7 @@ from pipelines.options import OptionsError
 from transforms.graph.model import record_spec
 from transforms.records.dead_letters import WithDeadLetters
 from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
-from transforms.sources.files import expand_patterns, is_remote
+from transforms.sources.files import check_local_patterns, expand_patterns, is_remote
 from transforms.sources.text import InstanceOptions, ReadKeyedInstances
 from transforms.sources.text_formats import TFRECORD, format_of_path
 from transforms.sources.tfrecord import ReadKeyedTFRecords
@@ -24,7 +24,7 @@ def listed_inputs(patterns: Sequence[str], offline: bool = False) -> Optional[Li
     fails here and not in a worker (NoInputFilesError). offline (a --dry_run): remote patterns are
     left to the workers and only local ones are checked; None then if any pattern is remote."""
     if offline and any(is_remote(p) for p in patterns):
-        expand_patterns([p for p in patterns if not is_remote(p)])
+        check_local_patterns(patterns)
         return None
     return expand_patterns(patterns)
 
@@ -44,17 +44,19 @@ def input_format_of(patterns: Sequence[str], given: Optional[str] = None,
     return next(iter(formats))
 
 
-def should_redistribute(setting: str, workers: Optional[int], files: Optional[int], gpu: bool = False) -> bool:
+def should_redistribute(setting: str, workers: Optional[int], files: Optional[int], gpu: bool = False,
+                        source_splits: bool = False) -> bool:
     """Whether chunks are spread over workers after reading (--redistribute). A file is read on one
     worker, so without it a job over few large files scores on few workers. It costs one shuffle of
-    the records, so 'auto' redistributes only where more than one worker process can score: always
-    for GPU workers, else when there are fewer than FILES_PER_WORKER files per worker, or the file
-    or worker count is not known at launch (a dry run, an autoscaled fleet)."""
+    the records, so 'auto' redistributes only where more than one worker process can score and the
+    source does not split its reads itself (source_splits: BigQuery): always for GPU workers, else
+    when there are fewer than FILES_PER_WORKER files per worker, or the file or worker count is not
+    known at launch (a dry run, an autoscaled fleet)."""
     if setting not in REDISTRIBUTE_CHOICES:
         raise OptionsError(f"--redistribute {setting!r}: choose one of {', '.join(REDISTRIBUTE_CHOICES)}")
     if setting != "auto":
         return setting == "yes"
-    if workers == 1:
+    if workers == 1 or source_splits:
         return False
     if gpu or workers is None or files is None:
         return True

@@ -121,7 +121,7 @@ def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions
     errors = opts.errors or (f"{opts.output}.errors" if opts.output else None)
     listed = None if bigquery.source else listed_inputs(opts.input, offline)
     redistribute = should_redistribute(opts.redistribute, workers, None if listed is None else len(listed),
-                                       gpu_batches) and not (bigquery.source and opts.redistribute == "auto")
+                                       gpu_batches, source_splits=bool(bigquery.source))
     job = BatchJob(inputs=list(opts.input or []), graph=graph, output=opts.output,
                    errors=errors, key_feature=opts.key_feature or opts.key_column,
                    output_format=opts.output_format, engine=opts.engine,

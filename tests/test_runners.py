@@ -132,6 +132,11 @@ def test_when_chunks_are_redistributed(setting, workers, files, gpu, expected):
     assert should_redistribute(setting, workers, files, gpu) is expected
 
 
+def test_a_source_that_splits_its_reads_is_not_redistributed_unless_asked():
+    assert should_redistribute("auto", 8, None, gpu=True, source_splits=True) is False
+    assert should_redistribute("yes", 8, None, source_splits=True) is True
+
+
 def test_a_bad_redistribute_value_is_refused():
     with pytest.raises(OptionsError, match="--redistribute 'maybe'"):
         should_redistribute("maybe", 1, 1)
