@@ -45,10 +45,28 @@ def paths(graph_models, penguin_model):
     ([{"name": "a", "path": "five"}, {"name": "p", "path": "penguins", "inputs": "a"}],
      "cannot chain 'a' -> 'p' automatically"),
     ([{"name": "p", "path": "penguins", "postprocess": [{"classify": {"output": "logits"}}]}],
-     "classify reads output 'logits'"),
-    ([{"name": "p", "path": "penguins", "postprocess": [{"regress": {}}]}], "regress needs 'output'"),
+     "post-processing step 1: classify: no output 'logits' (outputs: ['probabilities', 'species'])"),
+    ([{"name": "p", "path": "penguins", "postprocess": [{"regress": {}}]}], "regress: the model has outputs ['probabilities', 'species']; name one with 'output'"),
     ([{"name": "p", "path": "penguins", "postprocess": [{"sharpen": {}}]}], "unknown post-processing step"),
     ([{"name": "a", "path": "five", "inputs": {"x": "nodot"}}], "'nodot' is not 'model.output'"),
+    # post-processing that would fail on every record is refused from the SignatureDef's outputs
+    ([{"name": "p", "path": "penguins", "postprocess": [{"classify": {"output": "probabilities"}}],
+       "keep": ["label", "scor"]}],
+     "model 'p': post-processing step 2: keep: no output ['scor'] (outputs: ['label', 'probabilities', "
+     "'score', 'species']); did you mean 'score'?"),
+    ([{"name": "p", "path": "penguins",
+       "postprocess": [{"classify": {"output": "probabilities", "labels": ["a", "b"]}}]}],
+     "model 'p': post-processing step 1: classify: 2 labels for 3 classes (output 'probabilities')"),
+    ([{"name": "p", "path": "penguins", "postprocess": [{"classify": {"output": "probabilities", "top_k": 5}}]}],
+     "classify: top_k 5 is more than the 3 classes of output 'probabilities'"),
+    ([{"name": "p", "path": "penguins", "postprocess": [{"classify": {"output": "species"}}]}],
+     "classify: output 'species' holds int32, not scores"),
+    ([{"name": "p", "path": "penguins", "postprocess": [{"regress": {"output": "probabilities"}}]}],
+     "regress: output 'probabilities' has per-record shape [3]; expected one value"),
+    ([{"name": "a", "path": "five", "postprocess": [{"classify": {"threshold": 0.7}}, {"classify": {}}]}],
+     "post-processing step 2: classify adds 'label', which would overwrite step 1's output 'label'"),
+    ([{"name": "a", "path": "five", "postprocess": [{"classify": {"top_k": 2}}]}],
+     "top_k applies to a multi-class head; 'y' is a binary head"),
 ])
 def test_invalid_graphs_are_refused_naming_the_edge(paths, models, message):
     for entry in models:

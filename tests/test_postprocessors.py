@@ -9,7 +9,8 @@ from models.examples import make_example
 from models.prediction_log import predict_log
 from transforms.scoring.tfx_bsl_logs import logs_to_rows
 from transforms.graph.postprocessors import (CallFunction, Classify, Keep, PostprocessError, Regress, apply_steps,
-                                       step_from_config)
+                                             check_steps,
+                                             step_from_config)
 
 PROBS = np.asarray([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3], [0.3, 0.3, 0.4]], np.float32)
 
@@ -117,3 +118,31 @@ def test_tfx_bsl_logs_become_post_processed_rows_and_failures_dead_letters():
                     {"key": "b", "clf": {"label": "neg", "score": 0.8}}]
     assert [(d["key"], d["stage"], d["model"]) for d in dead] == [("c", "postprocess", "clf")]
     assert base64.b64decode(dead[0]["input_base64"]) == logs[2].SerializeToString()
+
+
+def test_a_step_that_would_overwrite_a_model_output_is_refused_naming_both():
+    specs = {"score": ("float32", (3,))}
+    with pytest.raises(PostprocessError, match="step 1: classify adds 'score', which would overwrite "
+                                               "the model's output 'score'; give the step a prefix"):
+        check_steps([Classify(output="score")], specs)
+    check_steps([Classify(output="score", prefix="cls_"), Keep(["cls_label", "score"])], specs)
+
+
+def test_the_checks_agree_with_what_the_steps_do_on_arrays():
+    """check() gives the dtypes and per-record shapes that the steps produce on real arrays."""
+    probs = np.float32([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]])
+    for steps in ([Classify(output="p", labels=["a", "b", "c"], top_k=2)],
+                  [Classify(output="p", top_k=3), Keep(["top_scores", "label"])],
+                  [Regress(output="one")],
+                  [Classify(output="one", threshold=0.3)]):
+        outputs = {"p": probs, "one": np.float32([[0.2], [0.9]])}
+        specs = {n: (str(v.dtype), v.shape[1:]) for n, v in outputs.items()}
+        for step in steps:
+            outputs, specs = step(outputs), step.check(specs)
+        actual = {n: ("string" if v.dtype == object else str(v.dtype), v.shape[1:]) for n, v in outputs.items()}
+        assert actual == specs
+
+
+def test_a_users_function_ends_the_static_checks():
+    steps = [CallFunction(lambda outputs: {"anything": outputs["p"]}), Keep(["anything"])]
+    check_steps(steps, {"p": ("float32", (3,))})  # keep names what the function returns: not refused

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from models.feature_spec import RAW, Feature
 from models.serving_model import ServingModel
 from transforms.scoring.engines import DEFAULT_ENGINE, ENGINES
-from transforms.graph.postprocessors import CallFunction, Classify, Regress
+from transforms.graph.postprocessors import PostprocessError, check_steps
 from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, SOURCE_FIELD
 
 # Model names that would collide with a field of a one-row-per-key row.
@@ -171,22 +171,16 @@ def _check_node(node: GraphNode, nodes: Dict[str, GraphNode]) -> List[str]:
 
 
 def _check_steps(node: GraphNode) -> List[str]:
-    """Outputs named by classify/regress steps exist, unless a user function came first."""
-    problems, available = [], set(node.model.outputs)
-    for step in node.postprocess:
-        if isinstance(step, CallFunction):
-            break
-        if isinstance(step, (Classify, Regress)):
-            kind = type(step).__name__.lower()
-            if step.output is None and len(available) != 1:
-                problems.append(f"model {node.name!r}: {kind} needs 'output' (one of {sorted(available)})")
-            elif step.output is not None and step.output not in available:
-                problems.append(f"model {node.name!r}: {kind} reads output {step.output!r}, which it "
-                                f"does not have (outputs: {sorted(available)})")
-        if isinstance(step, Classify):
-            names = ("label", "score") + (("top_labels", "top_scores") if step.top_k else ())
-            available |= {step.prefix + n for n in names}
-    return problems
+    """The post-processing steps, checked on the model's output dtypes and shapes (see check_steps)."""
+    specs = {name: (dtype, None if shape is None else tuple(shape[1:]))
+             for name, dtype, shape in node.model.output_specs}
+    for name in node.model.outputs:  # built without output specs: names only
+        specs.setdefault(name, (None, None))
+    try:
+        check_steps(node.postprocess, specs)
+    except PostprocessError as e:
+        return [f"model {node.name!r}: {e}"]
+    return []
 
 
 def _topological(nodes: Sequence[GraphNode]) -> List[GraphNode]:

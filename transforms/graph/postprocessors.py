@@ -10,15 +10,22 @@ transforms.scoring.tfx_bsl_logs.ToPredictionRows on the outputs of tfx-bsl's Pre
 - Keep: only the named outputs;
 - CallFunction: a user's own function, by reference ("package.module:function") or as a callable.
 
-transforms.graph.model checks the outputs classify and regress name before the job runs.
+Each step also has check(specs) -> specs: the same rules on the outputs' dtypes and per-record
+shapes from the SignatureDef, so transforms.graph.model refuses a step that would fail on every
+record before the job runs (a missing output, labels that do not match the classes, a step that
+would overwrite an output).
 """
 
+import difflib
 import importlib
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 Outputs = Dict[str, np.ndarray]
+# Output name -> (dtype name, per-record shape); "string" for text, None where unknown.
+OutputSpec = Tuple[Optional[str], Optional[Tuple[int, ...]]]
+Specs = Dict[str, OutputSpec]
 
 
 class PostprocessError(ValueError):
@@ -40,14 +47,31 @@ def read_labels(labels: Union[str, Sequence[str], None]) -> Optional[Tuple[str, 
     return labels
 
 
-def _single_output(outputs: Mapping[str, np.ndarray], name: Optional[str], step: str) -> str:
+def _single_output(outputs: Mapping[str, Any], name: Optional[str], step: str) -> str:
     if name is not None:
         if name not in outputs:
-            raise KeyError(f"{step}: no output {name!r} (outputs: {sorted(outputs)})")
+            raise KeyError(f"{step}: no output {name!r} (outputs: {sorted(outputs)}){_did_you_mean(name, outputs)}")
         return name
     if len(outputs) != 1:
         raise KeyError(f"{step}: the model has outputs {sorted(outputs)}; name one with 'output'")
     return next(iter(outputs))
+
+
+def _did_you_mean(name: str, names) -> str:
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _resolve(specs: Specs, name: Optional[str], step: str) -> str:
+    """_single_output for check(): the same rule, raised as a PostprocessError."""
+    try:
+        return _single_output(specs, name, step)
+    except KeyError as e:
+        raise PostprocessError(e.args[0]) from None
+
+
+def _is_float(dtype: str) -> bool:
+    return dtype != "string" and np.dtype(dtype).kind == "f"
 
 
 class Classify:
@@ -92,6 +116,8 @@ class Classify:
                              "expected [classes]")
         result = dict(outputs)
         if binary:
+            if self.labels is not None and len(self.labels) != 2:
+                raise ValueError(f"classify: {len(self.labels)} labels for a binary head (2 classes)")
             p = scores.reshape(n)
             threshold = 0.5 if self.threshold is None else float(self.threshold)
             chosen = (p >= threshold).astype(np.int64)
@@ -113,6 +139,39 @@ class Classify:
             result[self.prefix + "top_labels"] = self._names(top)
             result[self.prefix + "top_scores"] = np.take_along_axis(scores, top, axis=1)
         return result
+
+    def added(self, binary: bool = False) -> Tuple[str, ...]:
+        names = ("label", "score") + (("top_labels", "top_scores") if self.top_k and not binary else ())
+        return tuple(self.prefix + n for n in names)
+
+    def check(self, specs: Specs) -> Specs:
+        name = _resolve(specs, self.output, "classify")
+        dtype, shape = specs[name]
+        if dtype is not None and not _is_float(dtype):
+            raise PostprocessError(f"classify: output {name!r} holds {dtype}, not scores")
+        binary = shape is not None and (shape == () or shape == (1,))
+        classes = shape[0] if shape is not None and len(shape) == 1 and shape[0] > 0 else None
+        if shape is not None and len(shape) > 1:
+            raise PostprocessError(f"classify: output {name!r} has per-record shape {list(shape)}; "
+                                   "expected [classes]")
+        if binary:
+            classes = 2
+            if self.top_k:
+                raise PostprocessError(f"classify: top_k applies to a multi-class head; {name!r} is a "
+                                       "binary head (one score per record)")
+        elif self.threshold is not None and classes is not None:
+            raise PostprocessError(f"classify: threshold applies to a binary head; {name!r} has "
+                                   f"{classes} classes")
+        if classes is not None and self.labels is not None and len(self.labels) != classes:
+            raise PostprocessError(f"classify: {len(self.labels)} labels for {classes} classes "
+                                   f"(output {name!r})")
+        if classes is not None and not binary and self.top_k and self.top_k > classes:
+            raise PostprocessError(f"classify: top_k {self.top_k} is more than the {classes} classes "
+                                   f"of output {name!r}")
+        label_dtype = "string" if self.labels is not None else "int64"
+        added = dict(zip(self.added(binary), [(label_dtype, ()), (dtype, ()),
+                                              (label_dtype, (self.top_k,)), (dtype, (self.top_k,))]))
+        return {**specs, **added}
 
 
 class Regress:
@@ -136,6 +195,14 @@ class Regress:
             values = np.round(values, self.decimals)
         return {**outputs, name: values}
 
+    def check(self, specs: Specs) -> Specs:
+        name = _resolve(specs, self.output, "regress")
+        dtype, shape = specs[name]
+        if shape is not None and shape not in ((), (1,)):
+            raise PostprocessError(f"regress: output {name!r} has per-record shape {list(shape)}; "
+                                   "expected one value")
+        return {**specs, name: (dtype, ())}
+
 
 class Keep:
     """Only the named outputs, in that order."""
@@ -148,8 +215,18 @@ class Keep:
     def __call__(self, outputs: Outputs) -> Outputs:
         missing = [n for n in self.names if n not in outputs]
         if missing:
-            raise KeyError(f"keep: no output {missing} (outputs: {sorted(outputs)})")
+            raise KeyError(self._missing_message(missing, outputs))
         return {n: outputs[n] for n in self.names}
+
+    @staticmethod
+    def _missing_message(missing, outputs) -> str:
+        return f"keep: no output {missing} (outputs: {sorted(outputs)}){_did_you_mean(missing[0], outputs)}"
+
+    def check(self, specs: Specs) -> Specs:
+        missing = [n for n in self.names if n not in specs]
+        if missing:
+            raise PostprocessError(self._missing_message(missing, specs))
+        return {n: specs[n] for n in self.names}
 
 
 def import_function(reference: str) -> Callable:
@@ -206,6 +283,9 @@ class CallFunction:
             arrays[str(name)] = value
         return arrays
 
+    def check(self, specs: Specs) -> Optional[Specs]:
+        return None  # what a user's function returns is only known when it runs
+
 
 STEPS = {"classify": Classify, "regress": Regress, "keep": Keep, "function": CallFunction}
 
@@ -233,6 +313,34 @@ def step_from_config(config: Mapping[str, Any]):
         return STEPS[kind](**dict(options or {}))
     except TypeError as e:
         raise PostprocessError(f"{kind}: {e}") from e
+
+
+def check_steps(steps: Sequence[Any], specs: Specs) -> None:
+    """Run each step's check over the outputs' specs, in order; raises PostprocessError naming the
+    step (1-based) and the problem. Stops checking at a user's function (its outputs are unknown).
+
+    A step may not overwrite an output that exists before it (the model's own, or one an earlier
+    step added): a classify step adding 'score' to a model that has a 'score' output is refused.
+    """
+    origin = {name: "the model's output" for name in specs}
+    for number, step in enumerate(steps, 1):
+        kind = type(step).__name__.lower()
+        if isinstance(step, Classify):
+            clash = [n for n in step.added() if n in origin]
+            if clash:
+                raise PostprocessError(
+                    f"post-processing step {number}: {kind} adds {clash[0]!r}, which would overwrite "
+                    f"{origin[clash[0]]} {clash[0]!r}; give the step a prefix (e.g. prefix: {kind}_)")
+        try:
+            checked = step.check(specs)
+        except PostprocessError as e:
+            raise PostprocessError(f"post-processing step {number}: {e}") from None
+        if checked is None:
+            return
+        for name in checked:
+            origin.setdefault(name, f"step {number}'s output")
+        origin = {n: o for n, o in origin.items() if n in checked}
+        specs = checked
 
 
 def apply_steps(steps: Sequence[Callable[[Outputs], Outputs]], outputs: Outputs) -> Outputs:
