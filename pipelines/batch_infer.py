@@ -30,6 +30,7 @@ from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.inputs import read_chunks
 from pipelines.job import BatchJob, job_from_options
 from pipelines.options import BatchInferOptions, OptionsError, print_options_help
+from pipelines.input_sample import job_sample_problem
 from pipelines.output_paths import output_path_problems
 from pipelines.runners import LocalRunner, is_local, keep_main_session, local_runner, pinned_runner, runner_name
 from transforms.graph.model import GraphError
@@ -182,6 +183,9 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
                                offline=is_dry_run(options), workers=scoring_workers(options, runner))
         for warning in prepare_runner_options(options, worker_paths(job)):
             print(f"warning: {warning}", file=sys.stderr)
+        problem = job_sample_problem(job)
+        if problem:
+            raise OptionsError(problem)
         if not is_dry_run(options):
             problems = output_path_problems([job.output, job.errors, job.manifest])
             if problems:

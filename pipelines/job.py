@@ -64,6 +64,7 @@ class BatchJob:
     gpu: GpuSettings = GpuSettings()  # applied by the scoring DoFns before the models load
     redistribute: bool = False  # chunks spread over the workers after reading
     max_dead_letter_fraction: float = 0.5  # the error budget (pipelines.batch_infer.error_budget_problem)
+    listed_inputs: Optional[List[str]] = None  # the files the launcher listed (None: not listed)
 
     @property
     def scoring_key_feature(self) -> Optional[str]:
@@ -134,7 +135,8 @@ def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions
                    bigquery=bigquery, output_features=tuple(parse_output_features(opts.output_features).items()),
                    output_compression=opts.output_compression,
                    manifest=opts.manifest or (manifest.manifest_path(opts.output) if opts.output else None),
-                   redistribute=redistribute, max_dead_letter_fraction=opts.max_dead_letter_fraction)
+                   redistribute=redistribute, max_dead_letter_fraction=opts.max_dead_letter_fraction,
+                   listed_inputs=listed)
     if gpu_batches:
         job.max_batch_size = job.max_batch_size or GPU_BATCH.max_batch_size
         job.max_batch_bytes = job.max_batch_bytes or GPU_BATCH.max_batch_bytes

@@ -31,15 +31,33 @@ def penguins_with_ids(write_tfrecords):
     return write_tfrecords("in.tfrecord", [make_example(v).SerializeToString() for v in penguin_values(40)])
 
 
-def test_a_misspelt_key_feature_fails_the_job_with_the_counts(penguin_model, penguins_with_ids, tmp_path, capsys):
+def test_a_misspelt_key_feature_is_refused_before_launch(penguin_model, penguins_with_ids, tmp_path, capsys):
     out = str(tmp_path / "out" / "pred")
     assert batch_infer.main(["--input", penguins_with_ids, "--model", penguin_model[0], "--output", out,
-                             "--key_feature", "idd"]) == 1
-    assert "the job failed: nothing was scored: all 40 records in became dead letters" in capsys.readouterr().err
+                             "--key_feature", "idd"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 20 records sampled from the start of the inputs would be scored" in err
+    assert "key feature 'idd' is missing (the records hold ['id', 'island', 'measurements']); did you mean " \
+           "--key_feature id?" in err
+    assert not (tmp_path / "out").exists()  # nothing launched, nothing written
+
+
+def test_a_job_that_dead_letters_most_records_fails_with_the_counts(penguin_model, write_tfrecords, tmp_path,
+                                                                     capsys):
+    """The first records are good (so the launch sample passes); most of the rest have no key."""
+    values = penguin_values(60)
+    for v in values[20:]:
+        del v["id"]
+    path = write_tfrecords("mixed.tfrecord", [make_example(v).SerializeToString() for v in values])
+    out = str(tmp_path / "out" / "pred")
+    assert batch_infer.main(["--input", path, "--model", penguin_model[0], "--output", out,
+                             "--key_feature", "id"]) == 1
+    assert "the job failed: 40 of 60 records in (67%) became dead letters, over --max_dead_letter_fraction 0.5" \
+        in capsys.readouterr().err
     with open(out + ".manifest.json") as f:
         manifest = json.load(f)
-    assert manifest["status"] == "failed" and "nothing was scored" in manifest["error"]
-    assert (manifest["counts"]["records_in"], manifest["counts"]["dead_letters"]) == (40, 40)
+    assert manifest["status"] == "failed" and "40 of 60 records" in manifest["error"]
+    assert (manifest["counts"]["records_in"], manifest["counts"]["dead_letters"]) == (60, 40)
 
 
 def test_the_budget_can_be_turned_off_and_is_checked(penguin_model, penguins_with_ids, tmp_path, capsys):

@@ -1,0 +1,108 @@
+"""A look at the first records before launch: a job whose every record would fail is stopped here.
+
+A misspelt --key_feature, the wrong --input_format or a model that reads other features turns every
+record into a dead letter; the error budget fails such a job at the end, after it has read
+everything. The launcher reads the first SAMPLE_SIZE records it can (local files, or gs:// where it
+lists them) through the same checks the job makes, and refuses to launch when none of them would
+be scored, naming the most common problem. A sample with some good records launches: the bad ones
+become dead letters as usual.
+"""
+
+import collections
+import difflib
+import itertools
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from models.examples import RecordError, check_example, feature_values, parse_example
+from models.feature_spec import Feature
+from transforms.records.keys import key_from_feature
+
+from transforms.sources.text import InstanceOptions, keyed_examples
+from transforms.sources.text_formats import TFRECORD
+from transforms.sources.framing import Record, read_records
+from transforms.sources.tfrecord import open_records_stream
+
+SAMPLE_SIZE = 20
+MAX_FILES = 3  # sampled in order until SAMPLE_SIZE records are found
+
+
+def record_problem(record: bytes, spec: Sequence[Feature], key_feature: Optional[str] = None) -> Optional[str]:
+    """Why the job would not score one serialized record before it reaches a model, or None."""
+    try:
+        example = parse_example(record)
+        if key_feature:
+            if not feature_values(example, key_feature):
+                names = sorted(example.features.feature)
+                close = difflib.get_close_matches(key_feature, names, n=1)
+                hint = f"; did you mean --key_feature {close[0]}?" if close else ""
+                return f"key feature {key_feature!r} is missing (the records hold {names}){hint}"
+            key_from_feature(example, key_feature)
+        check_example(example, spec)
+    except RecordError as e:
+        return f"{e.stage}: {e}"
+    return None
+
+
+def sample_tfrecords(paths: Sequence[str], size: int = SAMPLE_SIZE) -> Iterator[Tuple[str, bytes]]:
+    """(path, record) for up to size records from the first MAX_FILES files; unreadable regions are
+    skipped (they are dead letters of their own, not a sign that the flags are wrong)."""
+    def records(path):
+        with open_records_stream(path) as stream:
+            for item in read_records(stream):
+                if isinstance(item, Record):
+                    yield path, item.data
+    for path in paths[:MAX_FILES]:
+        yield from itertools.islice(records(path), size)
+
+
+def sample_problems(paths: Sequence[str], input_format: str, spec: Sequence[Feature],
+                    key_feature: Optional[str], options: Optional[InstanceOptions] = None,
+                    size: int = SAMPLE_SIZE) -> Tuple[int, List[Tuple[str, str]]]:
+    """(records sampled, [(path, problem)] for those that would fail)."""
+    sampled, problems = 0, []
+    if input_format == TFRECORD:
+        for path, record in itertools.islice(sample_tfrecords(paths, size), size):
+            sampled += 1
+            problem = record_problem(record, spec, key_feature)
+            if problem:
+                problems.append((path, problem))
+        return sampled, problems
+    for path in paths[:MAX_FILES]:
+        for _, _, example, _ in itertools.islice(keyed_examples(path, path, input_format, options), size - sampled):
+            sampled += 1
+            if isinstance(example, dict):  # a dead-letter row
+                problems.append((path, f"{example.get('stage')}: {example.get('error')}"))
+            else:
+                problem = record_problem(example, spec)
+                if problem:
+                    problems.append((path, problem))
+        if sampled >= size:
+            break
+    return sampled, problems
+
+
+def nothing_would_score(sampled: int, problems: Sequence[Tuple[str, str]]) -> Optional[str]:
+    """The launch error when every sampled record failed, else None."""
+    if not sampled or len(problems) < sampled:
+        return None
+    (problem, count), = collections.Counter(p for _, p in problems).most_common(1)
+    files = sorted({path for path, _ in problems})
+    records = f"{sampled} records" if sampled > 1 else "1 record"
+    return (f"none of the {records} sampled from the start of the inputs would be scored ({', '.join(files)}): "
+            f"{problem}{'' if count == sampled else f' ({count} of them; others fail too)'}. "
+            "Check --key_feature, --input_format and the model's feature spec "
+            "(or pass --max_dead_letter_fraction 1 to run anyway)")
+
+
+def job_sample_problem(job) -> Optional[str]:
+    """nothing_would_score for a BatchJob's listed input files (None for BigQuery sources, inputs
+    the launcher did not list, and jobs with the error budget off)."""
+    from transforms.graph.model import record_spec
+
+    if not job.listed_inputs or job.max_dead_letter_fraction >= 1:
+        return None
+    spec = record_spec(job.graph)
+    options = None if job.input_format == TFRECORD else InstanceOptions(
+        spec, job.key_feature, job.included_fields, job.excluded_fields)
+    return nothing_would_score(*sample_problems(job.listed_inputs, job.input_format, spec,
+                                                job.scoring_key_feature, options))
