@@ -6,6 +6,8 @@ import difflib
 import sys
 from typing import Iterable, Optional
 
+from models.tf_console import VERBOSE_FLAG, VERBOSE_HELP
+
 _UNRECOGNIZED = "unrecognized arguments: "
 
 
@@ -26,6 +28,7 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.add_argument(VERBOSE_FLAG, action="store_true", help=VERBOSE_HELP)
 
     def parse_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)

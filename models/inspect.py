@@ -3,11 +3,19 @@ engines can run it (each loads it as a job would and scores golden examples). Ex
 contract fails or an engine cannot run the model."""
 
 import sys
+
+if __name__ == "__main__":  # before TensorFlow loads, so its start-up lines stay off the console
+    from models.tf_console import load_tensorflow_quietly
+
+    load_tensorflow_quietly(sys.argv)
+
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from models import cli
+from models.tf_console import console_logging
 
 
 def _tensor_line(name: str, info) -> str:
@@ -94,6 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("model_dir", help="version directory or base directory (highest version)")
     parser.add_argument("--signature", default="serving_default")
     args = parser.parse_args(argv)
+    console_logging(["--verbose"] if args.verbose else [])
     try:
         report, ok = inspect_report(args.model_dir, args.signature)
     except Exception as e:

@@ -16,13 +16,20 @@ Signature method (models.signature_methods): --method predict|classify|regress [
 TF Serving warmup requests from the golden examples go to assets.extra/tf_serving_warmup_requests.
 """
 
-import logging
-import os
 import sys
+
+if __name__ == "__main__":  # before TensorFlow loads, so its start-up lines stay off the console
+    from models.tf_console import load_tensorflow_quietly
+
+    load_tensorflow_quietly(sys.argv)
+
+
+import os
 import tempfile
 from typing import Mapping, Optional, Sequence, Union
 
 from models import cli
+from models.tf_console import console_logging
 from models.feature_spec import (
     FeatureSpec, FeatureSpecError, describe, load_spec_file, override_spec, with_passthrough)
 
@@ -145,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--class_labels", help="classify: comma-separated class labels (default 0..n-1)")
     parser.add_argument("--no_warmup", action="store_true", help="write no TF Serving warmup requests")
     args = parser.parse_args(argv)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    console_logging(["--verbose"] if args.verbose else [])
     from models.signature_methods import SignatureMethodError
 
     try:

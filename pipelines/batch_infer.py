@@ -12,8 +12,15 @@ any run, BigQuery to BigQuery included, writes one with --manifest PATH.
 With no arguments it runs the embedded demo (pipelines/local/demo.py) locally.
 """
 
-import logging
 import sys
+
+if __name__ == "__main__":  # before TensorFlow loads, so its start-up lines stay off the console
+    from models.tf_console import load_tensorflow_quietly
+
+    load_tensorflow_quietly(sys.argv)
+
+
+import logging
 import time
 from typing import List, Optional, Sequence
 
@@ -22,6 +29,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOpti
                                                   WorkerOptions)
 
 from models.serving_model import ModelContractError
+from models.tf_console import console_logging
 from pipelines import manifest
 from pipelines.bigquery_io import activate_emulators, write_dead_letters
 from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runner_options, report_dry_run
@@ -261,8 +269,7 @@ def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[be
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # tfx-bsl's TF1 loader deprecation notes
+    console_logging(sys.argv[1:] if argv is None else argv)
     try:
         run(argv)
     except (OptionsError, ModelContractError, NoInputFilesError, GraphError, SchemaError) as e:

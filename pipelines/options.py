@@ -4,6 +4,7 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from models.tf_console import VERBOSE_FLAG, VERBOSE_HELP
 from transforms.scoring.engines import DEFAULT_ENGINE, ENGINES
 from transforms.sinks.bigquery import FILE_LOADS, WRITE_METHODS
 from transforms.sinks.files import OUTPUT_FORMATS
@@ -77,6 +78,7 @@ class BatchInferOptions(PipelineOptions):
                             help="yes, no or auto: spread the chunks read over the workers before scoring "
                                  "(a file is read on one worker). auto: where several worker processes "
                                  "can score and there are fewer than 4 files per worker, or GPU workers")
+        parser.add_argument(VERBOSE_FLAG, action="store_true", default=False, help=VERBOSE_HELP)
         parser.add_argument("--max_dead_letter_fraction", type=float, default=0.5,
                             help="the job fails (exit 1, manifest status failed) when more than this "
                                  "fraction of the records in became dead letters, or when nothing was "
@@ -173,6 +175,9 @@ class StreamInferOptions(PipelineOptions):
         parser.add_argument("--max_payload_bytes", type=int, default=DEFAULT_MAX_PAYLOAD_BYTES,
                             help="larger payloads become dead letters (default 10 MiB)")
         parser.add_argument("--pubsub_emulator", help="local runs: HOST:PORT of a Pub/Sub emulator")
+        parser.add_argument("--progress_every_s", type=float, default=10.0,
+                            help="local runs: print a progress line (messages answered, rows, dead letters, "
+                                 "rate, p50/p99 latency) this often while messages come; 0: none")
 
 
 def check_stream_options(stream: StreamInferOptions, shared: BatchInferOptions) -> None:
@@ -190,6 +195,8 @@ def check_stream_options(stream: StreamInferOptions, shared: BatchInferOptions) 
         problems.append(f"--payload_format {stream.payload_format!r} is not one of {', '.join(PAYLOAD_FORMATS)}")
     if stream.max_batch_latency_ms <= 0:
         problems.append("--max_batch_latency_ms must be positive")
+    if stream.progress_every_s < 0:
+        problems.append("--progress_every_s must be 0 (no progress lines) or positive")
     if problems:
         raise OptionsError("; ".join(problems))
 

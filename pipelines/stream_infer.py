@@ -16,12 +16,18 @@ streams are at least once across any stop: a message is acknowledged once its an
 and Ctrl-C or SIGTERM drain the messages in hand before exiting (pipelines/local/pubsub_acks.py).
 """
 
+import sys
+
+if __name__ == "__main__":  # before TensorFlow loads, so its start-up lines stay off the console
+    from models.tf_console import load_tensorflow_quietly
+
+    load_tensorflow_quietly(sys.argv)
+
+
 import base64
 import dataclasses
-import logging
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Optional, Sequence
@@ -32,6 +38,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
                                                   StandardOptions)
 
 from models.serving_model import ModelContractError
+from models.tf_console import console_logging
 from pipelines.bigquery_io import activate_emulators
 from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runner_options, report_dry_run
 from pipelines.flags import unknown_flag_problems
@@ -59,19 +66,19 @@ def _as_pubsub_message(pair) -> PubsubMessage:
     return PubsubMessage(data, attributes)
 
 
-def _publish(job: StreamJob, topic: str) -> beam.PTransform:
+def _publish(job: StreamJob, topic: str, dead_letters: bool = False) -> beam.PTransform:
     """Beam's Pub/Sub sink; locally, our publish-then-acknowledge (pipelines.local.pubsub_acks)."""
     if not job.ack_when_answered:
         return beam.io.WriteToPubSub(topic, with_attributes=True)
     from pipelines.local.pubsub_acks import PublishThenAckFn
 
-    return beam.ParDo(PublishThenAckFn(topic))
+    return beam.ParDo(PublishThenAckFn(topic, dead_letters))
 
 
-def _ack_answered() -> beam.DoFn:
+def _ack_answered(dead_letters: bool = False) -> beam.DoFn:
     from pipelines.local.pubsub_acks import AckAnsweredFn
 
-    return AckAnsweredFn()
+    return AckAnsweredFn(dead_letters)
 
 
 def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
@@ -104,9 +111,9 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
         (dead
          | "ToDeadLetterMessages" >> beam.Map(lambda d: _as_pubsub_message(
              dead_letter_message(d.row, d.payload, d.attributes, d.message_id)))
-         | "WriteDeadLetters" >> _publish(job, job.errors_topic))
+         | "WriteDeadLetters" >> _publish(job, job.errors_topic, dead_letters=True))
     elif job.ack_when_answered:
-        dead | "AckDeadLetters" >> beam.ParDo(_ack_answered())
+        dead | "AckDeadLetters" >> beam.ParDo(_ack_answered(dead_letters=True))
     if job.errors_table:
         (dead
          | "DeadLetterRows" >> beam.Map(lambda d: d.row)
@@ -157,6 +164,16 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, w
     if test_pipeline is None:
         print(f"stream_infer: reading {job.input_subscription or job.input_topic} on the "
               f"{runner.describe() if runner else runner_name(options)}", file=sys.stderr)
+    console = local and test_pipeline is None  # progress lines while it runs, the totals at the end
+    progress_stopped = threading.Event()
+    if console:
+        from pipelines.local import pubsub_acks, stream_progress
+
+        stream_progress.PROGRESS.reset()
+        if stream.progress_every_s > 0:
+            stream_progress.print_progress_until(progress_stopped, pubsub_acks.IN_FLIGHT.count,
+                                                 lambda line: print(line, file=sys.stderr, flush=True),
+                                                 stream.progress_every_s)
     result = p.run()
     if wait:
         previous = stop_on_sigterm()
@@ -171,6 +188,9 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, w
                 from pipelines.local import pubsub_prompt_pulls
 
                 pubsub_prompt_pulls.close_readers()
+            if console:
+                progress_stopped.set()
+                print(stream_progress.PROGRESS.totals(), file=sys.stderr, flush=True)
     return result
 
 
@@ -209,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "-h" in argv or "--help" in argv:
         print_help()
         return 0
-    logging.getLogger().setLevel(logging.WARNING)
+    console_logging(argv)
     started = time.monotonic()
     try:
         result = run(argv)
@@ -218,6 +238,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if result is None:  # a dry run
         return 0
+    if local_runner(PipelineOptions(argv), streaming=True) is not None:
+        return 0  # run printed the totals; a cancelled local job's Beam counters lag behind them
     counters = metrics.query_counters(result)
     print(f"stream ended after {time.monotonic() - started:.0f} s\n" + metrics.format_counters(counters))
     return 0

@@ -11,8 +11,15 @@ column's path or URI (relative paths from the input file's directory) and stores
 as TFRecorder does. Lines that fail become dead letters in PREFIX.errors-*.jsonl with their line.
 """
 
-import argparse
 import sys
+
+if __name__ == "__main__":  # before TensorFlow loads, so its start-up lines stay off the console
+    from models.tf_console import load_tensorflow_quietly
+
+    load_tensorflow_quietly(sys.argv)
+
+
+import argparse
 from typing import Optional, Sequence
 
 import apache_beam as beam
@@ -20,6 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.feature_spec import FeatureSpecError, load_spec_file
 from models.serving_model import ModelContractError, load_serving_model
+from models.tf_console import VERBOSE_FLAG, VERBOSE_HELP, console_logging
 from pipelines.flags import unknown_flag_problems
 from pipelines.inputs import input_format_of, listed_inputs
 from pipelines.options import OptionsError, field_list
@@ -48,6 +56,7 @@ def converter_parser() -> argparse.ArgumentParser:
                         help="comma-separated fields holding image paths/URIs to store as bytes")
     parser.add_argument("--gzip", action="store_true", default=False, help="gzip the shards")
     parser.add_argument("--num_shards", type=int, default=0, help="0: let the runner choose")
+    parser.add_argument(VERBOSE_FLAG, action="store_true", default=False, help=VERBOSE_HELP)
     return parser
 
 
@@ -99,6 +108,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    console_logging(sys.argv[1:] if argv is None else argv)
     try:
         counters = run(argv)
     except (OptionsError, ModelContractError, NoInputFilesError, FeatureSpecError) as e:

@@ -8,6 +8,7 @@ emulator, stopped mid-stream while messages keep coming, then restarted on the s
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,7 +49,7 @@ class Stream:
              "--model", f"clf={self.model_dir}", "--output_topic", self.predictions, "--errors_topic", self.errors,
              "--payload_format", "json", "--key_attribute", "id", "--max_batch_size", "32",
              "--max_batch_latency_ms", "50", "--project", self.emulator.project,
-             "--pubsub_emulator", self.emulator.host],
+             "--pubsub_emulator", self.emulator.host, "--progress_every_s", "1"],
             cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), stdout=log, stderr=subprocess.STDOUT,
             text=True)
         job.log = log
@@ -130,6 +131,7 @@ def test_a_clean_stop_mid_stream_then_restart_answers_every_message_exactly_once
     code, err = stop_cleanly(first, how)
     assert code == 0, err[-2000:]
     assert "stream_infer: stopped;" in err and "0 handed back" in err
+    first_err = err
     second = stream.start()
     stream.collect(stream.all_answered)
     publishing.join(timeout=60)
@@ -140,3 +142,9 @@ def test_a_clean_stop_mid_stream_then_restart_answers_every_message_exactly_once
           f"repeated {sum(c - 1 for c in counts.values())}")
     assert code == 0, err[-2000:]
     assert sorted(counts) == sorted(stream.published) and set(counts.values()) == {1}
+    # the console: progress lines while it ran, and final counts that add up across the stop
+    assert re.search(r"stream_infer: [\d,]+ messages answered; .*msg/s over the last \d+ s; latency p50 "
+                     r"[\d.]+ s, p99 [\d.]+ s", first_err), first_err[-2000:]
+    answered = [int(re.search(r"stream_infer: in [\d,]+ s: ([\d,]+) messages answered", text).group(1)
+                    .replace(",", "")) for text in (first_err, err)]
+    assert sum(answered) == MESSAGES, (answered, err[-2000:])

@@ -21,6 +21,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 
+from pipelines.local.stream_progress import PROGRESS
+
 LEASE_SECONDS = 20  # the ack deadline an in-flight message is given, renewed every RENEW_EVERY_S
 RENEW_EVERY_S = 5.0
 ACK_EVERY_S = 0.05  # published answers are acknowledged in one call this often
@@ -32,6 +34,7 @@ class InFlight:
     def __init__(self):
         self._lock = threading.Lock()
         self._acks: Dict[str, Tuple[str, str]] = {}
+        self._published_at: Dict[str, float] = {}  # message id -> Pub/Sub publish time (epoch seconds)
         self._confirmed: List[str] = []  # answers published, their requests not yet acknowledged
         self._client = None
         self._threads: List[threading.Thread] = []
@@ -42,6 +45,7 @@ class InFlight:
             self._client = client
             for rm in received_messages:
                 self._acks[rm.message.message_id] = (subscription, rm.ack_id)
+                self._published_at[rm.message.message_id] = _epoch_seconds(rm.message)
             if not self._threads:
                 self._threads = [threading.Thread(target=self._renew_leases, name="pubsub-leases", daemon=True),
                                  threading.Thread(target=self._acknowledge_confirmed, name="pubsub-acks",
@@ -68,9 +72,13 @@ class InFlight:
 
     def answered(self, message_ids: Iterable[str]) -> int:
         """Acknowledges these messages (their answers are out); unknown ids are ignored."""
+        now = time.time()
         with self._lock:
-            taken = [self._acks.pop(m) for m in message_ids if m in self._acks]
+            known = [m for m in message_ids if m in self._acks]
+            taken = [self._acks.pop(m) for m in known]
+            published = [self._published_at.pop(m, None) for m in known]
             client = self._client
+        PROGRESS.acknowledged([None if t is None else max(now - t, 0.0) for t in published])
         for subscription, ack_ids in _by_subscription(taken).items():
             client.acknowledge(subscription=subscription, ack_ids=ack_ids)
         return len(taken)
@@ -83,7 +91,7 @@ class InFlight:
     def hand_back(self) -> int:
         """Sets the ack deadline of every unanswered message to 0 (redelivered at once); returns how many."""
         with self._lock:
-            taken, self._acks = list(self._acks.values()), {}
+            taken, self._acks, self._published_at = list(self._acks.values()), {}, {}
             client = self._client
         for subscription, ack_ids in _by_subscription(taken).items():
             client.modify_ack_deadline(subscription=subscription, ack_ids=ack_ids, ack_deadline_seconds=0)
@@ -91,7 +99,7 @@ class InFlight:
 
     def reset(self) -> None:
         with self._lock:
-            self._acks, self._confirmed = {}, []
+            self._acks, self._confirmed, self._published_at = {}, [], {}
         self.draining.clear()
 
     def _renew_leases(self) -> None:
@@ -106,6 +114,13 @@ class InFlight:
                                                ack_deadline_seconds=LEASE_SECONDS)
                 except Exception:  # pylint: disable=broad-except  # an expired lease means a redelivery, not a loss
                     pass
+
+
+def _epoch_seconds(message) -> Optional[float]:
+    try:
+        return message.publish_time.timestamp()
+    except Exception:  # pylint: disable=broad-except  # no publish time: no latency for it, nothing else
+        return None
 
 
 def _by_subscription(pairs: Iterable[Tuple[str, str]]) -> Dict[str, List[str]]:
@@ -123,8 +138,9 @@ class PublishThenAckFn(beam.DoFn):
     acknowledged once Pub/Sub confirms the publish (a callback: the runner's one thread never
     waits on it). A publish that fails leaves its request unacknowledged: redelivered, not lost."""
 
-    def __init__(self, topic: str):
+    def __init__(self, topic: str, dead_letters: bool = False):
         self._topic = topic
+        self._dead_letters = dead_letters  # for the progress line: what this step publishes
         self._publisher = None
 
     def setup(self):
@@ -136,15 +152,24 @@ class PublishThenAckFn(beam.DoFn):
         attributes = message.attributes or {}
         future = self._publisher.publish(self._topic, message.data, **attributes)
         message_id = attributes.get("message_id")
-        if message_id:
-            future.add_done_callback(lambda f: f.exception() is None and IN_FLIGHT.confirmed(message_id))
+        future.add_done_callback(lambda f: self._confirmed(f, message_id))
+
+    def _confirmed(self, future, message_id: Optional[str]) -> None:
+        if future.exception() is None:
+            PROGRESS.published(self._dead_letters)
+            if message_id:
+                IN_FLIGHT.confirmed(message_id)
 
 
 class AckAnsweredFn(beam.DoFn):
     """Acknowledges the message an element answers (elements with a `message_id`) where no topic
     publish does it: rows handed to a BigQuery table sink."""
 
+    def __init__(self, dead_letters: bool = False):
+        self._dead_letters = dead_letters
+
     def process(self, element):
+        PROGRESS.published(self._dead_letters)
         IN_FLIGHT.answered([element.message_id])
 
 

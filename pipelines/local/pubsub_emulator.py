@@ -54,14 +54,18 @@ class PubSubEmulator:
     project: str = PROJECT
 
     def topic(self, prefix: str, unique: bool = True) -> str:
-        """A new topic with a subscription of the same name: returns the topic path."""
+        """A topic with a subscription of the same name: returns the topic path. With unique, a
+        new name; without, an existing topic or subscription of that name is fine (a restart)."""
+        from google.api_core import exceptions
         from google.cloud import pubsub_v1
 
         name = f"{prefix}-{uuid.uuid4().hex[:8]}" if unique else prefix
         topic = f"projects/{self.project}/topics/{name}"
-        pubsub_v1.PublisherClient().create_topic(name=topic)
-        pubsub_v1.SubscriberClient().create_subscription(
-            name=self.subscription(topic), topic=topic, ack_deadline_seconds=60)
+        with contextlib.suppress(exceptions.AlreadyExists):
+            pubsub_v1.PublisherClient().create_topic(name=topic)
+        with contextlib.suppress(exceptions.AlreadyExists):
+            pubsub_v1.SubscriberClient().create_subscription(
+                name=self.subscription(topic), topic=topic, ack_deadline_seconds=60)
         return topic
 
     @staticmethod
@@ -141,6 +145,9 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=8085)
     parser.add_argument("--topic", action="append", default=[], help="create this topic and its subscription")
     args = parser.parse_args(argv)
+    # SIGTERM stops it as Ctrl-C does, so the emulator's own process group is stopped too (it runs
+    # in a session of its own and would outlive a plain SIGTERM of this process)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with running_emulator(args.port) as emulator:
             for name in args.topic:
