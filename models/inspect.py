@@ -97,10 +97,15 @@ def engine_report(version_dir: str, signature: str = "serving_default") -> Dict[
     return report
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def argument_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(prog="python -m models.inspect", description=__doc__)
     parser.add_argument("model_dir", help="version directory or base directory (highest version)")
     parser.add_argument("--signature", default="serving_default")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argument_parser()
     args = parser.parse_args(argv)
     console_logging(["--verbose"] if args.verbose else [])
     try:

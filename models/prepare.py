@@ -132,7 +132,7 @@ def _comma_list(value: Optional[str]) -> list:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def argument_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(prog="python -m models.prepare", description=__doc__.split("\n\n")[1])
     parser.add_argument("--model", required=True, help=".keras file or SavedModel directory (dense inputs)")
     parser.add_argument("--output", required=True, help="base directory; the export goes to OUTPUT/<version>")
@@ -151,6 +151,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="serving signature method (default predict)")
     parser.add_argument("--class_labels", help="classify: comma-separated class labels (default 0..n-1)")
     parser.add_argument("--no_warmup", action="store_true", help="write no TF Serving warmup requests")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argument_parser()
     args = parser.parse_args(argv)
     console_logging(["--verbose"] if args.verbose else [])
     from models.signature_methods import SignatureMethodError
