@@ -54,8 +54,11 @@ def unrestored_variables(meta_graph, signature_name: str) -> List[str]:
     return sorted(nodes[h].attr["shared_name"].s.decode() or h for h in read - restored)
 
 
-def contract_problems(export_dir: str, signature_name: str = "serving_default") -> List[str]:
-    """Everything that stops tfx-bsl from running this signature; empty when it can."""
+def contract_problems(export_dir: str, signature_name: str = "serving_default", tf1_loader: bool = True
+                      ) -> List[str]:
+    """Everything that stops this signature from running; empty when it can. tf1_loader: include
+    what stops tfx-bsl's TF1 session loader only (tf1_loader_problems); the fast engine loads with
+    tf.saved_model.load, which restores what a tf.Module tracks."""
     try:
         meta_graph = serving_meta_graph(export_dir)
     except Exception as e:
@@ -76,16 +79,23 @@ def contract_problems(export_dir: str, signature_name: str = "serving_default") 
             "tfx-bsl needs a DT_STRING input of serialized tf.Example (re-export with models.prepare)")
     if signature.method_name not in SUPPORTED_METHODS:
         problems.append(f"signature method {signature.method_name!r} is not predict, classify or regress")
-    missing = unrestored_variables(meta_graph, signature_name)
     problems += weights_problems(export_dir, meta_graph)
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        problems.append(
-            f"signature {signature_name!r} reads {len(missing)} variable(s) that the TF1 saver does "
-            f"not restore ({shown}): tfx-bsl will fail with 'Could not find variable'. This is what a "
-            "Keras 3 model wrapped in a tf.Module + @tf.function exports; export with models.prepare "
-            "(keras.export.ExportArchive) instead")
+    if tf1_loader:
+        problems += tf1_loader_problems(meta_graph, signature_name)
     return problems
+
+
+def tf1_loader_problems(meta_graph, signature_name: str = "serving_default") -> List[str]:
+    """What stops the TF1 session loader (tfx-bsl's engine) from running a signature that the TF2
+    loader runs: variables the signature reads that the TF1 saver does not restore."""
+    missing = unrestored_variables(meta_graph, signature_name)
+    if not missing:
+        return []
+    shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+    return [f"signature {signature_name!r} reads {len(missing)} variable(s) that the TF1 saver does "
+            f"not restore ({shown}): tfx-bsl will fail with 'Could not find variable'. This is what a "
+            "Keras 3 model wrapped in a tf.Module + @tf.function exports; the fast engine runs it, or "
+            "export with models.prepare (keras.export.ExportArchive) for both engines"]
 
 
 _VARIABLE_OPS = {"VarHandleOp", "VariableV2", "Variable"}

@@ -25,7 +25,8 @@ def _tensor_line(name: str, info) -> str:
 
 
 def inspect_report(path: str, signature: str = "serving_default") -> (str, bool):
-    """Returns the report text and whether the model meets tfx-bsl's contract."""
+    """Returns the report text and whether a job can run the model: with at least one engine (a
+    tf.Module export that only the fast engine runs is fine; the report says so)."""
     from models import layout
     from models.contract import contract_problems, serving_meta_graph
     from models.fingerprint import saved_model_fingerprint
@@ -70,7 +71,10 @@ def inspect_report(path: str, signature: str = "serving_default") -> (str, bool)
     runs = engine_report(version_dir, signature)
     lines.append(f"engines ({signature}), each loading the model as a job does and scoring golden examples:")
     lines += [f"  {engine}: {verdict}" for engine, (_, verdict) in runs.items()]
-    return "\n".join(lines), not problems and all(ok for ok, _ in runs.values())
+    runnable = [engine for engine, (ok, _) in runs.items() if ok]
+    if runnable and len(runnable) < len(runs):
+        lines.append(f"runs with --engine {' or '.join(runnable)} only")
+    return "\n".join(lines), bool(runnable) and not contract_problems(version_dir, signature, tf1_loader=False)
 
 
 def engine_report(version_dir: str, signature: str = "serving_default") -> Dict[str, Tuple[bool, str]]:

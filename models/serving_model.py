@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from models import layout
-from models.contract import contract_problems, serving_meta_graph
+from models.contract import contract_problems, serving_meta_graph, tf1_loader_problems
 from models.feature_spec import SPEC_FILE, FeatureSpec, load_spec_file, spec_from_json
 from models.signature_spec import spec_from_signature
 
@@ -30,6 +30,7 @@ class ServingModel:
     method: str
     # (name, dtype name, shape with -1 for unknown sizes; None for unknown rank), sorted by name
     output_specs: Tuple[Tuple[str, str, Optional[Tuple[int, ...]]], ...] = ()
+    tf1_loader_problems: Tuple[str, ...] = ()  # why tfx-bsl's TF1 loader cannot run it (the fast engine can)
 
     @property
     def version(self) -> Optional[int]:
@@ -60,7 +61,7 @@ def load_serving_model(path: str, name: str = DEFAULT_MODEL_NAME, signature: str
         version_dir = layout.resolve_version_dir(path)
     except layout.ModelNotFoundError as e:
         raise ModelContractError(str(e)) from e
-    problems = contract_problems(version_dir, signature)
+    problems = contract_problems(version_dir, signature, tf1_loader=False)
     if not problems:
         problems = fixed_batch_problems(serving_meta_graph(version_dir).signature_def[signature])
     if problems:
@@ -71,10 +72,12 @@ def load_serving_model(path: str, name: str = DEFAULT_MODEL_NAME, signature: str
             read_feature_spec(version_dir, signature)
     except ValueError as e:
         raise ModelContractError(f"model {name!r} at {version_dir}: {e}") from e
-    sig = serving_meta_graph(version_dir).signature_def[signature]
+    meta_graph = serving_meta_graph(version_dir)
+    sig = meta_graph.signature_def[signature]
     return ServingModel(name=name, path=version_dir, signature=signature, feature_spec=spec,
                         spec_source=source, outputs=tuple(sorted(sig.outputs)),
-                        method=sig.method_name, output_specs=output_specs(sig))
+                        method=sig.method_name, output_specs=output_specs(sig),
+                        tf1_loader_problems=tuple(tf1_loader_problems(meta_graph, signature)))
 
 
 def fixed_batch_problems(signature_def) -> List[str]:

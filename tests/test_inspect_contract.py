@@ -4,6 +4,7 @@ on real SavedModels written here: the broken tf.Module way, our prepare_model wa
 model.export, and hand-written ExportArchive signatures.
 """
 
+import json
 import os
 import shutil
 
@@ -19,6 +20,7 @@ from models.feature_spec import SPEC_FILE, Feature
 from models.prepare import prepare_model
 from models.serving_model import ModelContractError, load_serving_model, read_feature_spec
 from models.signature_spec import spec_from_signature
+from transforms.graph.model import GraphError, parallel_graph
 
 ROWS = [[1.0, 2.0, 3.0], [-0.5, 0.0, 4.0]]
 
@@ -90,11 +92,12 @@ def test_contract_reports_the_tf_module_export(broken_dir):
         "dense/bias", "dense/kernel"]
 
 
-def test_inspect_cli_fails_the_tf_module_export(broken_dir, capsys):
-    assert inspect_cli.main([broken_dir]) == 1
+def test_inspect_cli_says_only_the_fast_engine_runs_the_tf_module_export(broken_dir, capsys):
+    assert inspect_cli.main([broken_dir]) == 0  # an engine runs it
     out = capsys.readouterr().out
     assert "tfx-bsl contract (serving_default): FAILS" in out
     assert "Could not find variable" in out
+    assert "runs with --engine fast only" in out
     assert "examples: string [None]" in out  # the signature itself looks right
     assert "x: float32[3] (required)" in out  # the spec is read from the parse op
 
@@ -108,10 +111,30 @@ def test_the_finding_is_real_tf2_loads_it_but_tfx_bsl_cannot_run_it(broken_dir, 
         verify.run_tfx_bsl(broken_dir, serialized_rows())
 
 
-def test_load_serving_model_refuses_the_tf_module_export(broken_dir):
-    with pytest.raises(ModelContractError, match="Could not find variable") as info:
-        load_serving_model(broken_dir, name="broken")
-    assert "model 'broken'" in str(info.value)
+def test_the_tf_module_export_is_refused_only_for_the_tfx_bsl_engine(broken_dir):
+    model = load_serving_model(broken_dir, name="broken")
+    assert "Could not find variable" in model.tf1_loader_problems[0]
+    assert parallel_graph([model], engine="fast").nodes[0].engine == "fast"
+    with pytest.raises(GraphError, match=r"model 'broken' at .*: the tfx-bsl engine cannot run it: .*"
+                                         r"Could not find variable.*the fast engine runs it"):
+        parallel_graph([model], engine="tfx-bsl")
+
+
+def test_the_fast_engine_scores_the_tf_module_export_end_to_end(broken_dir, keras_model, tmp_path, capsys):
+    from pipelines import batch_infer
+    from tests.helpers import write_tfrecord_file
+
+    path = write_tfrecord_file(str(tmp_path / "rows.tfrecord"), serialized_rows())
+    out = str(tmp_path / "pred")
+    assert batch_infer.main(["--input", path, "--model", f"broken={broken_dir}", "--output", out]) == 0
+    with open(out + "-00000-of-00001.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    expected = np.asarray(keras_model(np.asarray(ROWS, dtype=np.float32)))
+    np.testing.assert_allclose([r["broken"]["y"] for r in sorted(rows, key=lambda r: int(r["key"].split(":")[1]))],
+                               expected, rtol=1e-6)
+    assert batch_infer.main(["--input", path, "--model", f"broken={broken_dir}", "--output", out,
+                             "--engine", "tfx-bsl"]) == 2
+    assert "the tfx-bsl engine cannot run it" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------

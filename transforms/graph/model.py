@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from models.feature_spec import RAW, Feature
 from models.serving_model import ServingModel
-from transforms.scoring.engines import DEFAULT_ENGINE, ENGINES
+from transforms.scoring.engines import DEFAULT_ENGINE, ENGINES, TFX_BSL_ENGINE
 from transforms.graph.postprocessors import PostprocessError, check_steps
 from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, SOURCE_FIELD
 
@@ -143,6 +143,9 @@ def _check_node(node: GraphNode, nodes: Dict[str, GraphNode]) -> List[str]:
     problems = []
     if node.engine not in ENGINES:
         problems.append(f"model {node.name!r}: engine {node.engine!r} is not one of {', '.join(ENGINES)}")
+    elif node.engine == TFX_BSL_ENGINE and node.model.tf1_loader_problems:
+        problems += [f"model {node.name!r} at {node.model.path}: the {TFX_BSL_ENGINE} engine cannot run it: {p}"
+                     for p in node.model.tf1_loader_problems]
     features = {f.name: f for f in node.model.feature_spec}
     seen = set()
     for bridge in node.bridges:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from transforms.graph.model import ModelGraph
 
 DEFAULT_ENGINE = "fast"
+TFX_BSL_ENGINE = "tfx-bsl"
 
 
 class BatchCall(Protocol):
@@ -136,7 +137,7 @@ def _tfx_bsl_call(path: str, signature: str, keep_logs: bool = False):
     return TfxBslBatchCall(path, signature, keep_logs=keep_logs)
 
 
-ENGINES: Dict[str, Callable[..., BatchCall]] = {"fast": load_fast, "tfx-bsl": _tfx_bsl_call}
+ENGINES: Dict[str, Callable[..., BatchCall]] = {DEFAULT_ENGINE: load_fast, TFX_BSL_ENGINE: _tfx_bsl_call}
 
 _CACHE: Dict[Tuple[Any, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()
