@@ -31,6 +31,12 @@ class ServingModel:
     # (name, dtype name, shape with -1 for unknown sizes; None for unknown rank), sorted by name
     output_specs: Tuple[Tuple[str, str, Optional[Tuple[int, ...]]], ...] = ()
     tf1_loader_problems: Tuple[str, ...] = ()  # why tfx-bsl's TF1 loader cannot run it (the fast engine can)
+    base_path: Optional[str] = None  # the base directory it was picked from (None: given as a version dir)
+
+    @property
+    def version_name(self) -> str:
+        """The version directory's name as it is on disk ("1002", "00000124")."""
+        return os.path.basename(self.path.rstrip("/"))
 
     @property
     def version(self) -> Optional[int]:
@@ -77,7 +83,8 @@ def load_serving_model(path: str, name: str = DEFAULT_MODEL_NAME, signature: str
     return ServingModel(name=name, path=version_dir, signature=signature, feature_spec=spec,
                         spec_source=source, outputs=tuple(sorted(sig.outputs)),
                         method=sig.method_name, output_specs=output_specs(sig),
-                        tf1_loader_problems=tuple(tf1_loader_problems(meta_graph, signature)))
+                        tf1_loader_problems=tuple(tf1_loader_problems(meta_graph, signature)),
+                        base_path=None if version_dir == path.rstrip("/") else path.rstrip("/"))
 
 
 def fixed_batch_problems(signature_def) -> List[str]:

@@ -33,11 +33,11 @@ from models.tf_console import console_logging
 from pipelines import manifest
 from pipelines.bigquery_io import activate_emulators, write_dead_letters
 from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runner_options, report_dry_run
-from pipelines.flags import unknown_flag_problems
+from pipelines.flags import foreign_flags, unknown_flag_problems
 from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.inputs import read_chunks
 from pipelines.job import BatchJob, job_from_options
-from pipelines.options import BatchInferOptions, OptionsError, print_options_help
+from pipelines.options import BatchInferOptions, OptionsError, StreamInferOptions, print_options_help
 from pipelines.input_sample import job_sample_problem
 from pipelines.output_paths import output_path_problems
 from pipelines.runners import LocalRunner, is_local, keep_main_session, local_runner, pinned_runner, runner_name
@@ -171,6 +171,11 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
     unknown = unknown_flag_problems(argv)
     if unknown:  # before anything else: a misspelt --model is not a missing one, nor the demo
         raise OptionsError("; ".join(unknown))
+    stream_flags = foreign_flags(argv, StreamInferOptions)
+    if stream_flags:
+        raise OptionsError(f"{', '.join(stream_flags)}: stream_infer flag(s), not batch_infer's"
+                           + ("; a batch job scores with the model versions it launched with (its manifest "
+                              "names them)" if "--model_refresh_s" in stream_flags else ""))
     options = PipelineOptions(argv)
     opts = options.view_as(BatchInferOptions)
     if not (opts.input or opts.input_table or opts.input_query or opts.model or opts.output

@@ -14,8 +14,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 def known_flags(extra: Iterable[str] = ()) -> List[str]:
     """Every --flag of every PipelineOptions class imported so far, and extra ones."""
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
-
     classes = {}
     pending = list(PipelineOptions.__subclasses__())
     while pending:  # subclasses of subclasses too
@@ -23,12 +21,24 @@ def known_flags(extra: Iterable[str] = ()) -> List[str]:
         classes.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
         pending.extend(cls.__subclasses__())
     seen = set(extra)
-    for cls in classes.values():
-        parser = _BeamArgumentParser(allow_abbrev=False)  # one each: classes may share a flag
-        cls._add_argparse_args(parser)  # pylint: disable=protected-access
-        for action in parser._actions:  # pylint: disable=protected-access
-            seen.update(o for o in action.option_strings if o.startswith("--"))
+    for cls in classes.values():  # a parser each: classes may share a flag
+        seen.update(flags_of(cls))
     return sorted(seen)
+
+
+def flags_of(options_class) -> List[str]:
+    """The --flags one PipelineOptions class defines."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    options_class._add_argparse_args(parser)  # pylint: disable=protected-access
+    return [o for action in parser._actions for o in action.option_strings if o.startswith("--")]  # pylint: disable=protected-access
+
+
+def foreign_flags(argv: Sequence[str], options_class) -> List[str]:
+    """The flags in argv that options_class defines (another command's flags, say)."""
+    defined = set(flags_of(options_class))
+    return sorted({a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] in defined})
 
 
 def unknown_flag_problems(argv: Sequence[str], extra: Iterable[str] = ()) -> List[str]:

@@ -19,6 +19,7 @@ from pipelines.options import (BatchInferOptions, OptionsError, StreamInferOptio
 from transforms.graph.file import load_graph_file
 from transforms.graph.model import ModelGraph, chain_graph, parallel_graph
 from transforms.runtime.gpu import GPU_BATCH, GpuSettings
+from transforms.scoring.refresh import RefreshSettings
 from transforms.scoring.engines import DEFAULT_ENGINE
 from transforms.sinks.bigquery import STORAGE_WRITE_API, STREAMING_INSERTS
 from transforms.sinks.examples import OutputFeatureError, check_output_features, parse_output_features
@@ -167,6 +168,7 @@ class StreamJob:
     project: Optional[str] = None
     gpu: GpuSettings = GpuSettings()
     ack_when_answered: bool = False  # local runs: at-least-once (pipelines/local/pubsub_acks.py)
+    refresh: RefreshSettings = RefreshSettings()  # how new model versions are found (none: as launched)
 
 
 def stream_job_from_options(stream: StreamInferOptions, shared: BatchInferOptions, project: Optional[str],
@@ -177,11 +179,17 @@ def stream_job_from_options(stream: StreamInferOptions, shared: BatchInferOption
     default_batch = GPU_BATCH.stream_max_batch_size if on_gpus else DEFAULT_STREAM_BATCH_SIZE
     # load jobs need a triggering frequency; a stream inserts rows
     method = STORAGE_WRITE_API if shared.bigquery_write_method.upper() == STORAGE_WRITE_API else STREAMING_INSERTS
+    graph = graph_from_options(shared)
+    if stream.model_refresh_s and not any(n.model.base_path for n in graph.nodes):
+        raise OptionsError("--model_refresh_s watches models given as TF Serving base directories "
+                           "(--model NAME=BASE_DIR, whose highest numbered subdirectory serves); every model "
+                           f"here is a version directory: {', '.join(n.model.path for n in graph.nodes)}")
     return StreamJob(
-        graph=graph_from_options(shared), input_subscription=stream.input_subscription,
+        graph=graph, input_subscription=stream.input_subscription,
         input_topic=stream.input_topic, output_topic=stream.output_topic, errors_topic=stream.errors_topic,
         output_table=shared.output_table, errors_table=shared.errors_table,
         payload_format=stream.payload_format, key_attribute=stream.key_attribute,
         max_payload_bytes=stream.max_payload_bytes, max_batch_size=shared.max_batch_size or default_batch,
         max_batch_latency_s=stream.max_batch_latency_ms / 1000.0, with_source=shared.with_source,
-        bigquery_write_method=method, project=project, gpu=gpu)
+        bigquery_write_method=method, project=project, gpu=gpu,
+        refresh=RefreshSettings(stream.model_refresh_s, stream.model_refresh_topic))

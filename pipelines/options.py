@@ -1,6 +1,7 @@
 """BatchInferOptions: the job's own flags, parsed with Beam's PipelineOptions so runner flags pass through."""
 
 import argparse
+import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -175,6 +176,15 @@ class StreamInferOptions(PipelineOptions):
         parser.add_argument("--max_payload_bytes", type=int, default=DEFAULT_MAX_PAYLOAD_BYTES,
                             help="larger payloads become dead letters (default 10 MiB)")
         parser.add_argument("--pubsub_emulator", help="local runs: HOST:PORT of a Pub/Sub emulator")
+        parser.add_argument("--model_refresh_s", type=float, default=0.0,
+                            help="watch each model given as a base directory (--model NAME=BASE_DIR) for a "
+                                 "newer version this often and swap it in between batches after it loads and "
+                                 "passes the launch checks; rows then name the versions under "
+                                 "'model_versions'. 0 (default): versions stay as launched")
+        parser.add_argument("--model_refresh_topic",
+                            help="projects/P/topics/T whose messages name the version to serve, NAME=VERSION_DIR "
+                                 "(any version: a rollback too); each worker process listens through a "
+                                 "subscription of its own. Instead of --model_refresh_s")
         parser.add_argument("--progress_every_s", type=float, default=10.0,
                             help="local runs: print a progress line (messages answered, rows, dead letters, "
                                  "rate, p50/p99 latency) this often while messages come; 0: none")
@@ -195,6 +205,13 @@ def check_stream_options(stream: StreamInferOptions, shared: BatchInferOptions) 
         problems.append(f"--payload_format {stream.payload_format!r} is not one of {', '.join(PAYLOAD_FORMATS)}")
     if stream.max_batch_latency_ms <= 0:
         problems.append("--max_batch_latency_ms must be positive")
+    if stream.model_refresh_s < 0:
+        problems.append("--model_refresh_s must be 0 (no refresh) or positive")
+    if stream.model_refresh_s and stream.model_refresh_topic:
+        problems.append("give --model_refresh_s (look for the highest version) or --model_refresh_topic "
+                        "(messages name the version), not both")
+    if stream.model_refresh_topic and not re.fullmatch(r"projects/[^/]+/topics/[^/]+", stream.model_refresh_topic):
+        problems.append(f"--model_refresh_topic {stream.model_refresh_topic!r} is not projects/P/topics/T")
     if stream.progress_every_s < 0:
         problems.append("--progress_every_s must be 0 (no progress lines) or positive")
     if problems:

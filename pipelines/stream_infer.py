@@ -92,7 +92,7 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
                   | "Score" >> ScoreMessages(
                       job.graph, record_spec(job.graph), job.payload_format, job.key_attribute,
                       job.max_payload_bytes, job.max_batch_size, job.max_batch_latency_s, job.with_source,
-                      gpu=job.gpu))
+                      gpu=job.gpu, refresh=job.refresh))
     if job.output_topic:
         (rows
          | "ToPredictionMessages" >> beam.Map(lambda pred: _as_pubsub_message(prediction_message(*pred)))
@@ -104,7 +104,7 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
                    | "PredictionRows" >> beam.Map(lambda pred: pred.row)
                    | "WritePredictionsToBigQuery" >> WritePredictionRows(
                        job.graph, job.output_table, job.bigquery_write_method, job.project,
-                       with_source=job.with_source))
+                       with_source=job.with_source, with_versions=job.refresh.on))
         refused_letters = refused | "RefusedRows" >> beam.Map(_refused_row_as_stream_dead_letter)
         dead = (dead, refused_letters) | "WithRefusedRows" >> beam.Flatten()
     if job.errors_topic:
@@ -170,6 +170,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, w
         from pipelines.local import pubsub_acks, stream_progress
 
         stream_progress.PROGRESS.reset()
+        metrics.PROGRESS.enabled = False  # the stream's own progress line says more
         if stream.progress_every_s > 0:
             stream_progress.print_progress_until(progress_stopped, pubsub_acks.IN_FLIGHT.count,
                                                  lambda line: print(line, file=sys.stderr, flush=True),

@@ -19,10 +19,10 @@ from models.feature_spec import RAW, Feature
 from models.serving_model import ServingModel
 from transforms.scoring.engines import DEFAULT_ENGINE, ENGINES, TFX_BSL_ENGINE
 from transforms.graph.postprocessors import PostprocessError, check_steps
-from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, SOURCE_FIELD
+from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, MODEL_VERSIONS_FIELD, SOURCE_FIELD
 
 # Model names that would collide with a field of a one-row-per-key row.
-RESERVED_NAMES = (KEY_FIELD, INPUTS_FIELD, SOURCE_FIELD)
+RESERVED_NAMES = (KEY_FIELD, INPUTS_FIELD, SOURCE_FIELD, MODEL_VERSIONS_FIELD)
 
 _STORAGE_OF_OUTPUT = {"f": "float32", "i": "int64", "u": "int64", "b": "int64"}
 

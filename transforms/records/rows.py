@@ -31,6 +31,7 @@ from transforms.records.chunk import PREDICTION_LOG, ModelResult, covered_positi
 KEY_FIELD = "key"
 # Fields of the row-per-model form ({"key", "model": name, "outputs"}) and of passthrough features.
 MODEL_FIELD, OUTPUTS_FIELD, INPUTS_FIELD, SOURCE_FIELD = "model", "outputs", "inputs", "source"
+MODEL_VERSIONS_FIELD = "model_versions"  # streams with model refresh: {model: version directory name}
 
 
 def _shortest_floats(value: np.ndarray) -> Any:

@@ -29,6 +29,9 @@ UNREADABLE_REGIONS = "unreadable_regions"  # corrupt file regions, each one read
 UNREADABLE_BYTES = "unreadable_bytes"  # the bytes they skipped (where known)
 MODELS_LOADED = "models_loaded"  # model loads, each process loading each model once
 SCORING_PROCESSES = "scoring_processes"  # a string set: HOST:PID of every process that scored
+MODEL_REFRESHES = "model_refreshes"  # new model versions swapped into a running stream
+MODEL_REFRESH_FAILURES = "model_refresh_failures"  # new versions refused (the current one kept serving)
+MODEL_REFRESH_MS = "model_refresh_milli_secs"  # a distribution: new version found -> ready to serve
 
 
 class Accounting:
@@ -99,6 +102,15 @@ class Accounting:
     def refused_dead_letter(self) -> None:
         """A dead letter its own sink refused (logged in full by the caller)."""
         metrics.counter(REFUSED_DEAD_LETTERS).inc()
+
+    def model_refreshes(self, events) -> None:
+        """Refresh events (transforms.scoring.refresh.RefreshEvent): versions swapped in or refused."""
+        for event in events:
+            if event.loaded:
+                metrics.counter(MODEL_REFRESHES).inc()
+                metrics.distribution(MODEL_REFRESH_MS).update(int(event.seconds * 1e3))
+            else:
+                metrics.counter(MODEL_REFRESH_FAILURES).inc()
 
     def stream_batch(self, n: int) -> None:
         metrics.distribution(metrics.STREAM_BATCH_SIZE).update(n)

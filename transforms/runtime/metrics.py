@@ -83,12 +83,15 @@ class Progress:
         self._counts: Dict[str, int] = {}
         self._start = None
         self._last = None
+        self.enabled = True  # a stream prints its own progress line (pipelines/local/stream_progress.py)
 
     def reset(self) -> None:
         with self._lock:
             self._counts, self._start, self._last = {}, None, None
 
     def add(self, name: str, n: int = 1) -> None:
+        if not self.enabled:
+            return
         with self._lock:
             now = self._clock()
             if self._start is None:

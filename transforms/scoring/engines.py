@@ -154,6 +154,13 @@ def shared_model(key: Tuple[Any, ...], load: Callable[[], Any]) -> Any:
         return _CACHE[key]
 
 
+def release_batch_call(engine: str, path: str, signature: str, keep_logs: bool = False) -> None:
+    """Forgets the process-wide batch call of a model version that no scoring step serves any more
+    (a refreshed stream's old version), so its memory can go."""
+    with _CACHE_LOCK:
+        _CACHE.pop((engine, path, signature, keep_logs), None)
+
+
 def take_load_times() -> List[float]:
     """The seconds of each model load of this process not yet reported, once: a scoring DoFn
     reports them on its bundle's thread (Beam's metrics are per bundle), so each load is counted

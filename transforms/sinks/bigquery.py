@@ -79,11 +79,12 @@ class WriteRowsToBigQuery(beam.PTransform):
 @beam.ptransform_fn
 def WritePredictionRows(rows, graph: ModelGraph, table: str, method: str = STREAMING_INSERTS,
                         project: Optional[str] = None, temp_location: Optional[str] = None,
-                        with_source: bool = False):
+                        with_source: bool = False, with_versions: bool = False):
     """Prediction row dicts -> `table`, its schema derived from the graph (created if needed);
     returns the dead letters (stage write) of the rows BigQuery refused. Batch and stream jobs
-    write predictions through this one transform."""
+    write predictions through this one transform. with_versions: rows name their models' versions
+    (a refreshed stream)."""
     spec = {f.name: (f.dtype, None if f.varlen else f.size) for f in record_spec(graph)}
     refused = rows | "Write" >> WriteRowsToBigQuery(
-        table, prediction_schema(graph, spec, with_source), method, project, temp_location)
+        table, prediction_schema(graph, spec, with_source, with_versions), method, project, temp_location)
     return refused | "RefusedRows" >> beam.ParDo(RefusedRowsFn())

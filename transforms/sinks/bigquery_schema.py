@@ -19,7 +19,7 @@ import numpy as np
 
 from transforms.graph.model import ModelGraph
 from transforms.graph.postprocessors import apply_steps
-from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, SOURCE_FIELD
+from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, MODEL_VERSIONS_FIELD, SOURCE_FIELD
 
 SOURCE_SCHEMA = {"name": SOURCE_FIELD, "type": "RECORD", "mode": "NULLABLE", "fields": [
     {"name": "file", "type": "STRING", "mode": "NULLABLE"},
@@ -93,9 +93,10 @@ def model_record(node) -> Dict[str, Any]:
 
 
 def prediction_schema(graph: ModelGraph, passthrough_types: Optional[Mapping[str, Tuple[str, int]]] = None,
-                      with_source: bool = False) -> Dict[str, Any]:
+                      with_source: bool = False, with_versions: bool = False) -> Dict[str, Any]:
     """The table schema of one row per key. passthrough_types: feature -> (storage dtype, size;
-    None for a variable-length feature)."""
+    None for a variable-length feature). with_versions: the models' version names
+    (MODEL_VERSIONS_FIELD, a refreshed stream)."""
     fields = [{"name": KEY_FIELD, "type": "STRING", "mode": "REQUIRED"}]
     fields += [model_record(node) for node in graph.nodes]
     if graph.passthrough:
@@ -108,6 +109,9 @@ def prediction_schema(graph: ModelGraph, passthrough_types: Optional[Mapping[str
         fields.append({"name": INPUTS_FIELD, "type": "RECORD", "mode": "NULLABLE", "fields": inputs})
     if with_source:
         fields.append(SOURCE_SCHEMA)
+    if with_versions:
+        fields.append({"name": MODEL_VERSIONS_FIELD, "type": "RECORD", "mode": "NULLABLE", "fields": [
+            {"name": node.name, "type": "STRING", "mode": "NULLABLE"} for node in graph.nodes]})
     return {"fields": fields}
 
 

@@ -1,0 +1,116 @@
+"""Model refresh, without a pipeline: a newer version under a base directory is checked and loaded
+off the scoring thread and published as a new generation that scoring steps take between batches;
+a version that fails any launch check is refused with its reason and the current one serves on.
+Real exports, real loads."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from models.examples import make_example
+from models.prepare import prepare_model
+from models.serving_model import load_serving_model
+from transforms.graph.model import GraphNode, ModelGraph, check_graph
+from transforms.graph.postprocessors import Keep
+from transforms.scoring.engines import batch_calls
+from transforms.scoring.refresh import ModelRefresher
+
+
+def scaling_model(factor, output="y"):
+    import keras
+
+    x = keras.Input(shape=(1,), name="x")
+    return keras.Model(x, {output: keras.layers.Rescaling(factor, name=output)(x)})
+
+
+@pytest.fixture
+def base(tmp_path):
+    path = str(tmp_path / "m")
+    prepare_model(scaling_model(5.0), path)  # version 1
+    return path
+
+
+def records(*values):
+    return [make_example({"x": [v]}).SerializeToString() for v in values]
+
+
+@pytest.mark.parametrize("engine", ["fast", "tfx-bsl"])
+def test_a_newer_version_is_loaded_in_the_background_and_swapped_in_between_batches(base, engine):
+    model = load_serving_model(base, "m")
+    assert (model.base_path, model.version_name) == (base, "1")
+    graph = check_graph(ModelGraph((GraphNode(model, engine),)))
+    calls = batch_calls(graph)
+    refresher = ModelRefresher(graph)
+    assert refresher.check_once() == [] and refresher.current()[0] == 0  # nothing new
+    prepare_model(scaling_model(7.0), base)  # version 2 appears
+    (event,) = refresher.check_once()
+    assert (event.model, event.version, event.loaded) == ("m", "2", True)
+    generation, graph = refresher.current()
+    assert generation == 1 and refresher.versions() == {"m": "2"} and refresher.take_events() == [event]
+    assert graph.nodes[0].model.path == os.path.join(base, "2") and graph.nodes[0].model.base_path == base
+    np.testing.assert_allclose(batch_calls(graph)["m"](records(1.0, 2.0))["y"], [[7.0], [14.0]])
+    np.testing.assert_allclose(calls["m"](records(1.0))["y"], [[5.0]])  # a step not yet moved on
+    assert refresher.check_once() == [] and refresher.take_events() == []  # nothing newer again
+
+
+def test_a_version_that_breaks_the_graph_or_does_not_load_is_refused_and_the_current_one_serves(base):
+    model = load_serving_model(base, "m")
+    graph = check_graph(ModelGraph((GraphNode(model, postprocess=(Keep(["y"]),)),)))
+    refresher = ModelRefresher(graph)
+    prepare_model(scaling_model(7.0, output="z"), base)  # version 2: the keep step needs 'y'
+    (event,) = refresher.check_once()
+    assert not event.loaded and event.version == "2"
+    assert "keep: no output ['y']" in event.reason
+    # a damaged copy: version 3 is version 1 with a truncated saved_model.pb
+    damaged = os.path.join(base, "3")
+    shutil.copytree(os.path.join(base, "1"), damaged)
+    with open(os.path.join(damaged, "saved_model.pb"), "r+b") as f:
+        f.truncate(100)
+    (event,) = refresher.check_once()
+    assert not event.loaded and event.version == "3" and event.reason
+    assert refresher.check_once() == []  # unchanged since refused: not tried again
+    assert [e.loaded for e in refresher.take_events()] == [False, False]
+    assert refresher.current()[0] == 0 and refresher.versions() == {"m": "1"}
+    np.testing.assert_allclose(batch_calls(refresher.graph)["m"](records(2.0))["y"], [[10.0]])
+    # the copy is finished (the directory changed): tried again, and taken
+    shutil.rmtree(damaged)
+    prepare_model(scaling_model(3.0), base, version=3)
+    (event,) = refresher.check_once()
+    assert event.loaded and event.version == "3"
+    np.testing.assert_allclose(batch_calls(refresher.graph)["m"](records(2.0))["y"], [[6.0]])
+
+
+def test_an_event_names_the_version_to_serve_older_ones_included(base):
+    prepare_model(scaling_model(7.0), base)  # version 2: the highest, served at launch
+    model = load_serving_model(base, "m")
+    refresher = ModelRefresher(check_graph(ModelGraph((GraphNode(model),))))
+    assert refresher.versions() == {"m": "2"}
+    event = refresher.switch_to(f"m={os.path.join(base, '1')}")  # a rollback
+    assert event.loaded and refresher.versions() == {"m": "1"}
+    np.testing.assert_allclose(batch_calls(refresher.graph)["m"](records(1.0))["y"], [[5.0]])
+    assert refresher.switch_to(os.path.join(base, "1")) is None  # serving already (one model: no name needed)
+    assert refresher.switch_to(base).version == "2"  # a base directory: its highest version
+    for message, reason in ((f"other={base}", "no model 'other' in this job"),
+                            (f"m={base}/9", "does not exist")):
+        event = refresher.switch_to(message)
+        assert not event.loaded and reason in event.reason
+    assert refresher.versions() == {"m": "2"}
+
+
+def test_each_process_listens_on_the_refresh_topic_through_its_own_subscription(pubsub_emulator):
+    from google.cloud import pubsub_v1
+
+    from transforms.scoring.refresh import VersionMessages
+
+    topic = pubsub_emulator.topic("model-refresh")
+    first, second = VersionMessages(topic, wait_s=2), VersionMessages(topic, wait_s=2)
+    assert first.subscription != second.subscription
+    pubsub_v1.PublisherClient().publish(topic, b"m=gs://b/models/m/7").result(30)
+    for listener in (first, second):  # every listener sees every message
+        ((text, done),) = listener.pull()
+        assert text == "m=gs://b/models/m/7"
+        done()
+        assert listener.pull() == []  # acknowledged: not delivered again
+        listener.close()
