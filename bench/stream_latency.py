@@ -7,6 +7,12 @@ are published at --rate msg/s for --seconds; one in --bad_every is not JSON and 
 a dead letter. Each request's latency is its publish call -> the arrival of its prediction or
 dead letter on a streaming-pull subscriber in this process (one clock). Lost = requests with no
 answer --drain_s after the last publish; duplicates are answers beyond the first.
+
+With --swap_at_s S (default: halfway), the job runs with --model_refresh_s 1 on a copy of the model
+in a base directory, and S seconds into publishing a new version (a copy of the first) is renamed
+into place. Reported: the swap time (version written -> first answer scored by it, so it includes
+up to one refresh interval of looking) and p50/p99/max latency before, during (published from the
+write until 2 s after the first new-version answer) and after the swap.
 Results: bench/results/stream_latency.{json,md}.
 """
 
@@ -34,6 +40,7 @@ class Answers:
     def __init__(self):
         self.first = {}
         self.kinds = {}
+        self.versions = {}  # request id -> the model version its prediction names
         self.duplicates = 0
         self._lock = threading.Lock()
         self._futures = []
@@ -44,12 +51,14 @@ class Answers:
         def received(message):
             now = time.monotonic()
             key = message.attributes.get("id") or message.attributes.get("key")
+            version = json.loads(message.data).get("model_versions", {}).get("penguins") \
+                if kind == "prediction" else None
             message.ack()
             with self._lock:
                 if key in self.first:
                     self.duplicates += 1
                 else:
-                    self.first[key], self.kinds[key] = now, kind
+                    self.first[key], self.kinds[key], self.versions[key] = now, kind, version
 
         self._futures.append(pubsub_v1.SubscriberClient().subscribe(subscription, callback=received))
 
@@ -58,13 +67,13 @@ class Answers:
             future.cancel()
 
 
-def start_job(emulator, requests, predictions, errors, model, log_path, max_batch_size, latency_ms):
+def start_job(emulator, requests, predictions, errors, model, log_path, max_batch_size, latency_ms, extra=()):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     args = [sys.executable, "-m", "pipelines.stream_infer", "--input_subscription", emulator.subscription(requests),
             "--model", f"penguins={model}", "--output_topic", predictions, "--errors_topic", errors,
             "--payload_format", "json", "--key_attribute", "id", "--pubsub_emulator", emulator.host,
             "--project", emulator.project, "--max_batch_size", str(max_batch_size),
-            "--max_batch_latency_ms", str(latency_ms)]
+            "--max_batch_latency_ms", str(latency_ms), *extra]
     log = open(log_path, "wb")  # pylint: disable=consider-using-with
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT), log
 
@@ -111,14 +120,53 @@ def publish_at_rate(publisher, requests, rate, seconds, bad_every):
     return sent, time.monotonic() - start
 
 
+def copy_version(base, source, version):
+    """A new version under base: copied beside it, then renamed into place (as a deploy would)."""
+    import shutil
+
+    staging = os.path.join(base, f"staging-{version}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    os.rename(staging, os.path.join(base, str(version)))
+
+
+def swap_report(sent, answers, written_at):
+    """Latency before, during and after a swap written at written_at (monotonic seconds)."""
+    new = [answers.first[k] for k, v in answers.versions.items() if v == "2"]
+    if not new:
+        return {"written": True, "first_new_version_answer_s": None}
+    first_new = min(new)
+    windows = {"before": [], "during": [], "after": []}
+    for key, published in sent.items():
+        if key not in answers.first:
+            continue
+        window = "before" if published < written_at else "during" if published < first_new + 2.0 else "after"
+        windows[window].append(answers.first[key] - published)
+    return {"first_new_version_answer_s": first_new - written_at,
+            "answers_by_version": {v: list(answers.versions.values()).count(v) for v in ("1", "2")},
+            "latency_s": {name: {"count": len(values), "p50": percentile(values, 50), "p99": percentile(values, 99),
+                                 "max": max(values)} for name, values in windows.items() if values}}
+
+
 def measure(args) -> dict:
+    import shutil
+
     from google.cloud import pubsub_v1
 
+    from models.layout import resolve_version_dir
     from pipelines.local.demo import ensure_demo
     from pipelines.local.pubsub_emulator import running_emulator
 
     os.makedirs(args.out, exist_ok=True)
     model = ensure_demo()["model"]
+    extra, swap = (), {}
+    if args.swap_at_s > 0:
+        first_version = resolve_version_dir(model)
+        model = os.path.join(args.out, "models", "penguins")
+        shutil.rmtree(model, ignore_errors=True)
+        os.makedirs(model)
+        copy_version(model, first_version, 1)
+        extra = ("--model_refresh_s", "1")
     with running_emulator(log_dir=args.out) as emulator:
         requests, predictions, errors = (emulator.topic(n) for n in ("requests", "predictions", "errors"))
         answers = Answers()
@@ -127,10 +175,19 @@ def measure(args) -> dict:
         # publish each message at once: the latency measured is the pipeline's, not client batching
         publisher = pubsub_v1.PublisherClient(batch_settings=pubsub_v1.types.BatchSettings(max_messages=1))
         job, log = start_job(emulator, requests, predictions, errors, model, os.path.join(args.out, "stream_job.log"),
-                             args.max_batch_size, args.max_batch_latency_ms)
+                             args.max_batch_size, args.max_batch_latency_ms, extra)
         try:
             wait_until_ready(publisher, requests, answers)
+            timer = None
+            if args.swap_at_s > 0:
+                def write_version_2():
+                    copy_version(model, os.path.join(model, "1"), 2)
+                    swap["written_at"] = time.monotonic()
+                timer = threading.Timer(args.swap_at_s, write_version_2)
+                timer.start()
             sent, publish_s = publish_at_rate(publisher, requests, args.rate, args.seconds, args.bad_every)
+            if timer is not None:
+                timer.join()
             deadline = time.monotonic() + args.drain_s
             while time.monotonic() < deadline and not all(k in answers.first for k in sent):
                 time.sleep(0.1)
@@ -158,6 +215,7 @@ def measure(args) -> dict:
                       "mean": statistics.fmean(latencies)} if latencies else None,
         "max_batch_size": args.max_batch_size, "max_batch_latency_ms": args.max_batch_latency_ms,
         "stop_seconds": stop_s, "job_exit_code": job.returncode,
+        "swap": swap_report(sent, answers, swap["written_at"]) if "written_at" in swap else None,
     }
 
 
@@ -170,7 +228,19 @@ def markdown(r: dict, date: str) -> str:
             "| msg/s (achieved) | seconds | published | predictions | dead letters | lost | duplicates | "
             "p50 ms | p95 ms | p99 ms | max ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
             f"| {r['rate_achieved']:.0f} | {r['seconds']:g} | {r['published']:,} | {r['predictions']:,} | "
-            f"{r['dead_letters']:,} | {r['lost']} | {r['duplicates']} | {cells} |\n")
+            f"{r['dead_letters']:,} | {r['lost']} | {r['duplicates']} | {cells} |\n" + swap_markdown(r.get("swap")))
+
+
+def swap_markdown(swap) -> str:
+    if not swap:
+        return ""
+    if swap.get("first_new_version_answer_s") is None:
+        return "\nA new model version was written mid-stream, but no answer named it.\n"
+    rows = "".join(f"| {name} | {w['count']:,} | {w['p50'] * 1000:,.0f} | {w['p99'] * 1000:,.0f} | {w['max'] * 1000:,.0f} |\n"
+                   for name, w in swap["latency_s"].items())
+    return (f"\nModel swap (--model_refresh_s 1): new version written -> first answer scored by it "
+            f"{swap['first_new_version_answer_s']:.2f} s; answers by version {swap['answers_by_version']}.\n\n"
+            "| published | answers | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n" + rows)
 
 
 def main(argv=None) -> int:
@@ -181,8 +251,13 @@ def main(argv=None) -> int:
     parser.add_argument("--drain_s", type=float, default=30.0, help="wait for answers after the last publish")
     parser.add_argument("--max_batch_size", type=int, default=256)
     parser.add_argument("--max_batch_latency_ms", type=float, default=100.0)
+    parser.add_argument("--swap_at_s", type=float, default=None,
+                        help="write a new model version this many seconds into publishing (default: halfway; "
+                             "0: no swap)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args = parser.parse_args(argv)
+    if args.swap_at_s is None:
+        args.swap_at_s = args.seconds / 2
     result = measure(args)
     date = time.strftime("%Y-%m-%d")
     with open(os.path.join(args.out, "stream_latency.json"), "w") as f:
@@ -192,6 +267,8 @@ def main(argv=None) -> int:
         f.write(table)
     print(table)
     ok = result["lost"] == 0 and result["duplicates"] == 0 and result["dead_letters"] == result["bad_published"]
+    if args.swap_at_s > 0:
+        ok = ok and bool(result["swap"]) and result["swap"].get("first_new_version_answer_s") is not None
     return 0 if ok else 1
 
 

@@ -100,13 +100,29 @@ def warn_about_unsafe_runner_modes(options: PipelineOptions) -> Optional[str]:
     return None
 
 
-def summarize(job: BatchJob, counters: dict, seconds: float, runner: str = "", processes: int = 0) -> str:
+def inference_note(found: dict) -> str:
+    """'; 11 batches of 455 on average, 3.1 ms each (max 9.0 ms); loaded in 0.41 s; 66,580 bytes'."""
+    parts = []
+    if "batches" in found:
+        latency = found.get("batch_latency_ms", {})
+        parts.append(f"{found['batches']:,} batches of {found['batch_size_mean']:,.0f} on average"
+                     + (f", {latency['mean']:,.1f} ms each (max {latency['max']:,.1f} ms)" if latency else ""))
+    if "load_seconds_max" in found:
+        parts.append(f"loaded in {found['load_seconds_max']:.2f} s")
+    if "bytes_on_disk" in found:
+        parts.append(f"{found['bytes_on_disk']:,} bytes")
+    return "".join(f"; {p}" for p in parts)
+
+
+def summarize(job: BatchJob, counters: dict, seconds: float, runner: str = "", processes: int = 0,
+              distributions: Optional[dict] = None) -> str:
     read = counters.get(metrics.RECORDS_READ, 0)
     written = counters.get(metrics.PREDICTIONS_WRITTEN, 0)
     dead = sum(v for k, v in counters.items() if k.startswith(metrics.DEAD_LETTER_PREFIX))
     models = ["models:"] + [f"  {line}" for line in job.graph.describe().splitlines()] + [
         f"  {name}: outputs {counters.get(MODEL_OUTPUTS_PREFIX + name, 0):,}, "
-        f"dead letters {counters.get(MODEL_DEAD_LETTERS_PREFIX + name, 0):,}" for name in job.graph.names]
+        f"dead letters {counters.get(MODEL_DEAD_LETTERS_PREFIX + name, 0):,}"
+        + inference_note(manifest.inference_metrics(distributions or {}, name)) for name in job.graph.names]
     return "\n".join(models + [
         f"predictions:  {job.predictions_at}",
         f"dead letters: {job.bigquery.errors_table or f'{job.errors}-*.jsonl'}",
@@ -245,12 +261,13 @@ def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[be
 
     ran_on = runner.describe() if runner is not None else runner_name(options)
 
-    def write_manifest(counters, error=None, processes=None):
+    def write_manifest(counters, error=None, processes=None, distributions=None):
         if job.manifest:
             run_info = {"runner": ran_on, "redistribute": job.redistribute, "scoring_processes": processes,
                         "models_loaded": counters.get(MODELS_LOADED)}
             manifest.write_manifest(job.manifest, manifest.batch_manifest(
-                job, all_options, inputs, models, started_at, counters, run_info, error=error))
+                job, all_options, inputs, models, started_at, counters, run_info, error=error,
+                distributions=distributions))
 
     try:
         result = p.run()
@@ -262,12 +279,14 @@ def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[be
             e.add_note(str(unwritten))  # the job's own error stays the one raised
         raise
     counters = metrics.query_counters(result)
+    distributions = metrics.query_distributions(result)
     processes = len(metrics.query_string_sets(result).get(SCORING_PROCESSES, ()))
     if test_pipeline is None and is_local(options):
-        print(summarize(job, counters, time.monotonic() - started, ran_on, processes))
+        print(summarize(job, counters, time.monotonic() - started, ran_on, processes, distributions))
     problem = error_budget_problem(counters, job.max_dead_letter_fraction)
     failed = ErrorBudgetExceeded(problem) if problem else None
-    write_manifest(counters, failed, processes=processes)  # ManifestWriteError: the run is not on record
+    # ManifestWriteError: the run is not on record
+    write_manifest(counters, failed, processes=processes, distributions=distributions)
     if failed:
         raise failed
     return result, counters

@@ -19,8 +19,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from models.fingerprint import saved_model_fingerprint
 from transforms.runtime import metrics
-from transforms.runtime.accounting import (MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, UNREADABLE_BYTES,
-                                          UNREADABLE_REGIONS)
+from transforms.runtime.accounting import (BATCH_LATENCY_US, BATCH_SIZE, LOAD_LATENCY_MS, MODEL_BYTES,
+                                          MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, UNREADABLE_BYTES,
+                                          UNREADABLE_REGIONS, model_metric_name)
 
 MANIFEST_SUFFIX = ".manifest.json"
 REDACTED = "<redacted>"
@@ -166,11 +167,35 @@ def read_manifest(path: str) -> Dict[str, Any]:
         return json.loads(f.read().decode("utf-8"))
 
 
+def inference_metrics(distributions: Mapping[str, Mapping[str, float]], model: str) -> Dict[str, Any]:
+    """One model's inference metrics from a run's distributions (transforms.runtime.accounting):
+    batches scored, batch size and latency, load time, size on disk; {} where it made no call."""
+    def get(metric):
+        return distributions.get(model_metric_name(metric, model))
+    sizes, latency, load, size = get(BATCH_SIZE), get(BATCH_LATENCY_US), get(LOAD_LATENCY_MS), get(MODEL_BYTES)
+    found: Dict[str, Any] = {}
+    if sizes:
+        found.update(batches=int(sizes["count"]), batch_size_mean=round(sizes["mean"], 1),
+                     batch_size_max=int(sizes["max"]))
+    if latency:
+        found["batch_latency_ms"] = {"mean": round(latency["mean"] / 1e3, 3), "min": round(latency["min"] / 1e3, 3),
+                                     "max": round(latency["max"] / 1e3, 3)}
+    if load:
+        found.update(loads=int(load["count"]), load_seconds_max=round(load["max"] / 1e3, 3))
+    if size:
+        found["bytes_on_disk"] = int(size["max"])
+    return found
+
+
 def batch_manifest(job, options: Mapping[str, Any], inputs: List[Dict[str, Any]],
                    models: List[Dict[str, Any]], started_at: str, counters: Mapping[str, int],
-                   run: Optional[Mapping[str, Any]] = None, error: Optional[BaseException] = None) -> Dict[str, Any]:
+                   run: Optional[Mapping[str, Any]] = None, error: Optional[BaseException] = None,
+                   distributions: Optional[Mapping[str, Mapping[str, float]]] = None) -> Dict[str, Any]:
     """The manifest of a pipelines.batch_infer run (job: its BatchJob; run: the runner it ran on,
-    whether chunks were redistributed, how many worker processes scored)."""
+    whether chunks were redistributed, how many worker processes scored; distributions: the
+    run's, for each model's inference metrics)."""
+    if distributions:
+        models = [dict(m, inference=inference_metrics(distributions, m["name"])) for m in models]
     outputs = {"predictions": job.predictions_at,
                "dead_letters": job.bigquery.errors_table or f"{job.errors}-*.jsonl",
                "format": "bigquery" if job.bigquery.output_table else job.output_format}

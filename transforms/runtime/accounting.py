@@ -10,7 +10,8 @@ setup(), updated once per chunk, always on the bundle's thread (Beam's metrics a
 
 import os
 import socket
-from typing import Iterable, Mapping, Sequence, Tuple
+import time
+from typing import Iterable, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
@@ -32,6 +33,14 @@ SCORING_PROCESSES = "scoring_processes"  # a string set: HOST:PID of every proce
 MODEL_REFRESHES = "model_refreshes"  # new model versions swapped into a running stream
 MODEL_REFRESH_FAILURES = "model_refresh_failures"  # new versions refused (the current one kept serving)
 MODEL_REFRESH_MS = "model_refresh_milli_secs"  # a distribution: new version found -> ready to serve
+PUBLISH_TO_RESULT_MS = "publish_to_result_latency_milli_secs"  # streams: Pub/Sub publish -> scored
+MODEL_BYTES = "model_byte_size"  # a distribution: the size on disk of each model loaded
+# Per model: RunInference's metric names with "_<model name>" appended (model_metric_name).
+PER_MODEL = (BATCH_SIZE, BATCH_LATENCY_US, LOAD_LATENCY_MS, MODEL_BYTES)
+
+
+def model_metric_name(metric: str, model: str) -> str:
+    return f"{metric}_{model}"
 
 
 class Accounting:
@@ -74,21 +83,34 @@ class Accounting:
         for name, n in counts.items():
             metrics.counter(MODEL_OUTPUTS_PREFIX + name).inc(n)
 
-    def model_calls(self, calls: Sequence[Tuple[int, float, bool]]) -> None:
-        """(batch size, seconds, succeeded) of each model call made for one chunk."""
-        for size, seconds, succeeded in calls:
+    def model_calls(self, calls: Sequence[Tuple[str, int, float, bool]]) -> None:
+        """(model name, batch size, seconds, succeeded) of each model call made for one chunk."""
+        for model, size, seconds, succeeded in calls:
             if succeeded:
                 self._inferences.inc(size)
                 self._batch_size.update(size)
                 self._latency.update(int(seconds * 1e6))
+                metrics.distribution(model_metric_name(BATCH_SIZE, model)).update(size)
+                metrics.distribution(model_metric_name(BATCH_LATENCY_US, model)).update(int(seconds * 1e6))
             else:
                 self._failed_batches.inc()
 
-    def models_loaded(self, seconds: Sequence[float]) -> None:
-        """The time of each model load this process made (engines.take_load_times)."""
-        for s in seconds:
-            metrics.distribution(LOAD_LATENCY_MS).update(int(s * 1e3))
+    def models_loaded(self, loads: Sequence[Tuple[str, float, int]]) -> None:
+        """(model name, seconds, bytes on disk) of each model load this process made
+        (engines.take_load_times)."""
+        for model, seconds, size in loads:
+            metrics.distribution(LOAD_LATENCY_MS).update(int(seconds * 1e3))
+            metrics.distribution(model_metric_name(LOAD_LATENCY_MS, model)).update(int(seconds * 1e3))
+            metrics.distribution(MODEL_BYTES).update(size)
+            metrics.distribution(model_metric_name(MODEL_BYTES, model)).update(size)
             metrics.counter(MODELS_LOADED).inc()
+
+    def publish_to_result(self, published_at: Iterable[Optional[float]]) -> None:
+        """Streams: the latency from each message's Pub/Sub publish time to its result (epoch seconds)."""
+        now = time.time()
+        for t in published_at:
+            if t is not None:
+                metrics.distribution(PUBLISH_TO_RESULT_MS).update(max(int((now - t) * 1e3), 0))
 
     def scored_in_this_process(self) -> None:
         """This process scored records: which worker processes did the work, however many."""

@@ -68,6 +68,23 @@ def query_counters(result) -> Dict[str, int]:
     return totals
 
 
+def query_distributions(result) -> Dict[str, Dict[str, float]]:
+    """{name: {count, sum, min, max, mean}} of a finished run's distributions, merged over workers."""
+    merged: Dict[str, Dict[str, float]] = {}
+    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
+    for d in query.get("distributions", []):
+        value = d.committed if d.committed is not None else d.attempted
+        if value is None or not value.count:
+            continue
+        seen = merged.setdefault(d.key.metric.name, {"count": 0, "sum": 0, "min": value.min, "max": value.max})
+        seen["count"] += value.count
+        seen["sum"] += value.sum
+        seen["min"], seen["max"] = min(seen["min"], value.min), max(seen["max"], value.max)
+    for seen in merged.values():
+        seen["mean"] = seen["sum"] / seen["count"]
+    return merged
+
+
 def format_counters(totals: Dict[str, int]) -> str:
     width = max([len(k) for k in totals] + [10])
     return "\n".join(f"  {name:<{width}}  {totals[name]:>12,}" for name in sorted(totals))

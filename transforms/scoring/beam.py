@@ -25,22 +25,22 @@ from transforms.records.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, WithDe
 from transforms.records.rows import rows_from_lines, rows_text
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.runtime.gpu import GpuSettings
-from transforms.scoring.engines import DEFAULT_ENGINE, BatchCall, batch_calls, take_load_times
+from transforms.scoring.engines import DEFAULT_ENGINE, BatchCall, batch_calls, directory_bytes, take_load_times
 from transforms.scoring.executor import score_chunk
 
-CallLog = List[Tuple[int, float, bool]]
+CallLog = List[Tuple[str, int, float, bool]]
 
 
-def timed(call: BatchCall, log: CallLog) -> BatchCall:
-    """call, appending (batch size, seconds, succeeded) to log on each use."""
+def timed(model: str, call: BatchCall, log: CallLog) -> BatchCall:
+    """call, appending (model, batch size, seconds, succeeded) to log on each use."""
     def run(records):
         start = time.perf_counter()
         try:
             outputs = call(records)
         except Exception:
-            log.append((len(records), time.perf_counter() - start, False))
+            log.append((model, len(records), time.perf_counter() - start, False))
             raise
-        log.append((len(records), time.perf_counter() - start, True))
+        log.append((model, len(records), time.perf_counter() - start, True))
         return outputs
     return run
 
@@ -83,16 +83,25 @@ class ScoreChunksFn(AccountedDoFn):
     def score(self, chunk: RecordChunk) -> Tuple[ScoredChunk, CallLog]:
         """score_chunk with this DoFn's models; safe on any thread (touches no metrics)."""
         log: CallLog = []
-        calls = {name: timed(call, log) for name, call in self._calls.items()}
+        calls = {name: timed(name, call, log) for name, call in self._calls.items()}
         return score_chunk(self._graph, calls, chunk, self._key_feature), log
 
     def account(self, scored: ScoredChunk, log: CallLog) -> None:
         """Reports a scored chunk (on the bundle's thread), and the model loads not yet reported."""
-        self._accounting.models_loaded(take_load_times())
+        self._accounting.models_loaded(self._named_loads(take_load_times()))
         self._accounting.scored_in_this_process()
         self._accounting.model_calls(log)
         self._accounting.dead_letters(scored.dead)
         self._accounting.model_outputs({name: len(r.indices) for name, r in scored.models.items()})
+
+    def _named_loads(self, loads: List[Tuple[str, float]]) -> List[Tuple[str, float, int]]:
+        """(model path, seconds) of loads -> (model name, seconds, bytes on disk) for this graph's models."""
+        named = []
+        for path, seconds in loads:
+            for node in self._graph.nodes:
+                if node.model.path == path:
+                    named.append((node.name, seconds, directory_bytes(path)))
+        return named
 
     def start_bundle(self):
         self._pending = None

@@ -141,7 +141,7 @@ ENGINES: Dict[str, Callable[..., BatchCall]] = {DEFAULT_ENGINE: load_fast, TFX_B
 
 _CACHE: Dict[Tuple[Any, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()
-_UNREPORTED_LOADS: List[float] = []  # seconds of each load this process made, until a DoFn reports them
+_UNREPORTED_LOADS: List[Tuple[Tuple[Any, ...], float]] = []  # (cache key, seconds) of each load made
 
 
 def shared_model(key: Tuple[Any, ...], load: Callable[[], Any]) -> Any:
@@ -150,7 +150,7 @@ def shared_model(key: Tuple[Any, ...], load: Callable[[], Any]) -> Any:
         if key not in _CACHE:
             started = time.perf_counter()
             _CACHE[key] = load()
-            _UNREPORTED_LOADS.append(time.perf_counter() - started)
+            _UNREPORTED_LOADS.append((key, time.perf_counter() - started))
         return _CACHE[key]
 
 
@@ -161,14 +161,24 @@ def release_batch_call(engine: str, path: str, signature: str, keep_logs: bool =
         _CACHE.pop((engine, path, signature, keep_logs), None)
 
 
-def take_load_times() -> List[float]:
-    """The seconds of each model load of this process not yet reported, once: a scoring DoFn
-    reports them on its bundle's thread (Beam's metrics are per bundle), so each load is counted
-    once however many DoFns share the model."""
+def take_load_times() -> List[Tuple[str, float]]:
+    """(model path, seconds) of each model load of this process not yet reported, once: a scoring
+    DoFn reports them on its bundle's thread (Beam's metrics are per bundle), so each load is
+    counted once however many DoFns share the model."""
     with _CACHE_LOCK:
-        taken = list(_UNREPORTED_LOADS)
+        taken = [(key[1], seconds) for key, seconds in _UNREPORTED_LOADS]
         _UNREPORTED_LOADS.clear()
         return taken
+
+
+def directory_bytes(path: str) -> int:
+    """The size of a model directory on disk (local or gs://), every file in it."""
+    import tensorflow as tf
+
+    total = 0
+    for directory, _, files in tf.io.gfile.walk(path):
+        total += sum(tf.io.gfile.stat(f"{directory.rstrip('/')}/{name}").length for name in files)
+    return total
 
 
 def load_batch_call(engine: str, path: str, signature: str, keep_logs: bool = False) -> BatchCall:

@@ -71,6 +71,7 @@ class ScoreMessageBatchFn(ScoreChunksFn):
                             [{"message_id": m} for m in records])
         scored, log = self.score(chunk)
         self.account(scored, log)
+        self._accounting.publish_to_result(r.published_at for r in records.values())
         yield from self._dead_letters(scored.dead, records)
         try:
             lines = format_rows(self._graph, scored, with_source=self._with_source, scalars=self._scalars)

@@ -24,6 +24,19 @@ class StreamRecord(NamedTuple):
     example: bytes  # the serialized tf.Example the models see
     payload: bytes  # the message as received, for its dead letter
     attributes: Dict[str, str]
+    published_at: Optional[float] = None  # Pub/Sub's publish time, epoch seconds (for latency)
+
+
+def epoch_seconds_of(publish_time) -> Optional[float]:
+    """A Pub/Sub message's publish time (a datetime, or a protobuf Timestamp) as epoch seconds."""
+    if publish_time is None:
+        return None
+    try:
+        if hasattr(publish_time, "timestamp"):
+            return float(publish_time.timestamp())
+        return publish_time.seconds + publish_time.nanos / 1e9
+    except Exception:  # pylint: disable=broad-except  # no latency for it, nothing else
+        return None
 
 
 class MessageError(ValueError):

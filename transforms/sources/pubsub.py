@@ -16,7 +16,8 @@ import apache_beam as beam
 from models.feature_spec import Feature
 from transforms.records.dead_letters import DEAD_LETTER_TAG, dead_letter
 from transforms.runtime.accounting import AccountedDoFn
-from transforms.sources.messages import EXAMPLE, MessageError, message_id_of, message_to_record
+from transforms.sources.messages import (EXAMPLE, MessageError, epoch_seconds_of, message_id_of,
+                                         message_to_record)
 
 
 class DeadLetter(NamedTuple):
@@ -43,8 +44,9 @@ class MessagesToRecordsFn(AccountedDoFn):
         message_id = message_id_of(message.message_id, payload, attributes)
         self._accounting.read(1)
         try:
-            yield message_to_record(payload, attributes, message_id, self._spec, self._payload_format,
-                                    self._key_attribute, self._max_payload_bytes)
+            record = message_to_record(payload, attributes, message_id, self._spec, self._payload_format,
+                                       self._key_attribute, self._max_payload_bytes)
+            yield record._replace(published_at=epoch_seconds_of(getattr(message, "publish_time", None)))
         except Exception as e:  # pylint: disable=broad-except  # no message may stop the stream
             error = e if isinstance(e, MessageError) else MessageError("convert", f"{type(e).__name__}: {e}")
             row = dead_letter(error.stage, error, key=error.key, raw=payload, source={"message_id": message_id})
