@@ -243,6 +243,19 @@ def swap_markdown(swap) -> str:
             "| published | answers | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n" + rows)
 
 
+def save_results(out: str, stem: str, result: dict, markdown_of) -> dict:
+    """Writes out/stem.json (with today's date) and out/stem.md (markdown_of(result, date)), prints
+    the markdown; returns result."""
+    date = time.strftime("%Y-%m-%d")
+    with open(os.path.join(out, f"{stem}.json"), "w") as f:
+        json.dump(dict(result, date=date), f, indent=2)
+    table = markdown_of(result, date)
+    with open(os.path.join(out, f"{stem}.md"), "w") as f:
+        f.write(table)
+    print(table)
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.stream_latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=200.0, help="messages per second (default 200)")
@@ -258,14 +271,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.swap_at_s is None:
         args.swap_at_s = args.seconds / 2
-    result = measure(args)
-    date = time.strftime("%Y-%m-%d")
-    with open(os.path.join(args.out, "stream_latency.json"), "w") as f:
-        json.dump(dict(result, date=date), f, indent=2)
-    table = markdown(result, date)
-    with open(os.path.join(args.out, "stream_latency.md"), "w") as f:
-        f.write(table)
-    print(table)
+    result = save_results(args.out, "stream_latency", measure(args), markdown)
     ok = result["lost"] == 0 and result["duplicates"] == 0 and result["dead_letters"] == result["bad_published"]
     if args.swap_at_s > 0:
         ok = ok and bool(result["swap"]) and result["swap"].get("first_new_version_answer_s") is not None

@@ -164,7 +164,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, w
     if test_pipeline is None:
         print(f"stream_infer: reading {job.input_subscription or job.input_topic} on the "
               f"{runner.describe() if runner else runner_name(options)}", file=sys.stderr)
-    console = local and test_pipeline is None  # progress lines while it runs, the totals at the end
+    # progress lines while it runs and the totals at the end, where run() waits for the stream
+    console = local and test_pipeline is None and wait
     progress_stopped = threading.Event()
     if console:
         from pipelines.local import pubsub_acks, stream_progress

@@ -32,3 +32,18 @@ def read_jsonl(pattern: str) -> List[dict]:
         with open(path) as f:
             rows.extend(json.loads(line) for line in f if line.strip())
     return rows
+
+
+def wait_for_output(process, log, text: str, what: str, timeout_s: float = 120):
+    """Waits until a subprocess writing to the file object log has written text; raises
+    AssertionError naming what did not start (with the log's tail) if it exits or times out."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        log.seek(0)
+        if text in log.read():
+            return process
+        time.sleep(0.2)
+    log.seek(0)
+    raise AssertionError(f"{what} did not start ({process.poll()}): {log.read()[-2000:]}")

@@ -11,6 +11,7 @@ import pytest
 
 from pipelines.local.pubsub_emulator import EmulatorError, emulator_command
 from pipelines.local.stream_progress import IDLE_EVERY_S, StreamProgress
+from tests.helpers import wait_for_output
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,14 +58,7 @@ def _emulator_or_skip():
 def _start_emulator_command(port, log):
     process = subprocess.Popen([sys.executable, "-m", "pipelines.local.pubsub_emulator", "--port", str(port),
                                 "--topic", "requests"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and process.poll() is None:
-        log.seek(0)
-        if "Ctrl-C stops it" in log.read():
-            return process
-        time.sleep(0.2)
-    log.seek(0)
-    raise AssertionError(f"the emulator command did not start ({process.poll()}): {log.read()[-2000:]}")
+    return wait_for_output(process, log, "Ctrl-C stops it", "the emulator command", timeout_s=90)
 
 
 def _port_answers(port):

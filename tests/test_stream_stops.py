@@ -18,6 +18,7 @@ import uuid
 
 import pytest
 
+from tests.helpers import wait_for_output
 from tests.test_batch_infer import penguin_values
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,14 +55,7 @@ class Stream:
             text=True)
         job.log = log
         self.jobs.append(job)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and job.poll() is None:  # the job says when it reads
-            log.seek(0)
-            if "stream_infer: reading" in log.read():
-                return job
-            time.sleep(0.2)
-        log.seek(0)
-        raise AssertionError(f"the stream did not start ({job.poll()}): {log.read()[-2000:]}")
+        return wait_for_output(job, log, "stream_infer: reading", "the stream")  # the job says when it reads
 
     def publish_in_background(self):
         from google.cloud import pubsub_v1
