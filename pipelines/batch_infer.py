@@ -20,7 +20,6 @@ if __name__ == "__main__":  # before TensorFlow loads, so its start-up lines sta
     load_tensorflow_quietly(sys.argv)
 
 
-import logging
 import time
 from typing import List, Optional, Sequence
 

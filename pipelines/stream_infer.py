@@ -192,6 +192,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, w
                 pubsub_prompt_pulls.close_readers()
             if console:
                 progress_stopped.set()
+                metrics.PROGRESS.enabled = True
                 print(stream_progress.PROGRESS.totals(), file=sys.stderr, flush=True)
     return result
 

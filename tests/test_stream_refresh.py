@@ -68,8 +68,6 @@ def wait_for(condition, what, timeout_s=120):
 
 def test_a_stream_swaps_in_a_new_version_refuses_a_broken_one_and_answers_every_message_once(
         pubsub_emulator, penguin_model, tmp_path):
-    from google.cloud import pubsub_v1
-
     emulator = pubsub_emulator
     base = str(tmp_path / "clf")
     shutil.copytree(penguin_model[0], os.path.join(base, "1"))
@@ -132,4 +130,3 @@ def test_a_stream_swaps_in_a_new_version_refuses_a_broken_one_and_answers_every_
     print(f"refresh: published {len(published)}, rows {len(rows)} (version 1: "
           f"{sum(r['model_versions']['clf'] == '1' for r in rows.values())}, version 2: "
           f"{sum(r['model_versions']['clf'] == '2' for r in rows.values())}), dead letters {len(dead)}")
-    del pubsub_v1
