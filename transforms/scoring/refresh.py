@@ -97,6 +97,7 @@ class ModelRefresher:
         self._refused: Dict[str, Tuple] = {}  # version dir -> its state when refused
         self._events: List[RefreshEvent] = []
         self._thread: Optional[threading.Thread] = None
+        self._start_lock = threading.Lock()
 
     @property
     def graph(self) -> ModelGraph:
@@ -121,8 +122,11 @@ class ModelRefresher:
     def start(self, settings: RefreshSettings) -> None:
         """Looks every settings.every_s seconds, or listens on settings.topic, on a daemon thread
         (once; later calls do nothing)."""
-        if self._thread is not None:
-            return
+        with self._start_lock:  # scoring steps on several threads may start it at once
+            if self._thread is None:
+                self._thread = self._start(settings)
+
+    def _start(self, settings: RefreshSettings) -> threading.Thread:
         listener = VersionMessages(settings.topic) if settings.topic else None
 
         def loop():
@@ -138,8 +142,9 @@ class ModelRefresher:
                 except Exception:  # pylint: disable=broad-except  # a failed look is tried again next time
                     LOG.exception("model refresh: looking for new versions failed")
                     time.sleep(1.0)
-        self._thread = threading.Thread(target=loop, name="model-refresh", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=loop, name="model-refresh", daemon=True)
+        thread.start()
+        return thread
 
     def switch_to(self, text: str) -> Optional[RefreshEvent]:
         """An event message: 'NAME=PATH' (or 'PATH' for a graph of one model), PATH a version
