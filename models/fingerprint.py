@@ -8,7 +8,7 @@ changing any file changes it; copying the directory elsewhere does not. Run mani
 
 import hashlib
 import os
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import tensorflow as tf
 
@@ -23,16 +23,22 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def saved_model_fingerprint(version_dir: str) -> Dict[str, object]:
-    """{"sha256": digest of (relative path, file digest) lines, "files": n, "bytes": total}."""
+def model_files(version_dir: str) -> List[Tuple[str, int]]:
+    """(path, size in bytes) of every file under a model directory (local or gs://), in path order."""
     root = version_dir.rstrip("/")
-    entries = []
-    total = 0
+    found = []
     for directory, _, files in tf.io.gfile.walk(root):
         for name in files:
             path = os.path.join(directory, name)
-            entries.append((os.path.relpath(path, root).replace(os.sep, "/"), file_sha256(path)))
-            total += tf.io.gfile.stat(path).length
+            found.append((path, tf.io.gfile.stat(path).length))
+    return sorted(found)
+
+
+def saved_model_fingerprint(version_dir: str) -> Dict[str, object]:
+    """{"sha256": digest of (relative path, file digest) lines, "files": n, "bytes": total}."""
+    root = version_dir.rstrip("/")
+    files = model_files(root)
+    entries = [(os.path.relpath(path, root).replace(os.sep, "/"), file_sha256(path)) for path, _ in files]
     listing = "".join(f"{rel}\t{digest}\n" for rel, digest in sorted(entries))
     return {"sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest(), "files": len(entries),
-            "bytes": total}
+            "bytes": sum(size for _, size in files)}

@@ -28,7 +28,7 @@ def inspect_report(path: str, signature: str = "serving_default") -> (str, bool)
     """Returns the report text and whether a job can run the model: with at least one engine (a
     tf.Module export that only the fast engine runs is fine; the report says so)."""
     from models import layout
-    from models.contract import contract_problems, serving_meta_graph
+    from models.contract import contract_problems, serving_meta_graph, tf1_loader_problems
     from models.fingerprint import saved_model_fingerprint
     from models.feature_spec import describe
     from models.serving_model import read_feature_spec
@@ -61,7 +61,8 @@ def inspect_report(path: str, signature: str = "serving_default") -> (str, bool)
                      else "TF Serving warmup: none")
     except Exception as e:
         lines.append(f"TF Serving warmup: unreadable ({e})")
-    problems = contract_problems(version_dir, signature)
+    any_engine_problems = contract_problems(version_dir, signature, tf1_loader=False)
+    problems = any_engine_problems + tf1_loader_problems(meta_graph, signature)
     if problems:
         lines.append(f"tfx-bsl contract ({signature}): FAILS")
         lines += [f"  - {p}" for p in problems]
@@ -74,7 +75,7 @@ def inspect_report(path: str, signature: str = "serving_default") -> (str, bool)
     runnable = [engine for engine, (ok, _) in runs.items() if ok]
     if runnable and len(runnable) < len(runs):
         lines.append(f"runs with --engine {' or '.join(runnable)} only")
-    return "\n".join(lines), bool(runnable) and not contract_problems(version_dir, signature, tf1_loader=False)
+    return "\n".join(lines), bool(runnable) and not any_engine_problems
 
 
 def engine_report(version_dir: str, signature: str = "serving_default") -> Dict[str, Tuple[bool, str]]:

@@ -6,10 +6,11 @@ Beam and this package define (all PipelineOptions subclasses, so any real Beam o
 and names the closest known flag for each unknown one.
 """
 
-import difflib
 from typing import Iterable, List, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
+
+from models.cli import unknown_flag_message
 
 
 def known_flags(extra: Iterable[str] = ()) -> List[str]:
@@ -46,13 +47,5 @@ def unknown_flag_problems(argv: Sequence[str], extra: Iterable[str] = ()) -> Lis
     defines (values are not flags; '--flag=value' is read as --flag)."""
     known = known_flags(extra)
     known_set = set(known)
-    problems = []
-    for arg in argv:
-        if not arg.startswith("--") or arg == "--":
-            continue
-        name = arg.split("=", 1)[0]
-        if name in known_set:
-            continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
-        problems.append(f"unknown flag {name}" + (f"; did you mean {close[0]}?" if close else ""))
-    return problems
+    names = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--") and arg != "--"]
+    return [unknown_flag_message(name, known) for name in names if name not in known_set]

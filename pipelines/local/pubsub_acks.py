@@ -22,6 +22,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import apache_beam as beam
 
 from pipelines.local.stream_progress import PROGRESS
+from transforms.sources.messages import epoch_seconds_of
 
 LEASE_SECONDS = 20  # the ack deadline an in-flight message is given, renewed every RENEW_EVERY_S
 RENEW_EVERY_S = 5.0
@@ -45,7 +46,7 @@ class InFlight:
             self._client = client
             for rm in received_messages:
                 self._acks[rm.message.message_id] = (subscription, rm.ack_id)
-                self._published_at[rm.message.message_id] = _epoch_seconds(rm.message)
+                self._published_at[rm.message.message_id] = epoch_seconds_of(rm.message.publish_time)
             if not self._threads:
                 self._threads = [threading.Thread(target=self._renew_leases, name="pubsub-leases", daemon=True),
                                  threading.Thread(target=self._acknowledge_confirmed, name="pubsub-acks",
@@ -114,13 +115,6 @@ class InFlight:
                                                ack_deadline_seconds=LEASE_SECONDS)
                 except Exception:  # pylint: disable=broad-except  # an expired lease means a redelivery, not a loss
                     pass
-
-
-def _epoch_seconds(message) -> Optional[float]:
-    try:
-        return message.publish_time.timestamp()
-    except Exception:  # pylint: disable=broad-except  # no publish time: no latency for it, nothing else
-        return None
 
 
 def _by_subscription(pairs: Iterable[Tuple[str, str]]) -> Dict[str, List[str]]:

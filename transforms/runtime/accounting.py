@@ -35,11 +35,8 @@ MODEL_REFRESH_FAILURES = "model_refresh_failures"  # new versions refused (the c
 MODEL_REFRESH_MS = "model_refresh_milli_secs"  # a distribution: new version found -> ready to serve
 PUBLISH_TO_RESULT_MS = "publish_to_result_latency_milli_secs"  # streams: Pub/Sub publish -> scored
 MODEL_BYTES = "model_byte_size"  # a distribution: the size on disk of each model loaded
-# Per model: RunInference's metric names with "_<model name>" appended (model_metric_name).
-PER_MODEL = (BATCH_SIZE, BATCH_LATENCY_US, LOAD_LATENCY_MS, MODEL_BYTES)
-
-
 def model_metric_name(metric: str, model: str) -> str:
+    """Per model: RunInference's metric name with "_<model name>" appended."""
     return f"{metric}_{model}"
 
 
@@ -107,10 +104,10 @@ class Accounting:
 
     def publish_to_result(self, published_at: Iterable[Optional[float]]) -> None:
         """Streams: the latency from each message's Pub/Sub publish time to its result (epoch seconds)."""
-        now = time.time()
+        now, latency = time.time(), metrics.distribution(PUBLISH_TO_RESULT_MS)
         for t in published_at:
             if t is not None:
-                metrics.distribution(PUBLISH_TO_RESULT_MS).update(max(int((now - t) * 1e3), 0))
+                latency.update(max(int((now - t) * 1e3), 0))
 
     def scored_in_this_process(self) -> None:
         """This process scored records: which worker processes did the work, however many."""

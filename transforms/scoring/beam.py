@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
+from models.fingerprint import model_files
 from models.serving_model import ServingModel
 from transforms.graph.model import ModelGraph, parallel_graph
 from transforms.records.chunk import DEFAULT_CHUNK_SIZE, PREDICTION_LOG, RecordChunk, ScoredChunk
@@ -25,7 +26,7 @@ from transforms.records.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, WithDe
 from transforms.records.rows import rows_from_lines, rows_text
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.runtime.gpu import GpuSettings
-from transforms.scoring.engines import DEFAULT_ENGINE, BatchCall, batch_calls, directory_bytes, take_load_times
+from transforms.scoring.engines import DEFAULT_ENGINE, BatchCall, batch_calls, take_load_times
 from transforms.scoring.executor import score_chunk
 
 CallLog = List[Tuple[str, int, float, bool]]
@@ -100,7 +101,7 @@ class ScoreChunksFn(AccountedDoFn):
         for path, seconds in loads:
             for node in self._graph.nodes:
                 if node.model.path == path:
-                    named.append((node.name, seconds, directory_bytes(path)))
+                    named.append((node.name, seconds, sum(size for _, size in model_files(path))))
         return named
 
     def start_bundle(self):

@@ -171,16 +171,6 @@ def take_load_times() -> List[Tuple[str, float]]:
         return taken
 
 
-def directory_bytes(path: str) -> int:
-    """The size of a model directory on disk (local or gs://), every file in it."""
-    import tensorflow as tf
-
-    total = 0
-    for directory, _, files in tf.io.gfile.walk(path):
-        total += sum(tf.io.gfile.stat(f"{directory.rstrip('/')}/{name}").length for name in files)
-    return total
-
-
 def load_batch_call(engine: str, path: str, signature: str, keep_logs: bool = False) -> BatchCall:
     """The process-wide batch call of (engine, model, signature), loaded once."""
     if engine not in ENGINES:

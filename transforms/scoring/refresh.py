@@ -26,6 +26,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from models import layout
+from models.fingerprint import model_files
 from models.serving_model import load_serving_model
 from transforms.graph.model import ModelGraph, check_graph
 from transforms.scoring.engines import BatchCall, load_batch_call, release_batch_call
@@ -70,18 +71,6 @@ def _golden_check(node, call: BatchCall) -> None:
             raise ValueError(f"output {name!r} has shape {list(np.asarray(value).shape)} for 2 examples")
 
 
-def _directory_state(version_dir: str) -> Tuple:
-    """What changes while a version directory is still being copied: its files and their sizes."""
-    import tensorflow as tf
-
-    state = []
-    for directory, _, files in tf.io.gfile.walk(version_dir):
-        for name in files:
-            path = f"{directory.rstrip('/')}/{name}"
-            state.append((path, tf.io.gfile.stat(path).length))
-    return tuple(sorted(state))
-
-
 class ModelRefresher:
     """Finds, checks and loads newer versions of a graph's base-directory models, then publishes
     the graph with them in place as a new generation. One per process and graph (shared_refresher):
@@ -94,7 +83,7 @@ class ModelRefresher:
         self._keep_logs = keep_logs
         self._clock = clock
         self._lock = threading.Lock()
-        self._refused: Dict[str, Tuple] = {}  # version dir -> its state when refused
+        self._refused: Dict[str, List[Tuple[str, int]]] = {}  # version dir -> its files when refused
         self._events: List[RefreshEvent] = []
         self._thread: Optional[threading.Thread] = None
         self._start_lock = threading.Lock()
@@ -178,17 +167,20 @@ class ModelRefresher:
             if not node.model.base_path:
                 continue
             newest = layout.resolve_version_dir(node.model.base_path)
-            if newest == node.model.path or self._refused.get(newest) == _directory_state(newest):
+            if newest == node.model.path:
                 continue
-            events.append(self._refresh(node, newest))
+            # a refused version is tried again once its files change (a copy in progress is whole)
+            state = model_files(newest)
+            if self._refused.get(newest) != state:
+                events.append(self._refresh(node, newest, state))
         with self._lock:
             self._events.extend(events)
         return events
 
-    def _refresh(self, node, version_dir: str) -> RefreshEvent:
+    def _refresh(self, node, version_dir: str, state: Optional[List[Tuple[str, int]]] = None) -> RefreshEvent:
         started = self._clock()
         version = version_dir.rstrip("/").rsplit("/", 1)[-1]
-        state = _directory_state(version_dir)
+        state = model_files(version_dir) if state is None else state
         try:
             model = load_serving_model(version_dir, node.name, node.model.signature)
             candidate = dataclasses.replace(node, model=dataclasses.replace(model, base_path=node.model.base_path))
