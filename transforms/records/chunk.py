@@ -12,6 +12,7 @@ import numpy as np
 # column ([n] objects), so they travel through isolation and concatenation with the other
 # outputs. Rows never show it; only the PredictionLog sink reads it.
 from models.prediction_log import PREDICTION_LOG  # noqa: F401  (re-exported)
+from transforms.records.serialized import SerializedRecords, byte_lengths
 
 
 DEFAULT_CHUNK_SIZE = 1024  # records per chunk (--max_batch_size)
@@ -21,12 +22,15 @@ DEFAULT_CHUNK_SIZE = 1024  # records per chunk (--max_batch_size)
 DEFAULT_CHUNK_BYTES = 512 * 1024
 
 
-class FileRecords(Sequence):
-    """The sources of `count` consecutive records of one file, from record index `first`:
-    {"file", "record"} dicts, built only when asked for (most chunks never need them)."""
+class _Consecutive(Sequence):
+    """Something about `count` consecutive records of one file from record index `first`, built
+    per record only when asked for (most chunks never need it)."""
 
     def __init__(self, file: str, first: int, count: int):
         self.file, self.first, self.count = file, first, count
+
+    def _item(self, index: int):
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return self.count
@@ -36,18 +40,33 @@ class FileRecords(Sequence):
             return [self[j] for j in range(*i.indices(self.count))]
         if not -self.count <= i < self.count:
             raise IndexError(i)
-        return {"file": self.file, "record": self.first + (i % self.count)}
+        return self._item(self.first + (i % self.count))
 
     def __eq__(self, other):
         return list(self) == list(other)
 
     def __reduce__(self):
-        return FileRecords, (self.file, self.first, self.count)
+        return type(self), (self.file, self.first, self.count)
+
+
+class FileRecords(_Consecutive):
+    """The sources of the records: {"file", "record"} dicts."""
+
+    def _item(self, index: int):
+        return {"file": self.file, "record": index}
+
+
+class PositionKeys(_Consecutive):
+    """The position keys of the records: '<file>:<index>' (file: the name keys use). A job that
+    reads a key feature never builds them."""
+
+    def _item(self, index: int):
+        return f"{self.file}:{index}"
 
 
 class RecordChunk(NamedTuple):
-    keys: List[str]
-    records: List[bytes]  # serialized tf.Examples
+    keys: Sequence[str]
+    records: Sequence[bytes]  # serialized tf.Examples (a list, or SerializedRecords: one string tensor)
     # where each record came from: {"file", "record"}, {"file", "line"}, {"table"} or {"query"},
     # {"message_id"}; None when the caller does not know (records handed in as (key, bytes))
     sources: Optional[Sequence[Mapping[str, Any]]] = None
@@ -63,7 +82,7 @@ class ModelResult(NamedTuple):
 
 class ScoredChunk(NamedTuple):
     keys: List[str]  # final key per chunk position (the key feature's value when one is read)
-    records: List[bytes]
+    records: Sequence[bytes]
     models: Dict[str, ModelResult]  # in graph order; a model that scored nothing is absent
     dead: List[Dict[str, Any]]  # dead-letter rows of this chunk (transforms.records.dead_letters)
     sources: Optional[Sequence[Mapping[str, Any]]] = None
@@ -80,15 +99,18 @@ def covered_positions(models: Mapping[str, ModelResult], count: int) -> List[int
     return sorted({i for result in models.values() for i in result.indices})
 
 
-def split_by_bytes(records: List[bytes], max_bytes: int) -> Iterator[Tuple[int, List[bytes]]]:
-    """Consecutive (offset, records) slices of at most max_bytes each (at least one record)."""
-    if sum(map(len, records)) <= max_bytes:
+def split_by_bytes(records: Sequence[bytes], max_bytes: int) -> Iterator[Tuple[int, Sequence[bytes]]]:
+    """Consecutive (offset, records) slices of at most max_bytes each (at least one record). A
+    SerializedRecords chunk is cut into SerializedRecords, its tensor sliced."""
+    lengths = byte_lengths(records)
+    if int(lengths.sum()) <= max_bytes:
         yield 0, records
         return
+    cut = records.sliced if isinstance(records, SerializedRecords) else lambda a, b: records[a:b]
     start = total = 0
-    for i, record in enumerate(records):
-        if i > start and total + len(record) > max_bytes:
-            yield start, records[start:i]
+    for i, size in enumerate(lengths.tolist()):
+        if i > start and total + size > max_bytes:
+            yield start, cut(start, i)
             start, total = i, 0
-        total += len(record)
-    yield start, records[start:]
+        total += size
+    yield start, cut(start, len(lengths))

@@ -13,14 +13,14 @@ byte strings become text when they are UTF-8, else {"b64": "<base64>"}. NaN and 
 JSON cannot hold, become the strings "NaN", "Infinity", "-Infinity" (what BigQuery accepts).
 
 Speed: each numeric output column is serialised once per chunk (orjson) and cut into per-row
-fragments, the keys likewise, so the per-row Python work is one string concatenation. Columns
-that are not finite numbers (strings, NaN, inf) go value by value through to_json_value; both
-give the same values.
+fragments, the keys likewise; the chunk's text is then one str.join over those columns and the
+constant text between them (interleave), with no per-row Python. Columns that are not finite
+numbers (strings, NaN, inf) go value by value through to_json_value; both give the same values.
 """
 
 import base64
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import orjson
@@ -81,37 +81,77 @@ def to_json_line(row: Mapping) -> str:
     return orjson.dumps(row).decode("utf-8")
 
 
-def column_fragments(column: np.ndarray) -> Optional[List[str]]:
-    """Per-row JSON of a [n, ...] numeric column, or None when it needs the per-row path."""
+def column_parts(column: np.ndarray) -> Optional[Tuple[str, List[str], str]]:
+    """(opening, per-row JSON without its outer brackets, closing) of a [n, ...] numeric column,
+    from one serialisation of it all; None when it needs the per-value path (not a finite number)."""
     kind = column.dtype.kind
     if kind not in "fiub" or (kind == "f" and not np.isfinite(column).all()):
         return None
-    text = orjson.dumps(np.ascontiguousarray(column), option=orjson.OPT_SERIALIZE_NUMPY).decode()
     depth = column.ndim - 1
-    if depth == 0:
-        return text[1:-1].split(",")
-    # rows of a regular array are the only places where depth closing brackets meet a comma
-    separator = "]" * depth + "," + "[" * depth
-    inner = text[depth + 1:-(depth + 1)]
     opening, closing = "[" * depth, "]" * depth
-    return [opening + part + closing for part in inner.split(separator)]
+    if not len(column):
+        return opening, [], closing
+    text = orjson.dumps(np.ascontiguousarray(column), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    if depth == 0:
+        return opening, text[1:-1].split(","), closing
+    # rows of a regular array are the only places where depth closing brackets meet a comma
+    return opening, text[depth + 1:-(depth + 1)].split(closing + "," + opening), closing
+
+
+def column_fragments(column: np.ndarray) -> Optional[List[str]]:
+    """Per-row JSON of a [n, ...] numeric column, or None when it needs the per-row path."""
+    parts = column_parts(column)
+    if parts is None:
+        return None
+    opening, values, closing = parts
+    return [opening + v + closing for v in values] if opening else values
+
+
+Piece = Union[str, List[str]]
+
+
+def interleave(pieces: Sequence[Piece], count: int) -> str:
+    """count lines joined by newlines, line i the concatenation of the pieces (a str: the same in
+    every line; a list: its item i), made by one str.join for the whole chunk."""
+    if not count:
+        return ""
+    merged: List[Piece] = [""]
+    for piece in pieces:
+        if isinstance(piece, str) and isinstance(merged[-1], str):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    if len(merged) == 1:  # the same text on every line
+        return "\n".join(merged * count)
+    if not isinstance(merged[-1], str):
+        merged.append("")
+    first, middle, last = merged[0], merged[1:-1], merged[-1]
+    period = len(middle) + 1  # the middle pieces, then what ends a line and starts the next
+    parts: List[Optional[str]] = [None] * (period * count)
+    for j, piece in enumerate(middle):
+        parts[j::period] = piece if isinstance(piece, list) else [piece] * count
+    parts[period - 1::period] = [last + "\n" + first] * count
+    parts[-1] = last
+    return first + "".join(parts)
+
+
+def output_pieces(outputs: Mapping[str, np.ndarray]) -> List[Piece]:
+    """The pieces (interleave) of one model's outputs as a JSON object per row: '{"a":..,"b":..}'."""
+    pieces: List[Piece] = ["{"]
+    for j, name in enumerate(sorted(name for name in outputs if name != PREDICTION_LOG)):
+        parts = column_parts(outputs[name])
+        if parts is None:  # strings, NaN, inf: value by value
+            parts = "", [_dumps(to_json_value(v)) for v in outputs[name]], ""
+        opening, values, closing = parts
+        pieces += [("," if j else "") + _dumps(name) + ":" + opening, values, closing]
+    pieces.append("}")
+    return pieces
 
 
 def output_fragments(outputs: Mapping[str, np.ndarray]) -> List[str]:
     """The JSON object text of each row of one model's columnar outputs: '{"a":..,"b":..}'."""
-    names = sorted(name for name in outputs if name != PREDICTION_LOG)
-    columns = []
-    for name in names:
-        fragments = column_fragments(outputs[name])
-        if fragments is None:  # strings, NaN, inf: value by value (transforms.records.rows)
-            fragments = [orjson.dumps(to_json_value(v)).decode() for v in outputs[name]]
-        columns.append(fragments)
-    labels = [orjson.dumps(name).decode() + ":" for name in names]
-    if len(names) == 1:
-        label = "{" + labels[0]
-        return [label + value + "}" for value in columns[0]]
-    return ["{" + ",".join(label + value for label, value in zip(labels, row)) + "}"
-            for row in zip(*columns)]
+    count = len(next(iter(outputs.values()))) if outputs else 0
+    return interleave(output_pieces(outputs), count).split("\n") if count else []
 
 
 def key_fragments(keys) -> List[str]:
@@ -153,23 +193,47 @@ def _model_column(label: str, result: ModelResult, positions: List[int]) -> List
     return [by_position.get(i) for i in positions]
 
 
+def rows_block(keys: Sequence[str], models: Mapping[str, ModelResult], records: Sequence[bytes] = (),
+               passthrough: Sequence[str] = (), scalars: Optional[Mapping[str, Optional[bool]]] = None,
+               row_per_model: bool = False, sources: Optional[Sequence[dict]] = None) -> Tuple[str, int]:
+    """(JSON Lines text, number of lines) for the chunk positions covered by at least one model,
+    in position order. models maps model name -> ModelResult (chunk positions, columnar outputs),
+    in graph order.
+
+    When every model has outputs for every covered position (all but failing chunks), the text
+    is built column by column (interleave): no per-row Python.
+    """
+    positions = covered_positions(models, len(keys))
+    if not positions:
+        return "", 0
+    if row_per_model or any(result.indices != positions for result in models.values()):
+        lines = _rows_by_position(keys, models, positions, records, passthrough, scalars, row_per_model, sources)
+        return "\n".join(lines), len(lines)
+    everyone = len(positions) == len(keys)
+    pieces: List[Piece] = ["{" + _dumps(KEY_FIELD) + ':"',
+                           key_fragments(keys if everyone else [keys[i] for i in positions]), '",']
+    for j, (name, result) in enumerate(models.items()):
+        pieces += [("," if j else "") + _dumps(name) + ":"] + output_pieces(result.outputs)
+    if sources is not None:
+        pieces += ["," + _dumps(SOURCE_FIELD) + ":", [_dumps(sources[i]) for i in positions]]
+    if passthrough:
+        pieces += ["," + _dumps(INPUTS_FIELD) + ":", passthrough_fragments(
+            [records[i] for i in positions], passthrough, scalars or {})]
+    pieces.append("}")
+    return interleave(pieces, len(positions)), len(positions)
+
+
 def rows_text(keys: Sequence[str], models: Mapping[str, ModelResult], records: Sequence[bytes] = (),
               passthrough: Sequence[str] = (), scalars: Optional[Mapping[str, Optional[bool]]] = None,
               row_per_model: bool = False, sources: Optional[Sequence[dict]] = None) -> List[str]:
-    """JSON lines for the chunk positions covered by at least one model, in position order.
+    """The lines of rows_block."""
+    text, count = rows_block(keys, models, records, passthrough, scalars, row_per_model, sources)
+    return text.split("\n") if count else []
 
-    models maps model name -> ModelResult (chunk positions, columnar outputs), in graph order.
-    """
-    positions = covered_positions(models, len(keys))
+
+def _rows_by_position(keys, models, positions, records, passthrough, scalars, row_per_model, sources) -> List[str]:
+    """Rows of a chunk some model scored only part of, or one row per (key, model): row by row."""
     key_label = "{" + _dumps(KEY_FIELD) + ':"'
-    if len(models) == 1 and not passthrough and sources is None and not row_per_model:
-        # the common case in one pass: one model that scored every record, nothing else in the row
-        ((name, result),) = models.items()
-        if result.indices == positions:
-            middle = '",' + _dumps(name) + ":"
-            return [key_label + k + middle + f + "}" for k, f in zip(
-                key_fragments(keys if len(positions) == len(keys) else [keys[i] for i in positions]),
-                output_fragments(result.outputs))]
     head = [key_label + k + '",' for k in key_fragments([keys[i] for i in positions])]
     tails = ["}"] * len(positions)
     if passthrough:
@@ -194,6 +258,7 @@ def rows_text(keys: Sequence[str], models: Mapping[str, ModelResult], records: S
     return [start + body + end for start, body, end in zip(head, bodies, tails)]
 
 
-def rows_from_lines(lines: Sequence[str]) -> List[dict]:
-    """Row dicts, for sinks that take rows (BigQuery): exactly what the JSON Lines hold."""
-    return [orjson.loads(line) for line in lines]
+def rows_from_block(text: str, count: int) -> List[dict]:
+    """The row dicts of rows_block's (text, count), for sinks that take rows (BigQuery, Pub/Sub):
+    exactly what the JSON Lines hold."""
+    return [orjson.loads(line) for line in text.split("\n")] if count else []

@@ -23,11 +23,11 @@ from models.serving_model import ServingModel
 from transforms.graph.model import ModelGraph, parallel_graph
 from transforms.records.chunk import DEFAULT_CHUNK_SIZE, PREDICTION_LOG, RecordChunk, ScoredChunk
 from transforms.records.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, WithDeadLetters, dead_letter
-from transforms.records.rows import rows_from_lines, rows_text
+from transforms.records.rows import rows_block, rows_from_block
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.runtime.gpu import GpuSettings
 from transforms.scoring.engines import DEFAULT_ENGINE, BatchCall, batch_calls, take_load_times
-from transforms.scoring.executor import score_chunk
+from transforms.scoring.executor import chunk_keys, score_chunk
 
 CallLog = List[Tuple[str, int, float, bool]]
 
@@ -81,11 +81,11 @@ class ScoreChunksFn(AccountedDoFn):
         if self._pipelined:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="score-chunks")
 
-    def score(self, chunk: RecordChunk) -> Tuple[ScoredChunk, CallLog]:
+    def score(self, chunk: RecordChunk, keys: Union[List[str], None, str] = "read") -> Tuple[ScoredChunk, CallLog]:
         """score_chunk with this DoFn's models; safe on any thread (touches no metrics)."""
         log: CallLog = []
         calls = {name: timed(name, call, log) for name, call in self._calls.items()}
-        return score_chunk(self._graph, calls, chunk, self._key_feature), log
+        return score_chunk(self._graph, calls, chunk, self._key_feature, keys), log
 
     def account(self, scored: ScoredChunk, log: CallLog) -> None:
         """Reports a scored chunk (on the bundle's thread), and the model loads not yet reported."""
@@ -112,7 +112,9 @@ class ScoreChunksFn(AccountedDoFn):
             yield from self._results(*self.score(chunk))
             return
         previous = self._pending
-        self._pending = (self._executor.submit(self.score, chunk), timestamp, window)
+        # the keys are read here while the helper thread runs the models on the chunk before
+        keys = chunk_keys(chunk, self._key_feature)
+        self._pending = (self._executor.submit(self.score, chunk, keys), timestamp, window)
         if previous is not None:
             yield from self._windowed_results(*previous)
 
@@ -141,11 +143,11 @@ class ScoreChunksFn(AccountedDoFn):
 
 
 def format_rows(graph: ModelGraph, scored: ScoredChunk, row_per_model: bool = False,
-                with_source: bool = False, scalars: Optional[Dict[str, Optional[bool]]] = None) -> List[str]:
-    """The JSON lines of a scored chunk's prediction rows (transforms.records.rows)."""
-    return rows_text(scored.keys, scored.models, scored.records, graph.passthrough,
-                     graph.passthrough_scalars() if scalars is None else scalars, row_per_model,
-                     scored.sources if with_source else None)
+                with_source: bool = False, scalars: Optional[Dict[str, Optional[bool]]] = None) -> Tuple[str, int]:
+    """(JSON Lines text, number of lines) of a scored chunk's prediction rows (transforms.records.rows)."""
+    return rows_block(scored.keys, scored.models, scored.records, graph.passthrough,
+                      graph.passthrough_scalars() if scalars is None else scalars, row_per_model,
+                      scored.sources if with_source else None)
 
 
 def unformattable_dead_letters(scored: ScoredChunk, error: BaseException) -> List[Dict[str, Any]]:
@@ -170,7 +172,7 @@ class FormatRowsFn(AccountedDoFn):
 
     def process(self, scored: ScoredChunk):
         try:
-            lines = format_rows(self._graph, scored, self._row_per_model, self._with_source, self._scalars)
+            text, count = format_rows(self._graph, scored, self._row_per_model, self._with_source, self._scalars)
         except Exception as e:  # pylint: disable=broad-except  # each row of the chunk is accounted for
             dead = unformattable_dead_letters(scored, e)
             self._accounting.dead_letters(dead)
@@ -178,11 +180,11 @@ class FormatRowsFn(AccountedDoFn):
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)
             return
         # conservation counts records: with row_per_model a record has one line per model
-        self._accounting.predictions(len(scored.row_positions()) if self._row_per_model else len(lines))
+        self._accounting.predictions(len(scored.row_positions()) if self._row_per_model else count)
         if self._as_dicts:
-            yield from rows_from_lines(lines)
-        elif lines:
-            yield "\n".join(lines)
+            yield from rows_from_block(text, count)
+        elif count:
+            yield text
 
 
 class FormatPredictionLogsFn(AccountedDoFn):

@@ -29,6 +29,7 @@ from models.prediction_log import log_column, predict_log
 from models.serving_results import (CLASSES, CLASSIFY, OUTPUTS, REGRESS, SCORES, classify_log, method_columns,
                                     regress_log)
 from transforms.records.chunk import PREDICTION_LOG
+from transforms.records.serialized import string_tensor
 
 if TYPE_CHECKING:
     from transforms.graph.model import ModelGraph
@@ -76,7 +77,6 @@ class FastSignatureCall(_SignatureColumns):
     def __init__(self, path: str, signature: str, keep_logs: bool = False):
         import tensorflow as tf
 
-        self._tf = tf
         self.path = path
         self.signature = signature
         self._keep_logs = keep_logs
@@ -89,7 +89,7 @@ class FastSignatureCall(_SignatureColumns):
         self.method = serving_meta_graph(path).signature_def[signature].method_name
 
     def __call__(self, serialized: Sequence[bytes]) -> Dict[str, np.ndarray]:
-        outputs = self._fn(**{self.input_name: self._tf.constant(list(serialized), self._tf.string)})
+        outputs = self._fn(**{self.input_name: string_tensor(serialized)})
         return self._columns(serialized, {name: value.numpy() for name, value in outputs.items()})
 
 

@@ -20,7 +20,7 @@ every model that succeeded on it (a partial row). Every dead letter carries the 
 key, its original bytes and its source (transforms.records.dead_letters).
 """
 
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -145,13 +145,21 @@ def postprocess_result(model: str, steps: Sequence[Any], result: ModelResult, le
     return ModelResult([result.indices[r] for r in rows], outputs) if rows else None
 
 
+def chunk_keys(chunk: RecordChunk, key_feature: Optional[str]) -> Optional[List[str]]:
+    """The chunk's final keys read all at once (its own keys without a key feature), or None when
+    some record needs the per-record path."""
+    return keys_by_feature(chunk.records, key_feature) if key_feature else list(chunk.keys)
+
+
 def score_chunk(graph: ModelGraph, calls: Mapping[str, BatchCall], chunk: RecordChunk,
-                key_feature: Optional[str] = None) -> ScoredChunk:
+                key_feature: Optional[str] = None, keys: Union[List[str], None, str] = "read") -> ScoredChunk:
     """Every model of the graph on one chunk; calls maps model name -> batch call.
 
     key_feature: read each record's key from this feature (bytes or int64) instead of chunk.keys.
+    keys: chunk_keys(chunk, key_feature) when the caller has read them already (on another thread).
     """
-    keys = keys_by_feature(chunk.records, key_feature) if key_feature else list(chunk.keys)
+    if keys == "read":
+        keys = chunk_keys(chunk, key_feature)
     results = None
     if keys is not None:
         try:
@@ -167,4 +175,4 @@ def score_chunk(graph: ModelGraph, calls: Mapping[str, BatchCall], chunk: Record
             done = postprocess_result(node.name, node.postprocess, results[node.name], letters)
             if done is not None:
                 finished[node.name] = done
-    return ScoredChunk(letters.keys, list(chunk.records), finished, letters.rows, chunk.sources)
+    return ScoredChunk(letters.keys, chunk.records, finished, letters.rows, chunk.sources)

@@ -25,7 +25,7 @@ from apache_beam.ml.inference import base
 from models.serving_model import ServingModel
 from transforms.graph.model import ModelGraph
 from transforms.records.chunk import DEFAULT_CHUNK_SIZE, RecordChunk
-from transforms.records.rows import KEY_FIELD, rows_from_lines
+from transforms.records.rows import KEY_FIELD, rows_from_block
 from transforms.runtime.gpu import GpuSettings
 from transforms.scoring.beam import as_graph, format_rows
 from transforms.scoring.engines import BatchCall, batch_calls
@@ -61,7 +61,7 @@ class ChunkModelHandler(base.ModelHandler):
         label = "+".join(self._graph.names)
         results: List[Tuple[str, base.PredictionResult]] = []
         positions = scored.row_positions()
-        for position, row in zip(positions, rows_from_lines(format_rows(self._graph, scored))):
+        for position, row in zip(positions, rows_from_block(*format_rows(self._graph, scored))):
             key = row.pop(KEY_FIELD)
             results.append((key, base.PredictionResult(scored.records[position], row, label)))
         for dead in scored.dead:

@@ -19,7 +19,7 @@ from models.feature_spec import Feature
 from transforms.graph.model import ModelGraph
 from transforms.records.chunk import RecordChunk
 from transforms.records.dead_letters import DEAD_LETTER_TAG, WithDeadLetters
-from transforms.records.rows import KEY_FIELD, MODEL_VERSIONS_FIELD, rows_from_lines
+from transforms.records.rows import KEY_FIELD, MODEL_VERSIONS_FIELD, rows_from_block
 from transforms.runtime.gpu import GpuSettings
 from transforms.scoring.beam import ScoreChunksFn, format_rows, unformattable_dead_letters
 from transforms.scoring.engines import batch_calls
@@ -74,14 +74,14 @@ class ScoreMessageBatchFn(ScoreChunksFn):
         self._accounting.publish_to_result(r.published_at for r in records.values())
         yield from self._dead_letters(scored.dead, records)
         try:
-            lines = format_rows(self._graph, scored, with_source=self._with_source, scalars=self._scalars)
+            text, count = format_rows(self._graph, scored, with_source=self._with_source, scalars=self._scalars)
         except Exception as e:  # pylint: disable=broad-except  # each message is accounted for
             dead = unformattable_dead_letters(scored, e)
             self._accounting.dead_letters(dead)
             yield from self._dead_letters(dead, records)
             return
-        self._accounting.predictions(len(lines))
-        for row in rows_from_lines(lines):
+        self._accounting.predictions(count)
+        for row in rows_from_block(text, count):
             record = records[row[KEY_FIELD]]
             row[KEY_FIELD] = record.key
             if versions is not None:

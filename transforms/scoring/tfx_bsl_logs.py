@@ -21,7 +21,7 @@ import numpy as np
 from models.prediction_log import outputs_from_log
 from transforms.records.chunk import DEFAULT_CHUNK_SIZE, ModelResult, RecordChunk
 from transforms.records.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, WithDeadLetters
-from transforms.records.rows import rows_from_lines, rows_text
+from transforms.records.rows import rows_block, rows_from_block
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.scoring.executor import ChunkDeadLetters, postprocess_result
 
@@ -51,7 +51,7 @@ def logs_to_rows(model: str, keys: Sequence[str], logs: Sequence[Any], steps: Se
         indices = sorted(decoded)
         result = postprocess_result(model, steps, ModelResult(indices, {
             name: np.stack([decoded[i][name] for i in indices]) for name in reference}), letters)
-    rows = rows_from_lines(rows_text(chunk.keys, {model: result})) if result is not None else []
+    rows = rows_from_block(*rows_block(chunk.keys, {model: result})) if result is not None else []
     return rows, letters.rows
 
 
