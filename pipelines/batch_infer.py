@@ -40,7 +40,7 @@ from pipelines.options import BatchInferOptions, OptionsError, StreamInferOption
 from pipelines.input_sample import job_sample_problem
 from pipelines.output_paths import output_path_problems
 from pipelines.runners import LocalRunner, is_local, keep_main_session, local_runner, pinned_runner, runner_name
-from transforms.graph.model import GraphError
+from transforms.graph.model import GraphError, feature_types
 from transforms.runtime import metrics
 from transforms.runtime.accounting import (MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, MODELS_LOADED,
                                           SCORING_PROCESSES, UNREADABLE_BYTES, UNREADABLE_REGIONS)
@@ -50,12 +50,14 @@ from transforms.sinks.bigquery import WritePredictionRows
 from transforms.sinks.bigquery_schema import SchemaError
 from transforms.sinks.examples import FormatExamplesFn, WriteExamples
 from transforms.sinks.files import WriteJsonLines, WritePredictionLogs
+from transforms.sinks.parquet import WriteParquetRows
 from transforms.sources.files import NoInputFilesError
 
 
 def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
-    """read chunks -> score every model on each chunk -> rows (or PredictionLogs) -> sinks; the
-    dead letters of every stage -> the dead-letter sink. The one path of every batch job."""
+    """read chunks -> score every model on each chunk -> rows (JSON Lines, Parquet, BigQuery),
+    PredictionLogs or examples -> sinks; the dead letters of every stage -> the dead-letter sink.
+    The one path of every batch job."""
     chunks, unreadable = read_chunks(p, job)
     scored, unscored = chunks | "Score" >> ScoreChunks(
         job.graph, job.scoring_key_feature, job.gpu, keep_logs=job.writes_prediction_logs)
@@ -68,6 +70,9 @@ def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
         (scored
          | "ToExamples" >> beam.ParDo(FormatExamplesFn(dict(job.output_features)))
          | "WriteExamples" >> WriteExamples(job.output, job.num_shards, job.output_compression))
+    elif job.output_format == "parquet":
+        dead.append(scored | "WritePredictions" >> WriteParquetRows(
+            job.graph, job.output, job.num_shards, job.with_source, feature_types(job.graph)))
     else:
         to_table = bool(job.bigquery.output_table)
         rows, unformatted = scored | "ToRows" >> FormatRows(

@@ -85,8 +85,8 @@ class BatchJob:
         """Where the predictions go: the table, or the output files' pattern."""
         if self.bigquery.output_table:
             return self.bigquery.output_table
-        ext = {"tfrecord": "tfrecord", "examples": "tfrecord.gz" if self.output_compression == "gzip"
-               else "tfrecord"}.get(self.output_format, "jsonl")
+        ext = {"tfrecord": "tfrecord", "parquet": "parquet", "examples": "tfrecord.gz"
+               if self.output_compression == "gzip" else "tfrecord"}.get(self.output_format, "jsonl")
         return f"{self.output}-*.{ext}"
 
 

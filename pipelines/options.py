@@ -53,7 +53,8 @@ class BatchInferOptions(PipelineOptions):
                             help="feature (TFRecord) or field (JSON/CSV, then removed from the features) "
                                  "holding each record's key (default: file:index, or file:line for JSON/CSV)")
         parser.add_argument("--output_format", default="jsonl",
-                            help=f"one of {', '.join(OUTPUT_FORMATS)}: prediction rows, PredictionLogs "
+                            help=f"one of {', '.join(OUTPUT_FORMATS)}: prediction rows as JSON Lines or "
+                                 "Parquet (a column per model; schema from the signatures), PredictionLogs "
                                  "(TFRecord), or each input tf.Example with outputs added as features "
                                  "(TFRecord, TFX BulkInferrer's examples output)")
         parser.add_argument("--output_features", default=None,
@@ -245,6 +246,8 @@ def bigquery_problems(opts: BatchInferOptions) -> list:
         problems.append("give --output or --output_table, not both")
     if opts.output_table and opts.row_per_model:
         problems.append("--row_per_model writes files; a BigQuery table holds one row per key")
+    if opts.output_format == "parquet" and opts.row_per_model:
+        problems.append("--row_per_model writes jsonl; a Parquet file holds one row per key, a column per model")
     if (opts.output_features or opts.output_compression) and opts.output_format != "examples":
         problems.append("--output_features/--output_compression apply to --output_format examples")
     if opts.output_compression not in (None, "gzip"):

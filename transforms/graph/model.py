@@ -257,3 +257,9 @@ def record_spec(graph: ModelGraph) -> Tuple[Feature, ...]:
             if seen.default is not None and feature.default is None:
                 features[feature.name] = feature  # required by one model: required for the record
     return tuple(features.values())
+
+
+def feature_types(graph: ModelGraph) -> Dict[str, Tuple[str, Optional[int]]]:
+    """feature -> (storage dtype, values per record; None when variable) of the record spec: the
+    types of passthrough columns in sinks with a schema."""
+    return {f.name: (f.dtype, None if f.varlen else f.size) for f in record_spec(graph)}

@@ -14,7 +14,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 
-from transforms.graph.model import ModelGraph, record_spec
+from transforms.graph.model import ModelGraph, feature_types
 from transforms.records.dead_letters import WRITE, dead_letter
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.sinks.bigquery_schema import fit_record, prediction_schema
@@ -84,7 +84,7 @@ def WritePredictionRows(rows, graph: ModelGraph, table: str, method: str = STREA
     returns the dead letters (stage write) of the rows BigQuery refused. Batch and stream jobs
     write predictions through this one transform. with_versions: rows name their models' versions
     (a refreshed stream)."""
-    spec = {f.name: (f.dtype, None if f.varlen else f.size) for f in record_spec(graph)}
+    spec = feature_types(graph)
     refused = rows | "Write" >> WriteRowsToBigQuery(
         table, prediction_schema(graph, spec, with_source, with_versions), method, project, temp_location)
     return refused | "RefusedRows" >> beam.ParDo(RefusedRowsFn())

@@ -8,17 +8,16 @@ UTF-8 as base64 text). Per-example shape [] is a NULLABLE column; [k] is REPEATE
 REPEATED too, flattened in row-major order (BigQuery has no arrays of arrays), with the shape in
 the column's description.
 
-The types are found by running each model's post-processing on one all-zero output row built
-from the SignatureDef's dtypes and shapes, so classify/regress/keep steps and user functions are
-covered without a model call.
+The types come from transforms.sinks.output_columns (each model's post-processing run on
+all-zero outputs built from the SignatureDef), as Parquet's do.
 """
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from transforms.sinks.output_columns import SchemaError, output_columns  # noqa: F401  (SchemaError re-exported)
 from transforms.graph.model import ModelGraph
-from transforms.graph.postprocessors import apply_steps
 from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, MODEL_VERSIONS_FIELD, SOURCE_FIELD
 
 SOURCE_SCHEMA = {"name": SOURCE_FIELD, "type": "RECORD", "mode": "NULLABLE", "fields": [
@@ -43,10 +42,6 @@ DEAD_LETTER_SCHEMA = {"fields": [
 _FEATURE_TYPES = {"float32": "FLOAT64", "int64": "INT64", "string": "STRING"}
 
 
-class SchemaError(ValueError):
-    """Outputs that cannot be given a BigQuery column."""
-
-
 def bigquery_type(dtype: np.dtype) -> str:
     kind = np.dtype(dtype).kind
     if kind == "f":
@@ -67,28 +62,10 @@ def column(name: str, dtype: np.dtype, shape: Tuple[int, ...]) -> Dict[str, Any]
     return field
 
 
-def _zero_outputs(model) -> Dict[str, np.ndarray]:
-    outputs = {}
-    for name, dtype, shape in model.output_specs:
-        if shape is None:
-            raise SchemaError(f"model {model.name!r}: output {name!r} has an unknown rank; "
-                              "BigQuery needs a fixed column shape")
-        dims = tuple(1 if d < 0 else d for d in shape[1:])  # shape[0] is the batch
-        outputs[name] = np.zeros((1,) + dims, dtype=object if dtype == "string" else dtype)
-    return outputs
-
-
 def model_record(node) -> Dict[str, Any]:
     """The RECORD column of one model's (post-processed) outputs."""
-    try:
-        outputs = apply_steps(node.postprocess, _zero_outputs(node.model))
-    except SchemaError:
-        raise
-    except Exception as e:  # pylint: disable=broad-except  # a user step that rejects zeros
-        raise SchemaError(f"model {node.name!r}: cannot derive the BigQuery columns of its "
-                          f"post-processed outputs ({type(e).__name__}: {e})") from e
-    fields = [column(name, np.asarray(value).dtype, np.asarray(value).shape[1:])
-              for name, value in sorted(outputs.items())]
+    fields = [column(name, dtype, tuple(1 if d is None else d for d in shape))
+              for name, dtype, shape in output_columns(node, "BigQuery")]
     return {"name": node.name, "type": "RECORD", "mode": "NULLABLE", "fields": fields}
 
 

@@ -5,7 +5,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from transforms.records.rows import to_json_line
 
-OUTPUT_FORMATS = ("jsonl", "tfrecord", "examples")  # rows, PredictionLogs, inputs + outputs
+OUTPUT_FORMATS = ("jsonl", "parquet", "tfrecord", "examples")  # rows (2), PredictionLogs, inputs + outputs
 
 
 @beam.ptransform_fn
