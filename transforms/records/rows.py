@@ -98,15 +98,6 @@ def column_parts(column: np.ndarray) -> Optional[Tuple[str, List[str], str]]:
     return opening, text[depth + 1:-(depth + 1)].split(closing + "," + opening), closing
 
 
-def column_fragments(column: np.ndarray) -> Optional[List[str]]:
-    """Per-row JSON of a [n, ...] numeric column, or None when it needs the per-row path."""
-    parts = column_parts(column)
-    if parts is None:
-        return None
-    opening, values, closing = parts
-    return [opening + v + closing for v in values] if opening else values
-
-
 Piece = Union[str, List[str]]
 
 

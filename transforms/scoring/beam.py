@@ -13,7 +13,7 @@ can reject a record returns WithDeadLetters(main, dead_letters).
 
 import concurrent.futures
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
@@ -27,7 +27,7 @@ from transforms.records.rows import rows_block, rows_from_block
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.runtime.gpu import GpuSettings
 from transforms.scoring.engines import DEFAULT_ENGINE, BatchCall, batch_calls, take_load_times
-from transforms.scoring.executor import chunk_keys, score_chunk
+from transforms.scoring.executor import READ_KEYS, chunk_keys, score_chunk
 
 CallLog = List[Tuple[str, int, float, bool]]
 
@@ -57,10 +57,11 @@ class ScoreChunksFn(AccountedDoFn):
     """RecordChunk -> ScoredChunk, and its dead letters (tagged DEAD_LETTER_TAG).
 
     Models load once per process (transforms.scoring.engines), after `gpu` is applied. With
-    pipelined (batch jobs), chunk n is scored on a helper thread while chunk n-1's results go
-    downstream; formatting and writing are fused into this stage and run on the bundle's thread,
-    and TensorFlow releases the GIL, so the model and the Python around it overlap. At most two
-    chunks are in flight. Streams use pipelined=False, so a batch is not held to the bundle's end.
+    pipelined (batch jobs), chunk n's keys are read on the bundle's thread and its models run on a
+    helper thread while chunk n-1's results go downstream; formatting and writing are fused into
+    this stage and run on the bundle's thread, and TensorFlow releases the GIL, so the model and
+    the Python around it overlap (a second helper thread measured no faster on 2 cores). At most
+    two chunks are in flight. Streams use pipelined=False, so a batch is not held to the bundle's end.
     """
 
     def __init__(self, graph: ModelGraph, key_feature: Optional[str] = None,
@@ -81,7 +82,7 @@ class ScoreChunksFn(AccountedDoFn):
         if self._pipelined:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="score-chunks")
 
-    def score(self, chunk: RecordChunk, keys: Union[List[str], None, str] = "read") -> Tuple[ScoredChunk, CallLog]:
+    def score(self, chunk: RecordChunk, keys: Any = READ_KEYS) -> Tuple[ScoredChunk, CallLog]:
         """score_chunk with this DoFn's models; safe on any thread (touches no metrics)."""
         log: CallLog = []
         calls = {name: timed(name, call, log) for name, call in self._calls.items()}
@@ -157,10 +158,30 @@ def unformattable_dead_letters(scored: ScoredChunk, error: BaseException) -> Lis
             for i in scored.row_positions()]
 
 
-class FormatRowsFn(AccountedDoFn):
+class FormatChunkFn(AccountedDoFn):
+    """ScoredChunk -> what a sink writes of its prediction rows (format()); a chunk whose rows
+    cannot be formatted becomes dead letters (postprocess), one per row."""
+
+    def format(self, scored: ScoredChunk) -> Tuple[Iterable[Any], int]:
+        """(the elements to emit, the number of records they hold predictions for)."""
+        raise NotImplementedError
+
+    def process(self, scored: ScoredChunk):
+        try:
+            elements, predictions = self.format(scored)
+        except Exception as e:  # pylint: disable=broad-except  # each row of the chunk is accounted for
+            dead = unformattable_dead_letters(scored, e)
+            self._accounting.dead_letters(dead)
+            for row in dead:
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)
+            return
+        self._accounting.predictions(predictions)
+        yield from elements
+
+
+class FormatRowsFn(FormatChunkFn):
     """ScoredChunk -> its prediction rows: one text element of JSON lines per chunk (files), or
-    one dict per row (as_dicts: BigQuery, Pub/Sub, the keyed API). Rows that cannot be formatted
-    become dead letters (postprocess)."""
+    one dict per row (as_dicts: BigQuery, Pub/Sub, the keyed API)."""
 
     def __init__(self, graph: ModelGraph, row_per_model: bool = False, with_source: bool = False,
                  as_dicts: bool = False):
@@ -170,21 +191,13 @@ class FormatRowsFn(AccountedDoFn):
         self._as_dicts = as_dicts
         self._scalars = graph.passthrough_scalars()
 
-    def process(self, scored: ScoredChunk):
-        try:
-            text, count = format_rows(self._graph, scored, self._row_per_model, self._with_source, self._scalars)
-        except Exception as e:  # pylint: disable=broad-except  # each row of the chunk is accounted for
-            dead = unformattable_dead_letters(scored, e)
-            self._accounting.dead_letters(dead)
-            for row in dead:
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)
-            return
+    def format(self, scored: ScoredChunk) -> Tuple[Iterable[Any], int]:
+        text, count = format_rows(self._graph, scored, self._row_per_model, self._with_source, self._scalars)
         # conservation counts records: with row_per_model a record has one line per model
-        self._accounting.predictions(len(scored.row_positions()) if self._row_per_model else count)
+        predictions = len(scored.row_positions()) if self._row_per_model else count
         if self._as_dicts:
-            yield from rows_from_block(text, count)
-        elif count:
-            yield text
+            return rows_from_block(text, count), predictions
+        return ([text] if count else []), predictions
 
 
 class FormatPredictionLogsFn(AccountedDoFn):

@@ -20,7 +20,7 @@ every model that succeeded on it (a partial row). Every dead letter carries the 
 key, its original bytes and its source (transforms.records.dead_letters).
 """
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -151,14 +151,17 @@ def chunk_keys(chunk: RecordChunk, key_feature: Optional[str]) -> Optional[List[
     return keys_by_feature(chunk.records, key_feature) if key_feature else list(chunk.keys)
 
 
+READ_KEYS = object()  # score_chunk reads the chunk's keys itself
+
+
 def score_chunk(graph: ModelGraph, calls: Mapping[str, BatchCall], chunk: RecordChunk,
-                key_feature: Optional[str] = None, keys: Union[List[str], None, str] = "read") -> ScoredChunk:
+                key_feature: Optional[str] = None, keys: Any = READ_KEYS) -> ScoredChunk:
     """Every model of the graph on one chunk; calls maps model name -> batch call.
 
     key_feature: read each record's key from this feature (bytes or int64) instead of chunk.keys.
     keys: chunk_keys(chunk, key_feature) when the caller has read them already (on another thread).
     """
-    if keys == "read":
+    if keys is READ_KEYS:
         keys = chunk_keys(chunk, key_feature)
     results = None
     if keys is not None:

@@ -10,11 +10,12 @@ a dimension the signature leaves unknown is a variable-length list.
 
 Speed: a clean chunk's outputs go to Arrow without a per-row step (the arrays are wrapped, not
 copied; keys are one pa.array call). Only the optional inputs and source columns are built row
-by row. Files are written with row groups of ROW_GROUP_ROWS rows.
+by row. Files are written with row groups of ROW_GROUP_ROWS rows, snappy, without dictionary
+encoding.
 """
 
 import base64
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +28,7 @@ from transforms.graph.model import ModelGraph
 from transforms.records.chunk import ModelResult, ScoredChunk
 from transforms.records.dead_letters import DEAD_LETTER_TAG
 from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, SOURCE_FIELD, passthrough_value
-from transforms.runtime.accounting import AccountedDoFn
+from transforms.scoring.beam import FormatChunkFn
 from transforms.sinks.output_columns import SchemaError, Shape, output_columns
 
 ROW_GROUP_ROWS = 64 * 1024
@@ -163,9 +164,8 @@ def chunk_table(scored: ScoredChunk, schema: pa.Schema, passthrough: Sequence[st
     return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
 
-class FormatParquetFn(AccountedDoFn):
-    """ScoredChunk -> one Arrow table of its prediction rows; a chunk that cannot be converted
-    becomes dead letters (postprocess), one per row."""
+class FormatParquetFn(FormatChunkFn):
+    """ScoredChunk -> one Arrow table of its prediction rows."""
 
     def __init__(self, graph: ModelGraph, schema: pa.Schema, with_source: bool = False):
         self._graph = graph
@@ -173,20 +173,9 @@ class FormatParquetFn(AccountedDoFn):
         self._with_source = with_source
         self._scalars = graph.passthrough_scalars()
 
-    def process(self, scored: ScoredChunk):
-        from transforms.scoring.beam import unformattable_dead_letters
-
-        try:
-            table = chunk_table(scored, self._schema, self._graph.passthrough, self._scalars, self._with_source)
-        except Exception as e:  # pylint: disable=broad-except  # each row of the chunk is accounted for
-            dead = unformattable_dead_letters(scored, e)
-            self._accounting.dead_letters(dead)
-            for row in dead:
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)
-            return
-        self._accounting.predictions(table.num_rows)
-        if table.num_rows:
-            yield table
+    def format(self, scored: ScoredChunk) -> Tuple[Iterable[pa.Table], int]:
+        table = chunk_table(scored, self._schema, self._graph.passthrough, self._scalars, self._with_source)
+        return ([table] if table.num_rows else []), table.num_rows
 
 
 class _RowGroupWriter:
@@ -194,7 +183,9 @@ class _RowGroupWriter:
 
     def __init__(self, handle, schema: pa.Schema, codec: str, row_group_rows: int):
         self.handle = handle
-        self.writer = pq.ParquetWriter(handle, schema, compression=codec)
+        # no dictionary encoding: on unique keys and model scores it costs 6x the rest of the
+        # write (2.1 against 0.35 ms of CPU per 1,024 rows of model A) and makes larger files
+        self.writer = pq.ParquetWriter(handle, schema, compression=codec, use_dictionary=False)
         self.pending: List[pa.Table] = []
         self.rows = 0
         self.row_group_rows = row_group_rows

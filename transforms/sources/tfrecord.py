@@ -97,10 +97,9 @@ def _iter_counted_chunks(path: str, chunk_size: int) -> Iterator[Union[Tuple[int
     emitted = consumed = 0
     try:
         records_in_file = record_iterator(path, "GZIP" if is_gzip(path) else "")
-    except (tf.errors.OpError, OSError):  # a file system TensorFlow cannot read: the framing reader
-        records_in_file = iter(())
-        consumed = -1
-    while True:
+    except (tf.errors.OpError, OSError):  # a file system TensorFlow cannot read: all of it below
+        records_in_file = None
+    while records_in_file is not None:
         try:
             records = list(itertools.islice(records_in_file, chunk_size))
         except (tf.errors.OpError, OSError):  # corrupt or truncated data
