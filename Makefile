@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-stream bench-soak install clean bigquery-install bigquery-local pubsub-local
+.PHONY: demo test bench bench-gpu bench-stream bench-soak install clean bigquery-install bigquery-local pubsub-local
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ bench: $(STAMP)
 	$(PY) -m bench.run
 	$(PY) -m bench.workers
 	$(PY) -m bench.stream_latency
+
+# the batch job against raw TF on this machine's GPU, model B (a few minutes; exits 2 without a GPU)
+bench-gpu: $(STAMP)
+	$(PY) -m bench.gpu_check
 
 # publish -> result latency of stream_infer on the Pub/Sub emulator (needs the gcloud SDK's emulator)
 bench-stream: $(STAMP)

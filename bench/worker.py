@@ -5,7 +5,8 @@ raw-chunked (the same, batched as the fast engine batches: 1024 records and 512 
 tfx-bsl-beam (the pipeline people write by hand around tfx-bsl: ReadFromTFRecord ->
 tfx_bsl.public.beam.RunInference -> PredictionLogs as TFRecord, as TFX's BulkInferrer does),
 tfx-bsl or fast (the batch_infer pipeline end to end with that engine: TFRecord in, JSON Lines
-out), graph-x2 (the same model twice in parallel as a model graph, fast engine), or fast-2-workers
+out, --key_feature id), fast-parquet (fast, Parquet out), fast-gpu (fast with --gpu: GPU batch
+sizes and memory growth on the local runner), raw-gpu-batches (raw on those batch sizes), graph-x2 (the same model twice in parallel as a model graph, fast engine), or fast-2-workers
 (fast on two SDK worker processes: --direct_running_mode=multi_processing --direct_num_workers=2).
 Seconds are measured around the work only; peak RSS is this process's high-water mark (for
 fast-2-workers the launcher's only).
@@ -20,8 +21,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from bench.workloads import KEY_FEATURE  # noqa: E402  (the jobs read each record's key)
 
-def measure_raw(model_dir: str, pattern: str, chunk_bytes=None) -> dict:
+
+def measure_raw(model_dir: str, pattern: str, chunk_bytes=None, batch_size: int = 1024) -> dict:
     import tensorflow as tf
 
     from transforms.records.chunk import split_by_bytes
@@ -31,8 +34,8 @@ def measure_raw(model_dir: str, pattern: str, chunk_bytes=None) -> dict:
     for path in sorted(glob.glob(pattern)):
         with open(path, "rb") as f:
             records.extend(r.data for r in read_records(f))
-    batches = [tf.constant(part) for i in range(0, len(records), 1024)
-               for _, part in split_by_bytes(records[i:i + 1024], chunk_bytes or float("inf"))]
+    batches = [tf.constant(part) for i in range(0, len(records), batch_size)
+               for _, part in split_by_bytes(records[i:i + batch_size], chunk_bytes or float("inf"))]
     fn = tf.saved_model.load(model_dir).signatures["serving_default"]
     fn(examples=batches[0])  # trace and warm up outside the timing
     start = time.perf_counter()
@@ -77,13 +80,18 @@ def measure_pipeline(engine: str, model_dir: str, pattern: str, output: str) -> 
 
     if engine == "graph-x2":
         models = ["--model", f"first={model_dir}", "--model", f"second={model_dir}", "--engine", "fast"]
+    elif engine == "fast-gpu":  # the GPU settings of --gpu (batch sizes, memory growth) on the local runner
+        models = ["--model", model_dir, "--engine", "fast", "--gpu", "nvidia-local"]
+    elif engine == "fast-parquet":
+        models = ["--model", model_dir, "--engine", "fast", "--output_format", "parquet"]
     elif engine == "fast-2-workers":  # two SDK worker processes, chunks redistributed (bench.workers)
         models = ["--model", model_dir, "--engine", "fast", "--direct_running_mode=multi_processing",
                   "--direct_num_workers=2"]
     else:
         models = ["--model", model_dir, "--engine", engine]
     start = time.perf_counter()
-    _, counters = batch_infer.run(["--input", pattern, "--output", output] + models, save_main_session=False)
+    _, counters = batch_infer.run(["--input", pattern, "--output", output, "--key_feature", KEY_FEATURE] + models,
+                                  save_main_session=False)
     seconds = time.perf_counter() - start
     if counters.get("predictions_written", 0) != counters.get("records_read", -1):
         raise RuntimeError(f"lost records: {counters}")
@@ -98,6 +106,10 @@ def main(argv):
         from transforms.records.chunk import DEFAULT_CHUNK_BYTES
 
         result = measure_raw(model_dir, pattern, DEFAULT_CHUNK_BYTES)
+    elif mode == "raw-gpu-batches":  # raw TF on the batches a job with --gpu forms
+        from transforms.runtime.gpu import GPU_BATCH
+
+        result = measure_raw(model_dir, pattern, GPU_BATCH.max_batch_bytes, GPU_BATCH.max_batch_size)
     else:
         import io
         from contextlib import redirect_stdout

@@ -12,6 +12,8 @@ from typing import Callable, List
 import numpy as np
 
 SHARD_RECORDS = 125_000
+# every record carries a string key, and the jobs read it (--key_feature), as keyed jobs do
+KEY_FEATURE = "id"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +83,7 @@ def ensure_data(workload: Workload, root: str, records: int, tag: str = "") -> s
     from transforms.sources.framing import encode_record
 
     spec = spec_from_json(workload.feature_spec) if workload.feature_spec else None
-    directory = os.path.join(root, "data", f"{workload.name}{tag}-{records}")
+    directory = os.path.join(root, "data", f"{workload.name}{tag}-{records}-keyed")
     done = os.path.join(directory, "_SUCCESS")
     if not os.path.exists(done):
         os.makedirs(directory, exist_ok=True)
@@ -93,6 +95,8 @@ def ensure_data(workload: Workload, root: str, records: int, tag: str = "") -> s
             with open(path, "wb") as f:
                 for start in range(0, count, 10_000):
                     values = workload.make_values(rng, min(10_000, count - start))
-                    f.write(b"".join(encode_record(make_example(v, spec).SerializeToString()) for v in values))
+                    f.write(b"".join(encode_record(make_example(dict(v, **{KEY_FEATURE: f"{shard}-{start + i}"}),
+                                                                spec).SerializeToString())
+                                     for i, v in enumerate(values)))
         open(done, "w").close()
     return os.path.join(directory, "part-*.tfrecord")
