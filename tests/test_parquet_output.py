@@ -33,10 +33,13 @@ def penguin_records(n):
 def test_parquet_rows_hold_what_the_json_rows_hold(penguin_model, write_tfrecords, tmp_path):
     version_dir, _ = penguin_model
     records = penguin_records(300)
+    records[3] = make_example({"id": "p3", "island": 2, "measurements": [40.0, 15.0, 200.0, 4000.0],
+                               "note": [b"\xff\xfe", b"two"]}).SerializeToString()  # not UTF-8, two values
     records[7] = b"not a tf.Example"
     records[42] = make_example({"id": "p42", "island": 1}).SerializeToString()  # no measurements
     path = write_tfrecords("in.tfrecord", records)
-    common = ["--input", path, "--model", version_dir, "--key_feature", "id", "--with_source"]
+    common = ["--input", path, "--model", version_dir, "--key_feature", "id", "--with_source",
+              "--passthrough", "island,measurements,note"]
     batch_infer.run(common + ["--output", str(tmp_path / "j")], save_main_session=False)
     _, counters = batch_infer.run(common + ["--output", str(tmp_path / "p"), "--output_format", "parquet"],
                                   save_main_session=False)
@@ -57,6 +60,9 @@ def test_parquet_rows_hold_what_the_json_rows_hold(penguin_model, write_tfrecord
         assert np.float32(got["probabilities"]).tolist() == np.float32(expected["model"]["probabilities"]).tolist()
         assert got["species"] == expected["model"]["species"]
         assert {k: v for k, v in row["source"].items() if v is not None} == expected["source"]
+        assert row["inputs"]["island"] == expected["inputs"]["island"]
+        assert np.float32(row["inputs"]["measurements"]).tolist() == np.float32(expected["inputs"]["measurements"]).tolist()
+    assert {r["key"]: r["inputs"]["note"] for r in rows}["p3"] == '["//4=","two"]'  # JSON text of both values
 
 
 def test_a_graph_writes_a_struct_column_per_model(graph_models, write_tfrecords, tmp_path):

@@ -159,15 +159,20 @@ def _dumps(value) -> str:
 
 def passthrough_value(serialized: bytes, name: str, scalar: Optional[bool]):
     """A feature's value for the row: a scalar or a list (scalar=None: a single value is a scalar)."""
-    try:
-        values = feature_values(parse_example(serialized), name)
-    except RecordError:
-        return None
+    values = record_feature_values(serialized, name)
     if not values:
         return None
     if scalar or (scalar is None and len(values) == 1):
         values = values[0]
     return to_json_value(values)
+
+
+def record_feature_values(serialized: bytes, name: str) -> List[Any]:
+    """The feature's values in a serialized tf.Example ([] when it is absent or the record is not one)."""
+    try:
+        return feature_values(parse_example(serialized), name)
+    except RecordError:
+        return []
 
 
 def passthrough_fragments(records: Sequence[bytes], names: Sequence[str],

@@ -18,6 +18,7 @@ import base64
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import apache_beam as beam
@@ -27,7 +28,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from transforms.graph.model import ModelGraph
 from transforms.records.chunk import ModelResult, ScoredChunk
 from transforms.records.dead_letters import DEAD_LETTER_TAG
-from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, SOURCE_FIELD, passthrough_value
+from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, SOURCE_FIELD, record_feature_values
 from transforms.scoring.beam import FormatChunkFn
 from transforms.sinks.output_columns import SchemaError, Shape, output_columns
 
@@ -81,20 +82,23 @@ def parquet_schema(graph: ModelGraph, passthrough_types: Optional[Mapping[str, T
     return pa.schema(fields)
 
 
+def _text(value: Any) -> str:
+    """Text as it is; bytes as UTF-8 text, or base64 when they are not UTF-8 (as BigQuery gets them)."""
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode("ascii")
+
+
 def _texts(values: np.ndarray) -> pa.Array:
-    """Byte strings as Arrow text: UTF-8 as it is, anything else as base64."""
+    """A string output column as Arrow text (one conversion when every value is UTF-8)."""
     items = values.tolist()
     try:
         return pa.array(items, pa.string())
     except (pa.ArrowInvalid, UnicodeDecodeError):
-        out = []
-        for v in items:
-            v = v if isinstance(v, bytes) else str(v).encode("utf-8")
-            try:
-                out.append(v.decode("utf-8"))
-            except UnicodeDecodeError:
-                out.append(base64.b64encode(v).decode("ascii"))
-        return pa.array(out, pa.string())
+        return pa.array([_text(v) for v in items], pa.string())
 
 
 def column_array(column: np.ndarray, value_type: pa.DataType) -> pa.Array:
@@ -139,8 +143,20 @@ def _model_array(result: ModelResult, struct: pa.StructType, positions: List[int
     return array.take(pa.array([rows.get(p) for p in positions], pa.int64()))
 
 
+def feature_cell(values: List[Any], value_type: pa.DataType) -> Any:
+    """A passthrough feature's values for its column: a list column takes them all; a scalar
+    column its one value (several, in a string column: their JSON text; none: null)."""
+    item_type = value_type.value_type if pa.types.is_list(value_type) else value_type
+    values = [_text(v) if isinstance(v, bytes) or pa.types.is_string(item_type) else v for v in values]
+    if pa.types.is_list(value_type):
+        return values
+    if len(values) == 1:
+        return values[0]
+    return orjson.dumps(values).decode() if values and pa.types.is_string(value_type) else None
+
+
 def chunk_table(scored: ScoredChunk, schema: pa.Schema, passthrough: Sequence[str] = (),
-                scalars: Optional[Mapping[str, Optional[bool]]] = None, with_source: bool = False) -> pa.Table:
+                with_source: bool = False) -> pa.Table:
     """The Arrow table of a scored chunk's prediction rows (the chunk positions at least one model
     scored, in order), in the schema's columns."""
     positions = scored.row_positions()
@@ -153,10 +169,10 @@ def chunk_table(scored: ScoredChunk, schema: pa.Schema, passthrough: Sequence[st
         if field.name not in arrays and field.name not in (INPUTS_FIELD, SOURCE_FIELD):
             arrays[field.name] = pa.nulls(len(positions), field.type)  # a model that scored none of them
     if passthrough:
-        scalars = scalars or {}
+        inputs = schema.field(INPUTS_FIELD).type
         arrays[INPUTS_FIELD] = pa.array(
-            [{n: passthrough_value(scored.records[i], n, scalars.get(n)) for n in passthrough} for i in positions],
-            schema.field(INPUTS_FIELD).type)
+            [{n: feature_cell(record_feature_values(scored.records[i], n), inputs.field(n).type) for n in passthrough}
+             for i in positions], inputs)
     if with_source:
         sources = scored.sources
         arrays[SOURCE_FIELD] = pa.array([None if sources is None else dict(sources[i]) for i in positions],
@@ -171,10 +187,9 @@ class FormatParquetFn(FormatChunkFn):
         self._graph = graph
         self._schema = schema
         self._with_source = with_source
-        self._scalars = graph.passthrough_scalars()
 
     def format(self, scored: ScoredChunk) -> Tuple[Iterable[pa.Table], int]:
-        table = chunk_table(scored, self._schema, self._graph.passthrough, self._scalars, self._with_source)
+        table = chunk_table(scored, self._schema, self._graph.passthrough, self._with_source)
         return ([table] if table.num_rows else []), table.num_rows
 
 
