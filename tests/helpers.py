@@ -26,6 +26,14 @@ def write_tfrecord_file(path: str, records: Iterable[bytes], gzip: bool = False,
     return path
 
 
+def row_lines(*args, **kwargs) -> List[str]:
+    """The JSON lines of transforms.records.rows.rows_block(*args, **kwargs)."""
+    from transforms.records.rows import rows_block
+
+    text, count = rows_block(*args, **kwargs)
+    return text.split("\n") if count else []
+
+
 def read_jsonl(pattern: str) -> List[dict]:
     rows = []
     for path in sorted(glob.glob(pattern)):

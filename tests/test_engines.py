@@ -13,11 +13,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from models.examples import make_example
 from models.serving_model import load_serving_model
 from pipelines import batch_infer
-from tests.helpers import read_jsonl
+from tests.helpers import read_jsonl, row_lines
 from tests.test_batch_infer import expected_outputs, penguin_values
 from transforms.graph.model import parallel_graph
 from transforms.records.chunk import ModelResult, RecordChunk
-from transforms.records.rows import key_fragments, outputs_to_json, rows_text, to_json_line
+from transforms.records.rows import key_fragments, outputs_to_json, to_json_line
 from transforms.scoring.beam import ScoreRecords
 from transforms.scoring.engines import FastSignatureCall, load_batch_call
 from transforms.scoring.executor import score_chunk
@@ -177,7 +177,7 @@ def test_the_model_is_loaded_once_per_process(penguin_model):
 ])
 def test_chunk_text_equals_per_row_rows(outputs):
     keys = ["k0", 'quote"d', "k,2", "k%3", "ünï"]
-    chunk_lines = rows_text(keys, {"m%odel": ModelResult(list(range(5)), outputs)})
+    chunk_lines = row_lines(keys, {"m%odel": ModelResult(list(range(5)), outputs)})
     per_row = [to_json_line({"key": k, "m%odel": outputs_to_json({n: v[i] for n, v in outputs.items()})})
                for i, k in enumerate(keys)]
     assert [json.loads(line) for line in chunk_lines] == [json.loads(line) for line in per_row]

@@ -8,9 +8,10 @@ import tensorflow as tf
 
 from models.examples import make_example
 from models.feature_spec import Feature
+from tests.helpers import row_lines
 from transforms.graph.bridges import BridgeError, bridged_record
 from transforms.records.chunk import ModelResult
-from transforms.records.rows import outputs_to_json, rows_text
+from transforms.records.rows import outputs_to_json
 
 
 def test_a_bridged_record_keeps_the_original_features_and_replaces_same_named_ones():
@@ -50,7 +51,7 @@ def test_rows_of_a_partially_scored_chunk_equal_rows_built_value_by_value():
                                            "z": np.int64([1, 2, 3, 4])}),
         "labels": ModelResult([1, 3], {"label": np.asarray([b"x", "\xff".encode("latin-1")], object)}),
     }
-    lines = rows_text(keys, models)
+    lines = row_lines(keys, models)
     assert [json.loads(line) for line in lines] == [expected_row(k, models, i) for i, k in enumerate(keys)]
     assert json.loads(lines[2])["five"]["y"] == ["NaN"] and "labels" not in json.loads(lines[2])
 
@@ -60,7 +61,7 @@ def test_row_per_model_and_passthrough_rows():
     records = [make_example({"id": "first", "v": [1, 2]}).SerializeToString(), b"\x0a\xff"]
     models = {"m": ModelResult([0, 1], {"y": np.float32([1.5, 2.5])}),
               "n": ModelResult([1], {"y": np.float32([3.5])})}
-    lines = [json.loads(line) for line in rows_text(keys, models, records, ["id", "v"], {"id": True},
+    lines = [json.loads(line) for line in row_lines(keys, models, records, ["id", "v"], {"id": True},
                                                       row_per_model=True)]
     assert lines == [
         {"key": "a", "model": "m", "outputs": {"y": 1.5}, "inputs": {"id": "first", "v": [1, 2]}},
@@ -71,7 +72,7 @@ def test_row_per_model_and_passthrough_rows():
 def test_one_model_that_scored_part_of_a_chunk_keys_each_row_by_its_own_record():
     keys = ["a", "b", "c", "d", "e"]
     models = {"m": ModelResult([0, 2, 3], {"y": np.float32([[1.0], [3.0], [4.0]])})}
-    rows = [json.loads(line) for line in rows_text(keys, models)]
+    rows = [json.loads(line) for line in row_lines(keys, models)]
     assert rows == [{"key": "a", "m": {"y": [1.0]}}, {"key": "c", "m": {"y": [3.0]}}, {"key": "d", "m": {"y": [4.0]}}]
     everyone = {"m": ModelResult([0, 1, 2, 3, 4], {"y": np.float32([[i] for i in range(5)])})}
-    assert [json.loads(line)["key"] for line in rows_text(keys, everyone)] == keys
+    assert [json.loads(line)["key"] for line in row_lines(keys, everyone)] == keys

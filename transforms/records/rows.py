@@ -219,14 +219,6 @@ def rows_block(keys: Sequence[str], models: Mapping[str, ModelResult], records: 
     return interleave(pieces, len(positions)), len(positions)
 
 
-def rows_text(keys: Sequence[str], models: Mapping[str, ModelResult], records: Sequence[bytes] = (),
-              passthrough: Sequence[str] = (), scalars: Optional[Mapping[str, Optional[bool]]] = None,
-              row_per_model: bool = False, sources: Optional[Sequence[dict]] = None) -> List[str]:
-    """The lines of rows_block."""
-    text, count = rows_block(keys, models, records, passthrough, scalars, row_per_model, sources)
-    return text.split("\n") if count else []
-
-
 def _rows_by_position(keys, models, positions, records, passthrough, scalars, row_per_model, sources) -> List[str]:
     """Rows of a chunk some model scored only part of, or one row per (key, model): row by row."""
     key_label = "{" + _dumps(KEY_FIELD) + ':"'
