@@ -1,5 +1,5 @@
-"""The columnar hot path, without a pipeline: chunks held as one string tensor, keys read for the
-whole chunk, and a chunk's JSON Lines built column by column."""
+"""The columnar hot path, without a pipeline: a chunk's records converted once to one string
+tensor, keys read for the whole chunk, and a chunk's JSON Lines built column by column."""
 
 import json
 import pickle
@@ -7,7 +7,6 @@ import random
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from models.examples import make_example
 from transforms.records.chunk import ModelResult, split_by_bytes
@@ -21,11 +20,12 @@ def examples(n, key=lambda i: f"k{i}"):
     return [make_example({"id": key(i), "x": [float(i)] * (1 + i % 3)}).SerializeToString() for i in range(n)]
 
 
-def test_serialized_records_keep_their_tensor_and_read_as_bytes():
+def test_serialized_records_build_their_tensor_once_and_read_as_bytes():
     records = examples(7)
-    tensor = tf.constant(records)
-    chunk = SerializedRecords(tensor)
-    assert string_tensor(chunk) is tensor  # the model and the key parse share it, no copy
+    chunk = SerializedRecords(records)
+    tensor = string_tensor(chunk)
+    assert string_tensor(chunk) is tensor  # the key parse and every model call share it, no copy
+    assert tensor.numpy().tolist() == records
     assert len(chunk) == 7 and chunk[3] == records[3] and list(chunk) == records
     assert chunk.byte_lengths().tolist() == [len(r) for r in records]
     assert list(chunk.sliced(2, 5)) == records[2:5]
@@ -33,10 +33,10 @@ def test_serialized_records_keep_their_tensor_and_read_as_bytes():
     assert list(copied) == records and string_tensor(copied).numpy().tolist() == records
 
 
-def test_chunks_cut_by_bytes_stay_tensors_and_cover_every_record():
+def test_chunks_cut_by_bytes_stay_serialized_records_and_cover_every_record():
     records = examples(50)
     limit = sum(map(len, records)) // 4
-    parts = list(split_by_bytes(SerializedRecords(tf.constant(records)), limit))
+    parts = list(split_by_bytes(SerializedRecords(records), limit))
     assert len(parts) >= 4
     assert all(isinstance(part, SerializedRecords) for _, part in parts)
     assert [r for _, part in parts for r in part] == records
@@ -45,7 +45,7 @@ def test_chunks_cut_by_bytes_stay_tensors_and_cover_every_record():
 
 
 def test_keys_read_for_the_whole_chunk_or_none():
-    assert keys_by_feature(SerializedRecords(tf.constant(examples(5))), "id") == [f"k{i}" for i in range(5)]
+    assert keys_by_feature(SerializedRecords(examples(5)), "id") == [f"k{i}" for i in range(5)]
     assert keys_by_feature(examples(3, key=lambda i: 100 + i), "id") == ["100", "101", "102"]
     assert keys_by_feature(examples(3, key=lambda i: ["a\0b", "ü", ""][i]), "id") == ["a\0b", "ü", ""]
     assert keys_by_feature(examples(3, key=lambda i: b"\xff" if i == 1 else "ok"), "id") is None  # not UTF-8

@@ -1,28 +1,27 @@
-"""SerializedRecords: a chunk's serialized tf.Examples held as one string tensor.
+"""SerializedRecords: a chunk's serialized tf.Examples and, built once, their one string tensor.
 
-The TFRecord reader gets each chunk from tf.data as one tf.string tensor. The engines and the key
-feature's parse take that tensor as it is, so on a clean chunk no record ever becomes a Python
-bytes object. Whatever needs records one by one (a failing chunk's isolation, dead letters,
-passthrough features, PredictionLogs) indexes the sequence, which builds the list once.
+The TFRecord reader hands each chunk over as SerializedRecords. The key feature's parse and every
+model call of the chunk take its tensor (string_tensor), which is built from the list the first
+time one of them asks, so a chunk is converted once however many steps read it, on whichever
+thread. Whatever needs records one by one (a failing chunk's isolation, dead letters,
+passthrough features, PredictionLogs) indexes the list as it is.
 
 Pickled (between fused stages, to other workers) as the list of bytes.
 """
 
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Iterator, List, Sequence, Union
 
 import numpy as np
 
 
 class SerializedRecords(Sequence):
-    """Sequence[bytes] over a 1-D tf.string tensor, or over a list (then the tensor is built once
-    when asked for)."""
+    """Sequence[bytes] over a list of records, with their tf.string tensor and their byte lengths
+    computed once when first asked for."""
 
-    __slots__ = ("_tensor", "_list", "_lengths")
+    __slots__ = ("_list", "_tensor", "_lengths")
 
-    def __init__(self, tensor=None, records: Optional[List[bytes]] = None):
-        if (tensor is None) == (records is None):
-            raise ValueError("give a tensor or a list of records")
-        self._tensor, self._list, self._lengths = tensor, records, None
+    def __init__(self, records: List[bytes]):
+        self._list, self._tensor, self._lengths = records, None, None
 
     def tensor(self):
         """The records as one tf.string tensor of shape [n]."""
@@ -32,48 +31,32 @@ class SerializedRecords(Sequence):
             self._tensor = tf.constant(self._list, tf.string)
         return self._tensor
 
-    def as_list(self) -> List[bytes]:
-        if self._list is None:
-            self._list = self._tensor.numpy().tolist()
-        return self._list
-
     def byte_lengths(self) -> np.ndarray:
-        """Each record's size in bytes, without building the list."""
+        """Each record's size in bytes."""
         if self._lengths is None:
-            if self._list is not None:
-                self._lengths = np.fromiter(map(len, self._list), dtype=np.int64, count=len(self._list))
-            else:
-                import tensorflow as tf
-
-                self._lengths = tf.strings.length(self._tensor).numpy().astype(np.int64)
+            self._lengths = np.fromiter(map(len, self._list), dtype=np.int64, count=len(self._list))
         return self._lengths
 
     def sliced(self, start: int, stop: int) -> "SerializedRecords":
-        if self._list is not None:
-            return SerializedRecords(records=self._list[start:stop])
-        return SerializedRecords(self._tensor[start:stop])
+        return SerializedRecords(self._list[start:stop])
 
     def __len__(self) -> int:
-        return len(self._list) if self._list is not None else int(self._tensor.shape[0])
+        return len(self._list)
 
     def __getitem__(self, i):
-        return self.as_list()[i]
+        return self._list[i]
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self.as_list())
+        return iter(self._list)
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Sequence) and self.as_list() == list(other)
+        return isinstance(other, Sequence) and self._list == list(other)
 
     def __repr__(self) -> str:
         return f"SerializedRecords({len(self)} records)"
 
     def __reduce__(self):
-        return _from_list, (self.as_list(),)
-
-
-def _from_list(records: List[bytes]) -> SerializedRecords:
-    return SerializedRecords(records=records)
+        return SerializedRecords, (self._list,)
 
 
 def string_tensor(records: Union[SerializedRecords, Sequence[bytes]]):

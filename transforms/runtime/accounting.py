@@ -35,6 +35,8 @@ MODEL_REFRESH_FAILURES = "model_refresh_failures"  # new versions refused (the c
 MODEL_REFRESH_MS = "model_refresh_milli_secs"  # a distribution: new version found -> ready to serve
 PUBLISH_TO_RESULT_MS = "publish_to_result_latency_milli_secs"  # streams: Pub/Sub publish -> scored
 MODEL_BYTES = "model_byte_size"  # a distribution: the size on disk of each model loaded
+
+
 def model_metric_name(metric: str, model: str) -> str:
     """Per model: RunInference's metric name with "_<model name>" appended."""
     return f"{metric}_{model}"

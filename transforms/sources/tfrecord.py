@@ -109,7 +109,7 @@ def _iter_counted_chunks(path: str, chunk_size: int) -> Iterator[Union[Tuple[int
             if consumed == uncompressed_size(path, consumed):
                 return
             break
-        chunk = SerializedRecords(records=records)
+        chunk = SerializedRecords(records)
         yield emitted, chunk
         emitted += len(records)
         consumed += int(chunk.byte_lengths().sum()) + RECORD_OVERHEAD * len(records)
