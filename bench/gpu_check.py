@@ -20,7 +20,7 @@ import sys
 import time
 
 from bench import workloads
-from bench.run import ROOT, TINY, machine, run_worker
+from bench.run import ROOT, TINY, describe_run, machine, measure_mode
 
 MODES = ("raw-gpu-batches", "fast-gpu")
 
@@ -65,17 +65,11 @@ def main(argv=None) -> int:
     startups = []
     for repeat in range(args.repeats):
         for mode in MODES:
-            big = run_worker(mode, model_dir, data, args.work)
-            startup, tiny_records = 0.0, 0
+            run = measure_mode(mode, model_dir, data, tiny, args.work)
+            rates[mode].append(run["examples_per_s"])
             if not mode.startswith("raw"):
-                small = run_worker(mode, model_dir, tiny, args.work)
-                startup, tiny_records = small["seconds"], small["records"]
-                startups.append(startup)
-            rate = (big["records"] - tiny_records) / max(big["seconds"] - startup, 1e-9)
-            rates[mode].append(rate)
-            print(f"  repeat {repeat + 1} {mode:16s} {big['records']:>7,} records {big['seconds']:6.1f} s "
-                  f"(start-up {startup:4.1f} s) -> {rate:9,.0f} ex/s, peak RSS {big['peak_rss_mb']:,.0f} MB",
-                  flush=True)
+                startups.append(run["startup_seconds"])
+            print(f"  repeat {repeat + 1} {mode:16s} " + describe_run(run), flush=True)
     raw, job = (statistics.median(rates[m]) for m in MODES)
     result = {"date": time.strftime("%Y-%m-%d"), "machine": dict(machine(), gpus=gpus, nvidia_smi=nvidia_smi()),
               "records": args.records, "repeats": args.repeats, "raw_examples_per_s": raw,

@@ -11,7 +11,6 @@ C / (CPU per chunk) chunks a second, and by the busiest thread. Prints JSON too
 
 import argparse
 import io
-import itertools
 import json
 import os
 import sys
@@ -46,10 +45,9 @@ def main(argv=None) -> int:
     from transforms.records.chunk import ModelResult, ScoredChunk
     from transforms.records.keys import keys_by_feature
     from transforms.records.rows import rows_block
-    from transforms.records.serialized import SerializedRecords
     from transforms.scoring.engines import load_fast
     from transforms.sinks.parquet import ROW_GROUP_ROWS, _RowGroupWriter, chunk_table, parquet_schema
-    from transforms.sources.tfrecord import record_iterator
+    from transforms.sources.tfrecord import iter_chunks
     from models.serving_model import load_serving_model
 
     workload = workloads.WORKLOADS["A"]
@@ -59,9 +57,8 @@ def main(argv=None) -> int:
     graph = parallel_graph([load_serving_model(model_dir)], "fast")
     name = graph.nodes[0].name
 
-    def read():
-        records = record_iterator(path, "")
-        return [SerializedRecords(records=chunk) for chunk in iter(lambda: list(itertools.islice(records, 1024)), [])]
+    def read():  # the job's own reader (its chunks of 1024 small records are not cut by bytes)
+        return [records for _, records in iter_chunks(path, 1024)]
 
     chunks = read()
     count = len(chunks)

@@ -53,6 +53,24 @@ def run_worker(mode: str, model_dir: str, pattern: str, work: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def measure_mode(mode: str, model_dir: str, pattern: str, tiny: str, work: str) -> dict:
+    """One run of a mode on pattern, each in a fresh process: for a pipeline mode, the fixed
+    start-up measured on the tiny input is subtracted: (N - n_tiny) / (t_N - t_tiny)."""
+    big = run_worker(mode, model_dir, pattern, work)
+    startup, tiny_records = 0.0, 0
+    if not mode.startswith("raw"):  # raw modes are timed around the calls alone
+        small = run_worker(mode, model_dir, tiny, work)
+        startup, tiny_records = small["seconds"], small["records"]
+    return {"records": big["records"], "seconds": big["seconds"], "startup_seconds": startup,
+            "examples_per_s": (big["records"] - tiny_records) / max(big["seconds"] - startup, 1e-9),
+            "peak_rss_mb": big["peak_rss_mb"]}
+
+
+def describe_run(run: dict) -> str:
+    return (f"{run['records']:>9,} records {run['seconds']:7.1f} s (start-up {run['startup_seconds']:4.1f} s) "
+            f"-> {run['examples_per_s']:>10,.0f} ex/s, peak RSS {run['peak_rss_mb']:,.0f} MB")
+
+
 def measure(workload, sizes, repeats, work, log):
     model_dir = workloads.ensure_model(workload, work)
     data = {mode: workloads.ensure_data(workload, work, n) for mode, n in sizes.items()}
@@ -60,19 +78,8 @@ def measure(workload, sizes, repeats, work, log):
     runs = {mode: [] for mode in MODES}
     for repeat in range(repeats):
         for mode in MODES:
-            big = run_worker(mode, model_dir, data[mode], work)
-            startup = 0.0
-            tiny_records = 0
-            if not mode.startswith("raw"):  # raw modes are timed around the calls alone
-                small = run_worker(mode, model_dir, tiny, work)
-                startup, tiny_records = small["seconds"], small["records"]
-            rate = (big["records"] - tiny_records) / max(big["seconds"] - startup, 1e-9)
-            runs[mode].append({"records": big["records"], "seconds": big["seconds"],
-                               "startup_seconds": startup, "examples_per_s": rate,
-                               "peak_rss_mb": big["peak_rss_mb"]})
-            log(f"  {workload.name} repeat {repeat + 1} {mode:8s} {big['records']:>9,} records "
-                f"{big['seconds']:7.1f} s (start-up {startup:4.1f} s) -> {rate:>10,.0f} ex/s, "
-                f"peak RSS {big['peak_rss_mb']:,.0f} MB")
+            runs[mode].append(measure_mode(mode, model_dir, data[mode], tiny, work))
+            log(f"  {workload.name} repeat {repeat + 1} {mode:8s} " + describe_run(runs[mode][-1]))
     summary = {}
     for mode in MODES:
         summary[mode] = {

@@ -6,7 +6,8 @@ tfx-bsl-beam (the pipeline people write by hand around tfx-bsl: ReadFromTFRecord
 tfx_bsl.public.beam.RunInference -> PredictionLogs as TFRecord, as TFX's BulkInferrer does),
 tfx-bsl or fast (the batch_infer pipeline end to end with that engine: TFRecord in, JSON Lines
 out, --key_feature id), fast-parquet (fast, Parquet out), fast-gpu (fast with --gpu: GPU batch
-sizes and memory growth on the local runner), raw-gpu-batches (raw on those batch sizes), graph-x2 (the same model twice in parallel as a model graph, fast engine), or fast-2-workers
+sizes and memory growth on the local runner), raw-gpu-batches (raw on those batch sizes),
+graph-x2 (the same model twice in parallel as a model graph, fast engine), or fast-2-workers
 (fast on two SDK worker processes: --direct_running_mode=multi_processing --direct_num_workers=2).
 Seconds are measured around the work only; peak RSS is this process's high-water mark (for
 fast-2-workers the launcher's only).

@@ -15,7 +15,7 @@ import statistics
 import sys
 
 from bench import workloads
-from bench.run import ROOT, TINY, run_worker
+from bench.run import ROOT, TINY, describe_run, measure_mode
 
 MODES = ("fast", "fast-2-workers")
 
@@ -33,11 +33,9 @@ def main(argv=None) -> int:
     rates = {mode: [] for mode in MODES}
     for repeat in range(args.repeats):
         for mode in MODES:
-            big, small = run_worker(mode, model_dir, data, args.work), run_worker(mode, model_dir, tiny, args.work)
-            rate = (big["records"] - small["records"]) / max(big["seconds"] - small["seconds"], 1e-9)
-            rates[mode].append(rate)
-            print(f"  B repeat {repeat + 1} {mode:15s} {big['records']:>6,} records {big['seconds']:6.1f} s "
-                  f"(start-up {small['seconds']:4.1f} s) -> {rate:8,.0f} ex/s", file=sys.stderr)
+            run = measure_mode(mode, model_dir, data, tiny, args.work)
+            rates[mode].append(run["examples_per_s"])
+            print(f"  B repeat {repeat + 1} {mode:15s} " + describe_run(run), file=sys.stderr)
     one, two = (statistics.median(rates[m]) for m in MODES)
     print(json.dumps({"workload": workload.description, "cpus": os.cpu_count(), "one_worker_examples_per_s": one,
                       "two_workers_examples_per_s": two, "two_vs_one": two / one}))
