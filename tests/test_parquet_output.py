@@ -118,3 +118,27 @@ def test_row_per_model_parquet_is_refused_before_launch(penguin_model, write_tfr
     with pytest.raises(OptionsError, match="--row_per_model writes jsonl"):
         batch_infer.run(["--input", path, "--model", penguin_model[0], "--output", str(tmp_path / "o"),
                          "--output_format", "parquet", "--row_per_model"], save_main_session=False)
+
+
+def test_a_chunk_that_does_not_fit_the_schema_becomes_dead_letters_and_nothing_is_lost():
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms.records.dead_letters import DEAD_LETTER_TAG
+    from transforms.sinks.parquet import FormatParquetFn
+
+    model = types.SimpleNamespace(name="m", output_specs=[("y", "float32", [-1, 2])])
+    graph = types.SimpleNamespace(nodes=[types.SimpleNamespace(name="m", model=model, postprocess=())],
+                                  passthrough=())
+    schema = parquet_schema(graph)
+    fits = ScoredChunk(["a", "b", "c"], [b"1", b"2", b"3"],
+                       {"m": ModelResult([0, 1, 2], {"y": np.zeros((3, 2), np.float32)})}, [])
+    too_wide = ScoredChunk(["d", "e"], [b"4", b"5"], {"m": ModelResult([0, 1], {"y": np.zeros((2, 3), np.float32)})}, [])
+    with TestPipeline() as p:
+        out = (p | beam.Create([fits, too_wide])
+               | beam.ParDo(FormatParquetFn(graph, schema)).with_outputs(DEAD_LETTER_TAG, main="tables"))
+        rows = out.tables | beam.FlatMap(lambda table: [r["key"] for r in table.to_pylist()])
+        dead = out[DEAD_LETTER_TAG] | beam.Map(lambda d: (d["key"], d["stage"], d["model"]))
+        assert_that(rows, equal_to(["a", "b", "c"]), label="rows")
+        assert_that(dead, equal_to([("d", "postprocess", None), ("e", "postprocess", None)]), label="dead")
