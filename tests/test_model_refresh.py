@@ -114,3 +114,23 @@ def test_each_process_listens_on_the_refresh_topic_through_its_own_subscription(
         done()
         assert listener.pull() == []  # acknowledged: not delivered again
         listener.close()
+    # one that outlives its process (killed before it deletes it) does not stay for ever
+    kept = VersionMessages(topic, wait_s=2)
+    ttl = pubsub_v1.SubscriberClient().get_subscription(subscription=kept.subscription).expiration_policy.ttl
+    assert ttl.total_seconds() == 24 * 3600
+    kept.close()
+
+
+def test_a_listener_whose_pubsub_went_first_lets_its_process_exit_at_once(tmp_path):
+    """The listener deletes its subscription at exit; where Pub/Sub is gone by then (the local
+    emulator stopped, the network down), that is one failed try, not a minute of retries."""
+    import time
+
+    from pipelines.local.pubsub_emulator import running_emulator
+    from transforms.scoring.refresh import VersionMessages
+
+    with running_emulator(log_dir=str(tmp_path)) as emulator:
+        listener = VersionMessages(emulator.topic("model-refresh"), wait_s=1)
+    started = time.monotonic()
+    listener.close()
+    assert time.monotonic() - started < 10

@@ -206,6 +206,9 @@ class ModelRefresher:
         return RefreshEvent(node.name, version, True, self._clock() - started)
 
 
+SUBSCRIPTION_TTL_S = 24 * 3600  # the least expiration Pub/Sub allows
+
+
 class VersionMessages:
     """The messages of a refresh topic, through a subscription of this process's own (each worker
     process must see every message; deleted at exit)."""
@@ -219,7 +222,10 @@ class VersionMessages:
         self._client = pubsub_v1.SubscriberClient()
         project, name = topic.split("/")[1], topic.rsplit("/", 1)[-1]
         self.subscription = f"projects/{project}/subscriptions/{name}-model-refresh-{uuid.uuid4().hex[:12]}"
-        self._client.create_subscription(name=self.subscription, topic=topic, ack_deadline_seconds=600)
+        # one that outlives its process (killed before its delete) expires after a day unused
+        self._client.create_subscription(request={
+            "name": self.subscription, "topic": topic, "ack_deadline_seconds": 600,
+            "expiration_policy": {"ttl": {"seconds": SUBSCRIPTION_TTL_S}}})
         self._wait_s = wait_s
         atexit.register(self.close)
 
@@ -236,8 +242,10 @@ class VersionMessages:
                 for m in response.received_messages]
 
     def close(self) -> None:
+        """Deletes the subscription: one try of at most 5 s (the client's own retries would hold a
+        process's exit for a minute where Pub/Sub cannot be reached)."""
         try:
-            self._client.delete_subscription(subscription=self.subscription, timeout=5)
+            self._client.delete_subscription(subscription=self.subscription, retry=None, timeout=5)
         except Exception:  # pylint: disable=broad-except  # gone already, or Pub/Sub unreachable at exit
             pass
 
