@@ -10,6 +10,7 @@ import tensorflow as tf
 from models import layout
 from models.contract import contract_problems, serving_meta_graph, tf1_loader_problems
 from models.feature_spec import SPEC_FILE, FeatureSpec, load_spec_file, spec_from_json
+from models.serving_results import method_output_specs
 from models.signature_spec import spec_from_signature
 
 DEFAULT_MODEL_NAME = "model"
@@ -32,6 +33,13 @@ class ServingModel:
     output_specs: Tuple[Tuple[str, str, Optional[Tuple[int, ...]]], ...] = ()
     tf1_loader_problems: Tuple[str, ...] = ()  # why tfx-bsl's TF1 loader cannot run it (the fast engine can)
     base_path: Optional[str] = None  # the base directory it was picked from (None: given as a version dir)
+
+    def row_output_specs(self) -> Tuple[Tuple[str, Optional[str], Optional[Tuple[int, ...]]], ...]:
+        """(name, dtype name, shape with the batch axis) of the outputs as the engines give them and
+        rows hold them: the signature's, through its method's rule (a regress [n, 1] is [n]; a
+        classify signature with scores only also has classes). Names only, without output specs."""
+        specs = self.output_specs or tuple((name, None, None) for name in self.outputs)
+        return method_output_specs(self.method, specs)
 
     @property
     def version_name(self) -> str:

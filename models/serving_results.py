@@ -14,7 +14,7 @@ The logs: classify_log and regress_log build the PredictionLogs tfx-bsl writes f
 methods, byte for byte, from the columns.
 """
 
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from tensorflow_serving.apis import prediction_log_pb2
@@ -94,6 +94,24 @@ def method_columns(method: str, outputs: Mapping[str, np.ndarray], n: int) -> Di
     if method == REGRESS:
         return regress_columns(outputs, n)
     return predict_columns(outputs, n)
+
+
+Spec = Tuple[str, Optional[str], Optional[Tuple[int, ...]]]  # (name, dtype name, shape with the batch axis)
+
+
+def method_output_specs(method: str, specs: Sequence[Spec]) -> Tuple[Spec, ...]:
+    """The specs of the columns method_columns makes from outputs of these specs (a signature's,
+    -1 for an unknown size, None for an unknown rank): classify gives classes and scores of k
+    values, regress one float per record, predict the outputs as they are. A signature its method's
+    rule refuses keeps its own specs (its batches fail with the reason)."""
+    names = {name: shape for name, _, shape in specs}
+    if method == CLASSIFY and (CLASSES in names or SCORES in names):
+        shapes = [names.get(SCORES), names.get(CLASSES)]
+        k = next((shape[1] for shape in shapes if shape is not None and len(shape) == 2), -1)
+        return (CLASSES, "string", (-1, k)), (SCORES, "float32", (-1, k))
+    if method == REGRESS and OUTPUTS in names:
+        return ((OUTPUTS, "float32", (-1,)),)
+    return tuple(specs)
 
 
 def classify_log(serialized: bytes, classes: np.ndarray, scores: np.ndarray) -> prediction_log_pb2.PredictionLog:

@@ -100,7 +100,8 @@ def one_model_output_problem(job: BatchJob) -> Optional[str]:
                 "(several models, post-processing, passthrough, --row_per_model, --with_source) writes jsonl")
     if job.writes_examples:
         try:
-            check_output_features(dict(job.output_features), node.model.outputs)
+            check_output_features(dict(job.output_features),
+                                  [name for name, _, _ in node.model.row_output_specs()])
         except OutputFeatureError as e:
             return str(e)
     return None

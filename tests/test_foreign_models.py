@@ -104,6 +104,29 @@ def test_tf1_signatures_give_the_models_numbers_and_tfx_bsls_logs(padded_base, l
         log.SerializeToString(deterministic=True) for log in reference)
 
 
+@pytest.mark.parametrize("signature", ["classify", "classify_scores", "regress"])
+def test_parquet_columns_hold_what_classify_and_regress_rows_hold(padded_base, linear_input, tmp_path, signature):
+    """The schema follows the method's rule, not the signature's raw outputs: a regress [n, 1]
+    output is one number per record, a classify signature with scores only also has classes."""
+    import pyarrow.parquet as pq
+
+    path, _ = linear_input
+    common = ["--input", path, "--model", f"linear={padded_base}", "--signature", signature]
+    rows, _ = run(common, str(tmp_path / "rows"))
+    out = str(tmp_path / "parquet")
+    batch_infer.run(common + ["--output_format", "parquet", "--output", out], save_main_session=False)
+    table = pq.read_table(sorted(glob.glob(out + "-*.parquet")))
+    assert table.num_rows == len(rows) == len(XS)  # no chunk became dead letters on the way
+    for row in table.to_pylist():
+        expected = rows[row["key"]]["linear"]
+        assert set(row["linear"]) == set(expected)
+        for name, value in expected.items():
+            if name == "classes":
+                assert row["linear"][name] == value
+            else:
+                np.testing.assert_allclose(row["linear"][name], value, rtol=1e-6)
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_tf2_module_with_its_own_input_name(tmp_path, linear_input, engine):
     model_dir = tf2_module_export(str(tmp_path / "module" / "1"), input_name="inputs")

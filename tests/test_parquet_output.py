@@ -10,6 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from models.examples import make_example
+from models.serving_model import ServingModel
+from models.serving_results import PREDICT
 from pipelines import batch_infer
 from pipelines.options import OptionsError
 from tests.helpers import read_jsonl
@@ -17,6 +19,13 @@ from tests.test_graphs import record_values
 from transforms.records.chunk import ModelResult, ScoredChunk
 from transforms.sinks.output_columns import output_columns
 from transforms.sinks.parquet import chunk_table, parquet_schema
+
+
+def signature_model(name, output_specs, method=PREDICT):
+    """A ServingModel as load_serving_model makes it, with just the signature's outputs."""
+    return ServingModel(name=name, path=f"/models/{name}/1", signature="serving_default", feature_spec=None,
+                        spec_source="signature", outputs=tuple(n for n, _, _ in output_specs), method=method,
+                        output_specs=tuple(output_specs))
 
 
 def read_parquet(prefix):
@@ -82,7 +91,7 @@ def test_a_graph_writes_a_struct_column_per_model(graph_models, write_tfrecords,
 
 def test_a_model_without_outputs_for_a_record_is_a_null_struct():
     node = lambda name: types.SimpleNamespace(  # noqa: E731  (a graph node's fields that schemas read)
-        name=name, postprocess=(), model=types.SimpleNamespace(name=name, output_specs=[("y", "float32", [-1, 2])]))
+        name=name, postprocess=(), model=signature_model(name, [("y", "float32", (-1, 2))]))
     graph = types.SimpleNamespace(nodes=[node("m"), node("n")], passthrough=())
     schema = parquet_schema(graph)
     scored = ScoredChunk(["a", "b", "c"], [b"", b"", b""],
@@ -95,9 +104,9 @@ def test_a_model_without_outputs_for_a_record_is_a_null_struct():
 
 
 def test_column_shapes_come_from_the_signature_unknown_dimensions_as_variable_lists():
-    model = types.SimpleNamespace(name="m", output_specs=[
-        ("fixed", "float32", [-1, 3]), ("ragged", "float32", [-1, -1]), ("grid", "float64", [-1, 2, -1]),
-        ("label", "string", [-1]), ("count", "int64", [-1])])
+    model = signature_model("m", [
+        ("fixed", "float32", (-1, 3)), ("ragged", "float32", (-1, -1)), ("grid", "float64", (-1, 2, -1)),
+        ("label", "string", (-1,)), ("count", "int64", (-1,))])
     node = types.SimpleNamespace(name="m", model=model, postprocess=())
     columns = {name: shape for name, _, shape in output_columns(node)}
     assert columns == {"fixed": (3,), "ragged": (None,), "grid": (2, None), "label": (), "count": ()}
@@ -128,7 +137,7 @@ def test_a_chunk_that_does_not_fit_the_schema_becomes_dead_letters_and_nothing_i
     from transforms.records.dead_letters import DEAD_LETTER_TAG
     from transforms.sinks.parquet import FormatParquetFn
 
-    model = types.SimpleNamespace(name="m", output_specs=[("y", "float32", [-1, 2])])
+    model = signature_model("m", [("y", "float32", (-1, 2))])
     graph = types.SimpleNamespace(nodes=[types.SimpleNamespace(name="m", model=model, postprocess=())],
                                   passthrough=())
     schema = parquet_schema(graph)
@@ -142,3 +151,13 @@ def test_a_chunk_that_does_not_fit_the_schema_becomes_dead_letters_and_nothing_i
         dead = out[DEAD_LETTER_TAG] | beam.Map(lambda d: (d["key"], d["stage"], d["model"]))
         assert_that(rows, equal_to(["a", "b", "c"]), label="rows")
         assert_that(dead, equal_to([("d", "postprocess", None), ("e", "postprocess", None)]), label="dead")
+
+
+def test_an_output_without_a_column_is_an_error_not_a_dropped_column():
+    from transforms.sinks.output_columns import SchemaError
+
+    node = types.SimpleNamespace(name="m", model=signature_model("m", [("y", "float32", (-1,))]), postprocess=())
+    schema = parquet_schema(types.SimpleNamespace(nodes=[node], passthrough=()))
+    scored = ScoredChunk(["a"], [b""], {"m": ModelResult([0], {"y": np.float32([1]), "z": np.float32([2])})}, [])
+    with pytest.raises(SchemaError, match=r"\['z'\] have no column"):
+        chunk_table(scored, schema)

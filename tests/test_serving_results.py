@@ -7,7 +7,7 @@ import pytest
 
 from models.examples import make_example
 from models.serving_results import (CLASSIFY, PREDICT, REGRESS, OutputBatchError, classify_log, method_columns,
-                                    regress_log)
+                                    method_output_specs, regress_log)
 
 SCORES = np.float32([[0.25, 0.75], [0.9, 0.1], [0.5, 0.5]])
 
@@ -25,6 +25,25 @@ def test_regress_columns_are_one_number_per_record():
     for shape in ((3,), (3, 1)):
         out = method_columns(REGRESS, {"outputs": np.arange(3, dtype=np.float32).reshape(shape)}, 3)
         assert out["outputs"].shape == (3,) and out["outputs"].tolist() == [0.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("method, specs", [
+    (CLASSIFY, [("classes", "string", (-1, 3)), ("scores", "float32", (-1, 3))]),
+    (CLASSIFY, [("scores", "float32", (-1, 4))]),
+    (CLASSIFY, [("classes", "string", (-1, 2)), ("extra", "int64", (-1,))]),
+    (REGRESS, [("outputs", "float32", (-1, 1))]),
+    (REGRESS, [("outputs", "float32", (-1,))]),
+    (PREDICT, [("a", "float32", (-1, 2, 5)), ("b", "string", (-1,))]),
+])
+def test_output_specs_by_method_are_those_of_the_columns_made(method, specs):
+    """What schemas and launch checks read (method_output_specs) against what the rule makes of
+    outputs of those specs (method_columns), for a batch of 3."""
+    outputs = {name: np.zeros((3,) + shape[1:], object if dtype == "string" else dtype)
+               for name, dtype, shape in specs}
+    columns = method_columns(method, outputs, 3)
+    made = {name: (str(value.dtype) if value.dtype != object else "string", (-1,) + value.shape[1:])
+            for name, value in columns.items()}
+    assert {name: (dtype, shape) for name, dtype, shape in method_output_specs(method, specs)} == made
 
 
 @pytest.mark.parametrize("method, outputs, error, message", [

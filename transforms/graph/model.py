@@ -92,7 +92,7 @@ class ModelGraph:
 
 
 def output_spec(model: ServingModel, output: str) -> Optional[Tuple[str, Optional[Tuple[int, ...]]]]:
-    for name, dtype, shape in model.output_specs:
+    for name, dtype, shape in model.row_output_specs():
         if name == output:
             return dtype, shape
     return None
@@ -176,9 +176,7 @@ def _check_node(node: GraphNode, nodes: Dict[str, GraphNode]) -> List[str]:
 def _check_steps(node: GraphNode) -> List[str]:
     """The post-processing steps, checked on the model's output dtypes and shapes (see check_steps)."""
     specs = {name: (dtype, None if shape is None else tuple(shape[1:]))
-             for name, dtype, shape in node.model.output_specs}
-    for name in node.model.outputs:  # built without output specs: names only
-        specs.setdefault(name, (None, None))
+             for name, dtype, shape in node.model.row_output_specs()}
     try:
         check_steps(node.postprocess, specs)
     except PostprocessError as e:

@@ -1,7 +1,7 @@
 """The columns a model contributes to a prediction row, for sinks with a schema (BigQuery, Parquet). Pure.
 
-An output's dtype and per-record shape come from the model's SignatureDef after its
-post-processing: the steps run on all-zero outputs built from the signature's dtypes and shapes,
+An output's dtype and per-record shape come from the model's SignatureDef, through its method's
+rule (models.serving_results), after its post-processing: the steps run on all-zero outputs built from the signature's dtypes and shapes,
 so classify/regress/keep steps and user functions are covered without a model call. They run
 twice, with every unknown dimension 1 and then 2; a dimension that differs is variable (None)
 (if only the first run succeeds, every dimension is taken as fixed).
@@ -22,7 +22,7 @@ class SchemaError(ValueError):
 
 def _zero_outputs(model, sink: str, unknown: int) -> Dict[str, np.ndarray]:
     outputs = {}
-    for name, dtype, shape in model.output_specs:
+    for name, dtype, shape in model.row_output_specs():
         if shape is None:
             raise SchemaError(f"model {model.name!r}: output {name!r} has an unknown rank; "
                               f"{sink} needs a fixed column shape")

@@ -26,7 +26,7 @@ from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 
 from transforms.graph.model import ModelGraph
-from transforms.records.chunk import ModelResult, ScoredChunk
+from transforms.records.chunk import PREDICTION_LOG, ModelResult, ScoredChunk
 from transforms.records.dead_letters import DEAD_LETTER_TAG
 from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, SOURCE_FIELD, record_feature_values
 from transforms.scoring.beam import FormatChunkFn
@@ -135,6 +135,9 @@ def column_array(column: np.ndarray, value_type: pa.DataType) -> pa.Array:
 
 
 def _model_array(result: ModelResult, struct: pa.StructType, positions: List[int]) -> pa.StructArray:
+    unplaced = sorted(set(result.outputs) - {f.name for f in struct} - {PREDICTION_LOG})
+    if unplaced:  # never dropped quietly: the chunk's rows become dead letters that say so
+        raise SchemaError(f"outputs {unplaced} have no column in the Parquet schema ({struct})")
     children = [column_array(result.outputs[f.name], f.type) for f in struct]
     array = pa.StructArray.from_arrays(children, fields=list(struct))
     if result.indices == positions:
