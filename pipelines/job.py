@@ -21,6 +21,7 @@ from transforms.graph.model import ModelGraph, chain_graph, parallel_graph
 from transforms.runtime.gpu import GPU_BATCH, GpuSettings
 from transforms.scoring.refresh import RefreshSettings
 from transforms.scoring.engines import DEFAULT_ENGINE
+from transforms.scoring.output_ranks import with_output_ranks
 from transforms.sinks.bigquery import STORAGE_WRITE_API, STREAMING_INSERTS
 from transforms.sinks.examples import OutputFeatureError, check_output_features, parse_output_features
 from transforms.sources.text_formats import TFRECORD
@@ -139,6 +140,8 @@ def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions
                    manifest=opts.manifest or (manifest.manifest_path(opts.output) if opts.output else None),
                    redistribute=redistribute, max_dead_letter_fraction=opts.max_dead_letter_fraction,
                    listed_inputs=listed)
+    if job.output_format == "parquet" or bigquery.output_table:  # a schema: every output's rank
+        job.graph = with_output_ranks(job.graph)
     if gpu_batches:
         job.max_batch_size = job.max_batch_size or GPU_BATCH.max_batch_size
         job.max_batch_bytes = job.max_batch_bytes or GPU_BATCH.max_batch_bytes
@@ -185,6 +188,8 @@ def stream_job_from_options(stream: StreamInferOptions, shared: BatchInferOption
         raise OptionsError("--model_refresh_s watches models given as TF Serving base directories "
                            "(--model NAME=BASE_DIR, whose highest numbered subdirectory serves); every model "
                            f"here is a version directory: {', '.join(n.model.path for n in graph.nodes)}")
+    if shared.output_table:  # a schema: every output's rank
+        graph = with_output_ranks(graph)
     return StreamJob(
         graph=graph, input_subscription=stream.input_subscription,
         input_topic=stream.input_topic, output_topic=stream.output_topic, errors_topic=stream.errors_topic,

@@ -167,6 +167,38 @@ def test_an_estimator_style_varlen_parse_is_scored(tmp_path, write_tfrecords, en
         np.testing.assert_allclose(rows[f"varlen.tfrecord:{i}"]["model"]["score"], expected[i], rtol=1e-6)
 
 
+def test_outputs_of_unknown_rank_get_their_columns_from_the_model_itself(tmp_path, write_tfrecords):
+    """The Estimator-style export's sparse parse leaves its score's rank out of the SignatureDef;
+    the launcher asks the model, and Parquet and BigQuery get a scalar column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from models.serving_model import load_serving_model
+    from transforms.graph.model import parallel_graph
+    from transforms.scoring.output_ranks import with_output_ranks
+    from transforms.sinks.bigquery_schema import prediction_schema
+
+    model_dir = estimator_varlen_export(str(tmp_path / "estimator"))
+    model = load_serving_model(model_dir)
+    assert dict((name, shape) for name, _, shape in model.output_specs) == {"score": None}  # as exported
+    graph = with_output_ranks(parallel_graph([model]))
+    assert graph.nodes[0].model.output_specs == (("score", "float32", (-1,)),)
+    (field,) = prediction_schema(graph)["fields"][1]["fields"]
+    assert (field["name"], field["type"], field.get("mode")) == ("score", "FLOAT64", "NULLABLE")
+
+    values = [{"tokens": [1, 2, 3], "weight": [2.0]}, {"weight": [0.5]}, {"tokens": [7]}]
+    spec = (Feature("tokens", "int64", varlen=True), Feature("weight", "float32", (1,), default=[1.0]))
+    path = write_tfrecords("varlen.tfrecord", [make_example(v, spec).SerializeToString() for v in values])
+    out = str(tmp_path / "parquet")
+    batch_infer.run(["--input", path, "--model", model_dir, "--output_format", "parquet", "--output", out],
+                    save_main_session=False)
+    table = pq.read_table(sorted(glob.glob(out + "-*.parquet")))
+    assert table.schema.field("model").type == pa.struct([("score", pa.float32())])
+    scores = {row["key"]: row["model"]["score"] for row in table.to_pylist()}
+    np.testing.assert_allclose([scores[f"varlen.tfrecord:{i}"] for i in range(3)], expected_varlen(values),
+                               rtol=1e-6)
+
+
 def test_varlen_features_are_read_from_the_parse_op_and_a_spec_file_overrides(tmp_path):
     from models.serving_model import load_serving_model
 
