@@ -37,7 +37,8 @@ class ServingModel:
     def row_output_specs(self) -> Tuple[Tuple[str, Optional[str], Optional[Tuple[int, ...]]], ...]:
         """(name, dtype name, shape with the batch axis) of the outputs as the engines give them and
         rows hold them: the signature's, through its method's rule (a regress [n, 1] is [n]; a
-        classify signature with scores only also has classes). Names only, without output specs."""
+        classify signature with scores only also has classes). A model made without output specs
+        gives its output names, with dtype and shape None."""
         specs = self.output_specs or tuple((name, None, None) for name in self.outputs)
         return method_output_specs(self.method, specs)
 
