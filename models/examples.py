@@ -159,6 +159,11 @@ def golden_values(spec: Sequence[Feature], count: int, seed: int = 0,
     return rows
 
 
+def golden_records(spec: Sequence[Feature], count: int) -> List[bytes]:
+    """count golden examples of the spec, serialized: what a launch or load check feeds a model."""
+    return [make_example(values, spec).SerializeToString() for values in golden_values(spec, count)]
+
+
 _PLAIN_WORDS = ("the", "model", "reads", "raw", "text", "and", "images", "inside", "its", "graph")
 
 

@@ -81,14 +81,14 @@ def inspect_report(path: str, signature: str = "serving_default") -> (str, bool)
 def engine_report(version_dir: str, signature: str = "serving_default") -> Dict[str, Tuple[bool, str]]:
     """{engine: (runs, what happened)}: each engine loads the model the way a job does
     (transforms.scoring.engines) and scores two golden examples built from the feature spec."""
-    from models.examples import golden_values, make_example
+    from models.examples import golden_records
     from models.serving_model import read_feature_spec
     from transforms.records.dead_letters import error_text
     from transforms.scoring.engines import ENGINES
 
     try:
         spec, _ = read_feature_spec(version_dir, signature)
-        records = [make_example(v, spec).SerializeToString() for v in golden_values(spec, 2)]
+        records = golden_records(spec, 2)
     except Exception as e:  # pylint: disable=broad-except  # reported, not raised
         return {engine: (False, f"no golden examples: {e}") for engine in ENGINES}
     report = {}

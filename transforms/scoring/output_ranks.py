@@ -27,11 +27,10 @@ def probed_output_specs(node: GraphNode) -> Tuple:
     unknown = [name for name, _, shape in specs if shape is None]
     if not unknown:
         return specs
-    from models.examples import golden_values, make_example
+    from models.examples import golden_records
 
-    spec = node.model.feature_spec
     try:
-        records = [make_example(values, spec).SerializeToString() for values in golden_values(spec, PROBE_EXAMPLES)]
+        records = golden_records(node.model.feature_spec, PROBE_EXAMPLES)
         outputs = load_batch_call(node.engine, node.model.path, node.model.signature)(records)
     except Exception as e:  # pylint: disable=broad-except  # the schema cannot be made: say why
         raise SchemaError(f"model {node.name!r}: the signature leaves the rank of outputs {unknown} unknown, "

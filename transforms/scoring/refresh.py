@@ -61,11 +61,9 @@ def _golden_check(node, call: BatchCall) -> None:
     """Two golden examples through the loaded candidate: one output row per example."""
     import numpy as np
 
-    from models.examples import golden_values, make_example
+    from models.examples import golden_records
 
-    records = [make_example(v, node.model.feature_spec).SerializeToString()
-               for v in golden_values(node.model.feature_spec, 2)]
-    outputs = call(records)
+    outputs = call(golden_records(node.model.feature_spec, 2))
     for name, value in outputs.items():
         if np.asarray(value).shape[:1] != (2,):
             raise ValueError(f"output {name!r} has shape {list(np.asarray(value).shape)} for 2 examples")
