@@ -116,7 +116,9 @@ def test_parquet_columns_hold_what_classify_and_regress_rows_hold(padded_base, l
     out = str(tmp_path / "parquet")
     batch_infer.run(common + ["--output_format", "parquet", "--output", out], save_main_session=False)
     table = pq.read_table(sorted(glob.glob(out + "-*.parquet")))
+    dead = read_jsonl(out + ".errors-*.jsonl")
     assert table.num_rows == len(rows) == len(XS)  # no chunk became dead letters on the way
+    assert [(d["key"], d["stage"]) for d in dead] == [(f"linear.tfrecord:{len(XS)}", "decode")]  # 6 + 1 = 7 in
     for row in table.to_pylist():
         expected = rows[row["key"]]["linear"]
         assert set(row["linear"]) == set(expected)
