@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOpti
 from models.serving_model import ModelContractError
 from models.tf_console import console_logging
 from pipelines import manifest
-from pipelines.bigquery_io import activate_emulators, write_dead_letters
+from pipelines.bigquery_io import activate_emulators
 from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runner_options, report_dry_run
 from pipelines.flags import foreign_flags, unknown_flag_problems
 from pipelines.gpu_options import DataflowJobOptions, gpu_settings
@@ -40,56 +40,31 @@ from pipelines.options import BatchInferOptions, OptionsError, StreamInferOption
 from pipelines.input_sample import job_sample_problem
 from pipelines.output_paths import output_path_problems
 from pipelines.runners import LocalRunner, is_local, keep_main_session, local_runner, pinned_runner, runner_name
-from transforms.graph.model import GraphError, feature_types
+from transforms.graph.model import GraphError
 from transforms.runtime import metrics
 from transforms.runtime.accounting import (MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, MODELS_LOADED,
                                           SCORING_PROCESSES, UNREADABLE_BYTES, UNREADABLE_REGIONS)
-from transforms.scoring.beam import FormatPredictionLogsFn, FormatRows, ScoreChunks
+from transforms.scoring.beam import ScoreChunks
 from transforms.scoring.engines import batch_calls
-from transforms.sinks.bigquery import WritePredictionRows
+from transforms.sinks.base import WriteToSink
 from transforms.sinks.bigquery_schema import SchemaError
-from transforms.sinks.examples import FormatExamplesFn, WriteExamples
-from transforms.sinks.files import WriteJsonLines, WritePredictionLogs
-from transforms.sinks.parquet import WriteParquetRows
+from transforms.sinks.errors import WriteDeadLetters
 from transforms.sources.files import NoInputFilesError
 
 
 def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
-    """read chunks -> score every model on each chunk -> rows (JSON Lines, Parquet, BigQuery),
-    PredictionLogs or examples -> sinks; the dead letters of every stage -> the dead-letter sink.
-    The one path of every batch job."""
+    """read chunks -> score every model on each chunk -> the job's sink (transforms.sinks.registry);
+    the dead letters of every stage -> the dead-letter sink. The one path of every batch job."""
     chunks, unreadable = read_chunks(p, job)
+    sink = job.sink
     scored, unscored = chunks | "Score" >> ScoreChunks(
-        job.graph, job.scoring_key_feature, job.gpu, keep_logs=job.writes_prediction_logs)
-    dead = [unreadable, unscored]
-    if job.writes_prediction_logs:
-        (scored
-         | "ToPredictionLogs" >> beam.ParDo(FormatPredictionLogsFn())
-         | "WritePredictionLogs" >> WritePredictionLogs(job.output, job.num_shards))
-    elif job.writes_examples:
-        (scored
-         | "ToExamples" >> beam.ParDo(FormatExamplesFn(dict(job.output_features)))
-         | "WriteExamples" >> WriteExamples(job.output, job.num_shards, job.output_compression))
-    elif job.output_format == "parquet":
-        dead.append(scored | "WritePredictions" >> WriteParquetRows(
-            job.graph, job.output, job.num_shards, job.with_source, feature_types(job.graph)))
-    else:
-        to_table = bool(job.bigquery.output_table)
-        rows, unformatted = scored | "ToRows" >> FormatRows(
-            job.graph, job.row_per_model, job.with_source, as_dicts=to_table)
-        dead.append(unformatted)
-        if to_table:
-            settings = job.bigquery
-            dead.append(rows | "WritePredictionsToBigQuery" >> WritePredictionRows(
-                job.graph, settings.output_table, settings.write_method, settings.project,
-                settings.temp_location, job.with_source))
-        else:
-            rows | "WritePredictions" >> WriteJsonLines(job.output, job.num_shards, preformatted=True)
-    dead_letters = dead | "AllDeadLetters" >> beam.Flatten()
-    if job.bigquery.errors_table:
-        write_dead_letters(dead_letters, job)
-    else:
-        dead_letters | "WriteDeadLetters" >> WriteJsonLines(job.errors)
+        job.graph, job.scoring_key_feature, job.gpu, keep_logs=sink.keeps_logs)
+    unwritten = scored | f"Write[{sink.name}]" >> WriteToSink(sink, job.graph, job.sink_config)
+    settings = job.bigquery
+    ((unreadable, unscored, unwritten)
+     | "AllDeadLetters" >> beam.Flatten()
+     | "WriteDeadLetters" >> WriteDeadLetters(job.errors, settings.errors_table, settings.write_method,
+                                              settings.project, settings.temp_location))
 
 
 def warn_about_unsafe_runner_modes(options: PipelineOptions) -> Optional[str]:
@@ -257,7 +232,7 @@ def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[be
         report_dry_run(p, options)
         return None, {}
     if is_local(options):  # a model its engine cannot load fails here, not in a worker; loaded once
-        batch_calls(job.graph, job.writes_prediction_logs)
+        batch_calls(job.graph, job.sink.keeps_logs)
     inputs = manifest.input_listing(job.inputs) if job.inputs else job.bigquery.source.source
     models = manifest.model_entries(job.graph)
     metrics.PROGRESS.reset()

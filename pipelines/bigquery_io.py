@@ -1,7 +1,6 @@
 """BigQuery for the batch job: which rows to read, the tables to write, and local emulators."""
 
 import dataclasses
-import logging
 from typing import Optional, Tuple
 
 import apache_beam as beam
@@ -9,9 +8,6 @@ import apache_beam as beam
 from pipelines.options import BatchInferOptions, OptionsError, field_list
 from pipelines.runners import LocalRunner
 from transforms.graph.model import ModelGraph, record_spec
-from transforms.runtime.accounting import AccountedDoFn
-from transforms.sinks.bigquery import WriteRowsToBigQuery
-from transforms.sinks.bigquery_schema import DEAD_LETTER_SCHEMA
 from transforms.sources.bigquery import BigQueryInput, ReadKeyedBigQueryRows
 from transforms.sources.text import InstanceOptions
 
@@ -57,23 +53,6 @@ def read_bigquery(p: beam.Pipeline, job, chunk_size: int, chunk_bytes: Optional[
                               included_fields=columns[1:])
     return p | f"Read[{settings.source.describe()[:60]}]" >> ReadKeyedBigQueryRows(
         settings.source, options, columns, chunk_size, chunk_bytes)
-
-
-def write_dead_letters(dead_letters, job):
-    """Dead letters -> --errors_table. A dead letter BigQuery refuses has no table left to go to:
-    it is logged in full and counted as errors_table_refused."""
-    settings = job.bigquery
-    refused = dead_letters | "WriteDeadLettersToBigQuery" >> WriteRowsToBigQuery(
-        settings.errors_table, DEAD_LETTER_SCHEMA, settings.write_method, settings.project,
-        settings.temp_location)
-    refused | "LogRefusedDeadLetters" >> beam.ParDo(LogRefusedDeadLettersFn())
-
-
-class LogRefusedDeadLettersFn(AccountedDoFn):
-
-    def process(self, failed):
-        self._accounting.refused_dead_letter()
-        logging.error("BigQuery refused a dead letter: %s", failed)
 
 
 def activate_emulators(opts: BatchInferOptions, project: Optional[str], runner: Optional[LocalRunner]) -> bool:

@@ -22,8 +22,10 @@ from transforms.runtime.gpu import GPU_BATCH, GpuSettings
 from transforms.scoring.refresh import RefreshSettings
 from transforms.scoring.engines import DEFAULT_ENGINE
 from transforms.scoring.output_ranks import with_output_ranks
+from transforms.sinks.base import Sink, SinkConfig
 from transforms.sinks.bigquery import STORAGE_WRITE_API, STREAMING_INSERTS
-from transforms.sinks.examples import OutputFeatureError, check_output_features, parse_output_features
+from transforms.sinks.examples import parse_output_features
+from transforms.sinks.registry import DEFAULT_OUTPUT_FORMAT, chosen_sink
 from transforms.sources.text_formats import TFRECORD
 
 DEFAULT_STREAM_BATCH_SIZE = 256
@@ -49,7 +51,7 @@ class BatchJob:
     output: Optional[str]
     errors: Optional[str]
     key_feature: Optional[str] = None
-    output_format: str = "jsonl"
+    output_format: str = DEFAULT_OUTPUT_FORMAT
     engine: str = DEFAULT_ENGINE
     max_batch_size: Optional[int] = None
     max_batch_bytes: Optional[int] = None
@@ -74,38 +76,23 @@ class BatchJob:
         return self.key_feature if self.input_format == TFRECORD else None
 
     @property
-    def writes_prediction_logs(self) -> bool:
-        return self.output_format == "tfrecord"
+    def sink(self) -> Sink:
+        """The sink the predictions go through (transforms.sinks.registry)."""
+        return chosen_sink(self.output_format, self.bigquery.output_table)
 
     @property
-    def writes_examples(self) -> bool:
-        return self.output_format == "examples"
+    def sink_config(self) -> SinkConfig:
+        settings = self.bigquery
+        return SinkConfig(output=self.output, num_shards=self.num_shards, row_per_model=self.row_per_model,
+                          with_source=self.with_source, output_features=self.output_features,
+                          output_compression=self.output_compression, table=settings.output_table,
+                          write_method=settings.write_method, project=settings.project,
+                          temp_location=settings.temp_location)
 
     @property
     def predictions_at(self) -> str:
         """Where the predictions go: the table, or the output files' pattern."""
-        if self.bigquery.output_table:
-            return self.bigquery.output_table
-        ext = {"tfrecord": "tfrecord", "parquet": "parquet", "examples": "tfrecord.gz"
-               if self.output_compression == "gzip" else "tfrecord"}.get(self.output_format, "jsonl")
-        return f"{self.output}-*.{ext}"
-
-
-def one_model_output_problem(job: BatchJob) -> Optional[str]:
-    """Why --output_format tfrecord or examples cannot write this job's records, or None: both
-    write one model's results per input record."""
-    node = job.graph.nodes[0]
-    if len(job.graph.nodes) > 1 or node.postprocess or job.graph.passthrough or job.row_per_model \
-            or job.with_source:
-        return (f"--output_format {job.output_format} writes one model's results per record; a graph "
-                "(several models, post-processing, passthrough, --row_per_model, --with_source) writes jsonl")
-    if job.writes_examples:
-        try:
-            check_output_features(dict(job.output_features),
-                                  [name for name, _, _ in node.model.row_output_specs()])
-        except OutputFeatureError as e:
-            return str(e)
-    return None
+        return self.sink.location(self.sink_config)
 
 
 def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions] = None,
@@ -140,7 +127,7 @@ def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions
                    manifest=opts.manifest or (manifest.manifest_path(opts.output) if opts.output else None),
                    redistribute=redistribute, max_dead_letter_fraction=opts.max_dead_letter_fraction,
                    listed_inputs=listed)
-    if job.output_format == "parquet" or bigquery.output_table:  # a schema: every output's rank
+    if job.sink.needs_schema:  # every output's rank
         job.graph = with_output_ranks(job.graph)
     if gpu_batches:
         job.max_batch_size = job.max_batch_size or GPU_BATCH.max_batch_size
@@ -148,8 +135,9 @@ def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions
     if job.input_format in (TFRECORD, BIGQUERY) and (job.included_fields or job.excluded_fields):
         raise OptionsError("--included_fields/--excluded_fields apply to JSON Lines and CSV inputs "
                            "(BigQuery: --feature_columns)")
-    if (job.writes_prediction_logs or job.writes_examples) and (problem := one_model_output_problem(job)):
-        raise OptionsError(problem)
+    problems = job.sink.graph_problems(job.graph, job.sink_config)
+    if problems:
+        raise OptionsError("; ".join(problems))
     return job
 
 

@@ -198,7 +198,7 @@ def batch_manifest(job, options: Mapping[str, Any], inputs: List[Dict[str, Any]]
         models = [dict(m, inference=inference_metrics(distributions, m["name"])) for m in models]
     outputs = {"predictions": job.predictions_at,
                "dead_letters": job.bigquery.errors_table or f"{job.errors}-*.jsonl",
-               "format": "bigquery" if job.bigquery.output_table else job.output_format}
+               "format": job.sink.name}
     manifest = {
         "manifest_version": 1,
         "job": "pipelines.batch_infer",

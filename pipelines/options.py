@@ -8,7 +8,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models.tf_console import VERBOSE_FLAG, VERBOSE_HELP
 from transforms.scoring.engines import DEFAULT_ENGINE, ENGINES
 from transforms.sinks.bigquery import FILE_LOADS, WRITE_METHODS
-from transforms.sinks.files import OUTPUT_FORMATS
+from transforms.sinks.base import SinkConfig
+from transforms.sinks.registry import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, sink_flag_problems
 from transforms.sources.bigquery import DIRECT_READ, READ_METHODS
 from transforms.sources.messages import PAYLOAD_FORMATS
 from transforms.sources.text_formats import INPUT_FORMATS
@@ -52,7 +53,7 @@ class BatchInferOptions(PipelineOptions):
         parser.add_argument("--key_feature",
                             help="feature (TFRecord) or field (JSON/CSV, then removed from the features) "
                                  "holding each record's key (default: file:index, or file:line for JSON/CSV)")
-        parser.add_argument("--output_format", default="jsonl",
+        parser.add_argument("--output_format", default=DEFAULT_OUTPUT_FORMAT,
                             help=f"one of {', '.join(OUTPUT_FORMATS)}: prediction rows as JSON Lines or "
                                  "Parquet (a column per model; schema from the signatures), PredictionLogs "
                                  "(TFRecord), or each input tf.Example with outputs added as features "
@@ -125,8 +126,9 @@ def check_options(opts: BatchInferOptions) -> None:
     problems += model_flag_problems(opts)
     if not 0 <= opts.max_dead_letter_fraction <= 1:
         problems.append(f"--max_dead_letter_fraction {opts.max_dead_letter_fraction} is not between 0 and 1")
-    if opts.output_format not in OUTPUT_FORMATS:
-        problems.append(f"--output_format {opts.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+    problems += sink_flag_problems(opts.output_format, SinkConfig(
+        output=opts.output, row_per_model=opts.row_per_model, output_features=opts.output_features,
+        output_compression=opts.output_compression, table=opts.output_table))
     if opts.input_format is not None and opts.input_format not in INPUT_FORMATS:
         problems.append(f"--input_format {opts.input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
     if opts.included_fields and opts.excluded_fields:
@@ -244,16 +246,6 @@ def bigquery_problems(opts: BatchInferOptions) -> list:
         problems.append("--output_table without --output needs --errors_table or --errors for dead letters")
     if opts.output_table and opts.output:
         problems.append("give --output or --output_table, not both")
-    if opts.output_table and opts.row_per_model:
-        problems.append("--row_per_model writes files; a BigQuery table holds one row per key")
-    if opts.output_format == "parquet" and opts.row_per_model:
-        problems.append("--row_per_model writes jsonl; a Parquet file holds one row per key, a column per model")
-    if (opts.output_features or opts.output_compression) and opts.output_format != "examples":
-        problems.append("--output_features/--output_compression apply to --output_format examples")
-    if opts.output_compression not in (None, "gzip"):
-        problems.append(f"--output_compression {opts.output_compression!r} is not gzip")
-    if opts.output_table and opts.output_format != "jsonl":
-        problems.append("--output_format applies to files; --output_table writes table rows")
     if opts.bigquery_emulator and from_bigquery and opts.bigquery_read_method.upper() == DIRECT_READ \
             and not opts.bigquery_emulator_grpc:
         problems.append("--bigquery_emulator with DIRECT_READ needs --bigquery_emulator_grpc "

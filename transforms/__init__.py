@@ -23,14 +23,14 @@ _EXPORTS = {
     "load_graph_file": "transforms.graph.file",
     # scoring: the one executor, in Beam
     "ScoreChunks": "transforms.scoring.beam",
-    "FormatRows": "transforms.scoring.beam",
+    "FormatRows": "transforms.sinks.format",
     "ScoreRecords": "transforms.scoring.beam",
     "ScoreMessages": "transforms.scoring.stream",
     "ChunkModelHandler": "transforms.scoring.model_handler",
     "ToPredictionRows": "transforms.scoring.tfx_bsl_logs",
     # sinks
     "WriteJsonLines": "transforms.sinks.files",
-    "WritePredictionLogs": "transforms.sinks.files",
+    "WritePredictionLogs": "transforms.sinks.prediction_logs",
     "WritePredictionRows": "transforms.sinks.bigquery",
     # the data contract
     "RecordChunk": "transforms.records.chunk",

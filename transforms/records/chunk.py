@@ -86,6 +86,7 @@ class ScoredChunk(NamedTuple):
     models: Dict[str, ModelResult]  # in graph order; a model that scored nothing is absent
     dead: List[Dict[str, Any]]  # dead-letter rows of this chunk (transforms.records.dead_letters)
     sources: Optional[Sequence[Mapping[str, Any]]] = None
+    versions: Optional[Dict[str, str]] = None  # {model: version} where models are refreshed (streams)
 
     def row_positions(self) -> List[int]:
         """Chunk positions with at least one model's outputs (one prediction row each)."""

@@ -11,10 +11,11 @@ setup(), updated once per chunk, always on the bundle's thread (Beam's metrics a
 import os
 import socket
 import time
-from typing import Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
+from transforms.records.dead_letters import DEAD_LETTER_TAG
 from transforms.runtime import metrics
 
 MODEL_OUTPUTS_PREFIX = "model_outputs_"
@@ -141,9 +142,27 @@ _PROCESS = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class AccountedDoFn(beam.DoFn):
-    """A DoFn that reports to its own Accounting, made in setup() on the worker."""
+    """A DoFn that reports to its own Accounting, made in setup() on the worker.
+
+    reject() and emit_predictions() are the only ways a record leaves a stage as a dead letter or
+    a prediction: each counts what it emits, so no stage can emit one without counting it
+    (tests/test_structure.py keeps every other module from tagging dead letters)."""
 
     _accounting: Accounting
 
     def setup(self):
         self._accounting = Accounting()
+
+    def reject(self, rows: Iterable[Mapping[str, Any]],
+               as_element: Optional[Callable[[Mapping[str, Any]], Any]] = None) -> Iterator[beam.pvalue.TaggedOutput]:
+        """Counts dead-letter rows and yields each on the dead-letter output (as_element(row):
+        what the dead-letter output carries, when it is not the row itself)."""
+        rows = list(rows)
+        self._accounting.dead_letters(rows)
+        for row in rows:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row if as_element is None else as_element(row))
+
+    def emit_predictions(self, elements: Iterable[Any], predictions: int) -> Iterator[Any]:
+        """Counts `predictions` records as scored and yields the elements that hold them."""
+        self._accounting.predictions(predictions)
+        yield from elements

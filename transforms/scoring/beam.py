@@ -1,10 +1,10 @@
-"""The scoring core in Beam: one DoFn scores chunks, one formats rows, for every job.
+"""The scoring core in Beam: one DoFn scores chunks, for every job, batch or stream.
 
-    RecordChunks -> ScoreChunks (ScoreChunksFn: score_chunk on each chunk)  -> ScoredChunks
+    RecordChunks -> ScoreChunks (ScoreChunksFn: score_chunk on each chunk, models from a
+                    provider)                                               -> ScoredChunks
                                                                             -> dead letters
-    ScoredChunks -> FormatRows (FormatRowsFn: JSON Lines text, or row dicts) -> sinks
-                                                                            -> dead letters
-    ScoredChunks -> FormatPredictionLogs (one model; --output_format tfrecord) -> (key, PredictionLog)
+    ScoredChunks -> a sink (transforms.sinks.registry), through the one format-or-dead-letter
+                    step (transforms.sinks.format)
 
 ScoreRecords is the same path for keyed records from any PCollection: (key, serialized
 tf.Example) are batched into chunks, scored and formatted as row dicts. Every transform here that
@@ -13,7 +13,7 @@ can reject a record returns WithDeadLetters(main, dead_letters).
 
 import concurrent.futures
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
@@ -21,13 +21,14 @@ from apache_beam.utils.windowed_value import WindowedValue
 from models.fingerprint import model_files
 from models.serving_model import ServingModel
 from transforms.graph.model import ModelGraph, parallel_graph
-from transforms.records.chunk import DEFAULT_CHUNK_SIZE, PREDICTION_LOG, RecordChunk, ScoredChunk
-from transforms.records.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, WithDeadLetters, dead_letter
-from transforms.records.rows import rows_block, rows_from_block
+from transforms.records.chunk import DEFAULT_CHUNK_SIZE, RecordChunk, ScoredChunk
+from transforms.records.dead_letters import DEAD_LETTER_TAG, WithDeadLetters
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.runtime.gpu import GpuSettings
-from transforms.scoring.engines import DEFAULT_ENGINE, BatchCall, batch_calls, take_load_times
+from transforms.scoring.engines import DEFAULT_ENGINE, BatchCall, take_load_times
 from transforms.scoring.executor import READ_KEYS, chunk_keys, score_chunk
+from transforms.scoring.providers import FixedModels, Models
+from transforms.sinks.format import FormatRows
 
 CallLog = List[Tuple[str, int, float, bool]]
 
@@ -56,51 +57,60 @@ def as_graph(model: Union[ServingModel, ModelGraph], engine: Optional[str] = Non
 class ScoreChunksFn(AccountedDoFn):
     """RecordChunk -> ScoredChunk, and its dead letters (tagged DEAD_LETTER_TAG).
 
-    Models load once per process (transforms.scoring.engines), after `gpu` is applied. With
-    pipelined (batch jobs), chunk n's keys are read on the bundle's thread and its models run on a
-    helper thread while chunk n-1's results go downstream; formatting and writing are fused into
-    this stage and run on the bundle's thread, and TensorFlow releases the GIL, so the model and
-    the Python around it overlap (a second helper thread measured no faster on 2 cores). At most
-    two chunks are in flight. Streams use pipelined=False, so a batch is not held to the bundle's end.
+    The models come from a provider (transforms.scoring.providers; default: the graph as
+    launched), asked once per chunk, after `gpu` is applied; they load once per process
+    (transforms.scoring.engines). With pipelined (batch jobs), chunk n's keys are read on the
+    bundle's thread and its models run on a helper thread while chunk n-1's results go
+    downstream; formatting and writing are fused into this stage and run on the bundle's thread,
+    and TensorFlow releases the GIL, so the model and the Python around it overlap (a second
+    helper thread measured no faster on 2 cores). At most two chunks are in flight. Streams use
+    pipelined=False, so a batch is not held to the bundle's end. dead_letter_element(row,
+    sources): what the dead-letter output carries for a row (default: the row).
     """
 
     def __init__(self, graph: ModelGraph, key_feature: Optional[str] = None,
-                 gpu: Optional[GpuSettings] = None, keep_logs: bool = False, pipelined: bool = True):
+                 gpu: Optional[GpuSettings] = None, keep_logs: bool = False, pipelined: bool = True,
+                 models=None, dead_letter_element: Optional[Callable[[Dict[str, Any], Any], Any]] = None):
         self._graph = graph
         self._key_feature = key_feature
         self._gpu = gpu or GpuSettings()
-        self._keep_logs = keep_logs
+        self._models = models or FixedModels(graph, keep_logs)
         self._pipelined = pipelined
-        self._calls: Dict[str, BatchCall] = {}
+        self._dead_letter_element = dead_letter_element
         self._executor = None
         self._pending = None
 
     def setup(self):
         super().setup()
         self._gpu.apply()
-        self._calls = batch_calls(self._graph, self._keep_logs)
+        self._models.setup()
         if self._pipelined:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="score-chunks")
 
-    def score(self, chunk: RecordChunk, keys: Any = READ_KEYS) -> Tuple[ScoredChunk, CallLog]:
-        """score_chunk with this DoFn's models; safe on any thread (touches no metrics)."""
+    def score(self, chunk: RecordChunk, keys: Any = READ_KEYS, models: Optional[Models] = None
+              ) -> Tuple[ScoredChunk, CallLog]:
+        """score_chunk with these models (default: the provider's now); safe on any thread
+        (touches no metrics)."""
+        graph, calls, versions = models or self._models.current()
         log: CallLog = []
-        calls = {name: timed(name, call, log) for name, call in self._calls.items()}
-        return score_chunk(self._graph, calls, chunk, self._key_feature, keys), log
+        timed_calls = {name: timed(name, call, log) for name, call in calls.items()}
+        scored = score_chunk(graph, timed_calls, chunk, self._key_feature, keys)
+        return (scored._replace(versions=versions) if versions else scored), log
 
     def account(self, scored: ScoredChunk, log: CallLog) -> None:
-        """Reports a scored chunk (on the bundle's thread), and the model loads not yet reported."""
+        """Reports a scored chunk (on the bundle's thread), and the model loads and refreshes not
+        yet reported."""
         self._accounting.models_loaded(self._named_loads(take_load_times()))
+        self._accounting.model_refreshes(self._models.take_events())
         self._accounting.scored_in_this_process()
         self._accounting.model_calls(log)
-        self._accounting.dead_letters(scored.dead)
         self._accounting.model_outputs({name: len(r.indices) for name, r in scored.models.items()})
 
     def _named_loads(self, loads: List[Tuple[str, float]]) -> List[Tuple[str, float, int]]:
         """(model path, seconds) of loads -> (model name, seconds, bytes on disk) for this graph's models."""
         named = []
         for path, seconds in loads:
-            for node in self._graph.nodes:
+            for node in self._models.graph.nodes:
                 if node.model.path == path:
                     named.append((node.name, seconds, sum(size for _, size in model_files(path))))
         return named
@@ -115,7 +125,7 @@ class ScoreChunksFn(AccountedDoFn):
         previous = self._pending
         # the keys are read here while the helper thread runs the models on the chunk before
         keys = chunk_keys(chunk, self._key_feature)
-        self._pending = (self._executor.submit(self.score, chunk, keys), timestamp, window)
+        self._pending = (self._executor.submit(self.score, chunk, keys, self._models.current()), timestamp, window)
         if previous is not None:
             yield from self._windowed_results(*previous)
 
@@ -133,8 +143,8 @@ class ScoreChunksFn(AccountedDoFn):
 
     def _results(self, scored: ScoredChunk, log: CallLog):
         self.account(scored, log)
-        for row in scored.dead:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)
+        element = self._dead_letter_element
+        yield from self.reject(scored.dead, element and (lambda row: element(row, scored.sources)))
         if scored.models:
             yield scored._replace(dead=[])
 
@@ -143,94 +153,18 @@ class ScoreChunksFn(AccountedDoFn):
             self._executor.shutdown(wait=False)
 
 
-def format_rows(graph: ModelGraph, scored: ScoredChunk, row_per_model: bool = False,
-                with_source: bool = False, scalars: Optional[Dict[str, Optional[bool]]] = None) -> Tuple[str, int]:
-    """(JSON Lines text, number of lines) of a scored chunk's prediction rows (transforms.records.rows)."""
-    return rows_block(scored.keys, scored.models, scored.records, graph.passthrough,
-                      graph.passthrough_scalars() if scalars is None else scalars, row_per_model,
-                      scored.sources if with_source else None)
-
-
-def unformattable_dead_letters(scored: ScoredChunk, error: BaseException) -> List[Dict[str, Any]]:
-    """A dead letter (postprocess) per row of a chunk whose rows could not be formatted."""
-    return [dead_letter(POSTPROCESS, error, key=scored.keys[i], raw=scored.records[i],
-                        source=None if scored.sources is None else scored.sources[i])
-            for i in scored.row_positions()]
-
-
-class FormatChunkFn(AccountedDoFn):
-    """ScoredChunk -> what a sink writes of its prediction rows (format()); a chunk whose rows
-    cannot be formatted becomes dead letters (postprocess), one per row."""
-
-    def format(self, scored: ScoredChunk) -> Tuple[Iterable[Any], int]:
-        """(the elements to emit, the number of records they hold predictions for)."""
-        raise NotImplementedError
-
-    def process(self, scored: ScoredChunk):
-        try:
-            elements, predictions = self.format(scored)
-        except Exception as e:  # pylint: disable=broad-except  # each row of the chunk is accounted for
-            dead = unformattable_dead_letters(scored, e)
-            self._accounting.dead_letters(dead)
-            for row in dead:
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)
-            return
-        self._accounting.predictions(predictions)
-        yield from elements
-
-
-class FormatRowsFn(FormatChunkFn):
-    """ScoredChunk -> its prediction rows: one text element of JSON lines per chunk (files), or
-    one dict per row (as_dicts: BigQuery, Pub/Sub, the keyed API)."""
-
-    def __init__(self, graph: ModelGraph, row_per_model: bool = False, with_source: bool = False,
-                 as_dicts: bool = False):
-        self._graph = graph
-        self._row_per_model = row_per_model
-        self._with_source = with_source
-        self._as_dicts = as_dicts
-        self._scalars = graph.passthrough_scalars()
-
-    def format(self, scored: ScoredChunk) -> Tuple[Iterable[Any], int]:
-        text, count = format_rows(self._graph, scored, self._row_per_model, self._with_source, self._scalars)
-        # conservation counts records: with row_per_model a record has one line per model
-        predictions = len(scored.row_positions()) if self._row_per_model else count
-        if self._as_dicts:
-            return rows_from_block(text, count), predictions
-        return ([text] if count else []), predictions
-
-
-class FormatPredictionLogsFn(AccountedDoFn):
-    """ScoredChunk of a one-model job whose engine kept its logs -> (key, PredictionLog) per record."""
-
-
-    def process(self, scored: ScoredChunk):
-        ((_, result),) = scored.models.items()
-        logs = result.outputs[PREDICTION_LOG]
-        self._accounting.predictions(len(result.indices))
-        for row, position in enumerate(result.indices):
-            yield scored.keys[position], logs[row]
-
-
 @beam.ptransform_fn
 @beam.typehints.with_input_types(RecordChunk)
 def ScoreChunks(chunks, graph: ModelGraph, key_feature: Optional[str] = None,
-                gpu: Optional[GpuSettings] = None, keep_logs: bool = False, pipelined: bool = True):
+                gpu: Optional[GpuSettings] = None, keep_logs: bool = False, pipelined: bool = True,
+                models=None, dead_letter_element=None):
     """RecordChunks -> WithDeadLetters(ScoredChunks, dead letters at decode, validate, convert,
-    infer, postprocess)."""
-    result = chunks | "+".join(graph.names) >> beam.ParDo(
-        ScoreChunksFn(graph, key_feature, gpu, keep_logs, pipelined)).with_outputs(DEAD_LETTER_TAG, main="scored")
+    infer, postprocess). models: a provider (transforms.scoring.providers; default: the graph
+    as launched)."""
+    result = chunks | "+".join(graph.names) >> beam.ParDo(ScoreChunksFn(
+        graph, key_feature, gpu, keep_logs, pipelined, models, dead_letter_element)
+    ).with_outputs(DEAD_LETTER_TAG, main="scored")
     return WithDeadLetters(result.scored, result[DEAD_LETTER_TAG])
-
-
-@beam.ptransform_fn
-@beam.typehints.with_input_types(ScoredChunk)
-def FormatRows(scored, graph: ModelGraph, row_per_model: bool = False, with_source: bool = False,
-               as_dicts: bool = False):
-    """ScoredChunks -> WithDeadLetters(JSON Lines text per chunk, or row dicts; dead letters)."""
-    result = scored | "Format" >> beam.ParDo(FormatRowsFn(graph, row_per_model, with_source, as_dicts)
-                                             ).with_outputs(DEAD_LETTER_TAG, main="rows")
-    return WithDeadLetters(result.rows, result[DEAD_LETTER_TAG])
 
 
 def to_chunk(batch: Sequence[Tuple[str, bytes]]) -> RecordChunk:

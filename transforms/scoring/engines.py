@@ -19,7 +19,7 @@ caller's wrappers (transforms.scoring.beam), not engine code.
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -30,9 +30,6 @@ from models.serving_results import (CLASSES, CLASSIFY, OUTPUTS, REGRESS, SCORES,
                                     regress_log)
 from transforms.records.chunk import PREDICTION_LOG
 from transforms.records.serialized import string_tensor
-
-if TYPE_CHECKING:
-    from transforms.graph.model import ModelGraph
 
 DEFAULT_ENGINE = "fast"
 TFX_BSL_ENGINE = "tfx-bsl"
@@ -183,8 +180,9 @@ class ModelLoadError(ModelContractError):
     """A model its engine cannot load; names the model, the engine and the reason."""
 
 
-def batch_calls(graph: "ModelGraph", keep_logs: bool = False) -> Dict[str, BatchCall]:
-    """{model name: its batch call} for every node of the graph, each on its node's engine.
+def batch_calls(graph, keep_logs: bool = False) -> Dict[str, BatchCall]:
+    """{model name: its batch call} for every node of a transforms.graph.model.ModelGraph (not
+    imported here: the graph imports the engines' names), each on its node's engine.
     Raises ModelLoadError for a model its engine cannot load."""
     calls = {}
     for n in graph.nodes:

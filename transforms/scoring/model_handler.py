@@ -27,7 +27,8 @@ from transforms.graph.model import ModelGraph
 from transforms.records.chunk import DEFAULT_CHUNK_SIZE, RecordChunk
 from transforms.records.rows import KEY_FIELD, rows_from_block
 from transforms.runtime.gpu import GpuSettings
-from transforms.scoring.beam import as_graph, format_rows
+from transforms.scoring.beam import as_graph
+from transforms.sinks.format import format_rows
 from transforms.scoring.engines import BatchCall, batch_calls
 from transforms.scoring.executor import score_chunk
 

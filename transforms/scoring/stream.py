@@ -2,28 +2,34 @@
 
     messages -> MessagesToRecordsFn (key, size check, JSON -> tf.Example)          -> dead letters
              -> BatchRecords (GroupIntoBatches.WithShardedKey: size or latency)
-             -> ScoreMessageBatchFn (the scoring core on the batch, not pipelined)  -> Predictions
-                                                                                    -> dead letters
+             -> MessagesToChunkFn (a RecordChunk keyed by message id)
+             -> ScoreChunks (the batch job's scoring step, not pipelined; models from a
+                provider: as launched, or refreshed)                               -> dead letters
+             -> FormatMessagesFn (the one format-or-dead-letter step)  -> Predictions
+                                                                        -> dead letters
 
-Inside a batch, records are keyed by message id, which is unique, so every row and dead letter
-finds its message: rows get the caller's key back, and dead letters carry the original payload
-and attributes (DeadLetter elements). Every message read ends as exactly one of the two.
+Inside a chunk, records are keyed by message id, which is unique, so every row and dead letter
+finds its message (the chunk's sources hold the messages, MessageSources): rows get the caller's
+key back, and dead letters carry the original payload and attributes (DeadLetter elements).
+Every message read ends as exactly one of the two.
 """
 
 import time
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
 from models.feature_spec import Feature
 from transforms.graph.model import ModelGraph
-from transforms.records.chunk import RecordChunk
+from transforms.records.chunk import RecordChunk, ScoredChunk
 from transforms.records.dead_letters import DEAD_LETTER_TAG, WithDeadLetters
 from transforms.records.rows import KEY_FIELD, MODEL_VERSIONS_FIELD, rows_from_block
+from transforms.runtime.accounting import AccountedDoFn
 from transforms.runtime.gpu import GpuSettings
-from transforms.scoring.beam import ScoreChunksFn, format_rows, unformattable_dead_letters
-from transforms.scoring.engines import batch_calls
-from transforms.scoring.refresh import RefreshSettings, shared_refresher
+from transforms.scoring.beam import ScoreChunks
+from transforms.scoring.providers import model_provider
+from transforms.scoring.refresh import RefreshSettings
+from transforms.sinks.format import FormatChunkFn, format_chunks, format_rows
 from transforms.sources.messages import EXAMPLE, StreamRecord
 from transforms.sources.pubsub import BatchRecords, DeadLetter, MessagesToRecordsFn
 
@@ -33,68 +39,70 @@ class Prediction(NamedTuple):
     message_id: str
 
 
-class ScoreMessageBatchFn(ScoreChunksFn):
-    """(shard, [StreamRecord]) -> Predictions, and DeadLetters for what a model could not score.
+class MessageSources(Sequence):
+    """A chunk's sources as rows show them ({"message_id"} each), holding the messages' StreamRecords."""
 
-    With refresh on, new model versions are swapped in between batches (transforms.scoring.refresh),
-    and each row says under MODEL_VERSIONS_FIELD which version of each of its models scored it."""
+    def __init__(self, records: Iterable[StreamRecord]):
+        self.records = list(records)
 
-    def __init__(self, graph: ModelGraph, with_source: bool = False, gpu: Optional[GpuSettings] = None,
-                 refresh: RefreshSettings = RefreshSettings()):
-        super().__init__(graph, gpu=gpu, pipelined=False)
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return {"message_id": self.records[i].message_id}
+
+    def by_message_id(self) -> Dict[str, StreamRecord]:
+        return {r.message_id: r for r in self.records}
+
+
+def messages_to_chunk(batch: Sequence[StreamRecord]) -> RecordChunk:
+    """A batch of records as one chunk keyed by message id (a message redelivered into the same
+    batch is scored once)."""
+    records = list({r.message_id: r for r in batch}.values())
+    return RecordChunk([r.message_id for r in records], [r.example for r in records], MessageSources(records))
+
+
+def message_dead_letter(row: Dict[str, Any], sources: MessageSources) -> DeadLetter:
+    """A chunk's dead-letter row (keyed by message id) as its message's DeadLetter, with the caller's key."""
+    record = sources.by_message_id()[row["key"]]
+    return DeadLetter(dict(row, key=record.key), record.payload, record.attributes, record.message_id)
+
+
+class MessagesToChunkFn(AccountedDoFn):
+    """(shard, [StreamRecord]) -> one RecordChunk (messages_to_chunk)."""
+
+    def process(self, sharded_batch):
+        _, batch = sharded_batch
+        self._accounting.stream_batch(len(batch))
+        yield messages_to_chunk(batch)
+
+
+class FormatMessagesFn(FormatChunkFn):
+    """ScoredChunk of messages -> a Prediction per row, with the caller's key and, where models
+    are refreshed, the version of each model that scored it (MODEL_VERSIONS_FIELD)."""
+
+    def __init__(self, graph: ModelGraph, with_source: bool = False):
+        self._graph = graph
         self._with_source = with_source
         self._scalars = graph.passthrough_scalars()
-        self._refresh = refresh
-        self._refresher = None
-        self._generation = 0
 
-    def setup(self):
-        if self._refresh.on:  # start from the process's current versions, not those of launch
-            self._refresher = shared_refresher(self._graph, self._keep_logs)
-            self._generation, self._graph = self._refresher.current()
-            self._refresher.start(self._refresh)
-        super().setup()
-
-    def process(self, sharded_batch):  # pylint: disable=arguments-differ
-        _, batch = sharded_batch
-        versions = None
-        if self._refresher is not None:
-            generation, graph = self._refresher.current()
-            if generation != self._generation:  # between batches: a batch is scored by one version
-                self._generation, self._graph = generation, graph
-                self._calls = batch_calls(graph, self._keep_logs)
-            self._accounting.model_refreshes(self._refresher.take_events())
-            versions = {n.name: n.model.version_name for n in self._graph.nodes}
-        self._accounting.stream_batch(len(batch))
-        records: Dict[str, StreamRecord] = {r.message_id: r for r in batch}
-        chunk = RecordChunk(list(records), [r.example for r in records.values()],
-                            [{"message_id": m} for m in records])
-        scored, log = self.score(chunk)
-        self.account(scored, log)
+    def format(self, scored: ScoredChunk) -> Tuple[List[Prediction], int]:
+        text, count = format_rows(self._graph, scored, with_source=self._with_source, scalars=self._scalars)
+        records = scored.sources.by_message_id()
         self._accounting.publish_to_result(r.published_at for r in records.values())
-        yield from self._dead_letters(scored.dead, records)
-        try:
-            text, count = format_rows(self._graph, scored, with_source=self._with_source, scalars=self._scalars)
-        except Exception as e:  # pylint: disable=broad-except  # each message is accounted for
-            dead = unformattable_dead_letters(scored, e)
-            self._accounting.dead_letters(dead)
-            yield from self._dead_letters(dead, records)
-            return
-        self._accounting.predictions(count)
+        predictions = []
         for row in rows_from_block(text, count):
             record = records[row[KEY_FIELD]]
             row[KEY_FIELD] = record.key
-            if versions is not None:
-                row[MODEL_VERSIONS_FIELD] = {name: version for name, version in versions.items() if name in row}
-            yield Prediction(row, record.message_id)
+            if scored.versions is not None:
+                row[MODEL_VERSIONS_FIELD] = {name: v for name, v in scored.versions.items() if name in row}
+            predictions.append(Prediction(row, record.message_id))
+        return predictions, count
 
-    @staticmethod
-    def _dead_letters(rows, records: Dict[str, StreamRecord]):
-        for row in rows:
-            record = records[row["key"]]
-            row["key"] = record.key
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
-                row, record.payload, record.attributes, record.message_id))
+    def dead_letter_element(self, row: Dict[str, Any], scored: ScoredChunk) -> DeadLetter:
+        return message_dead_letter(row, scored.sources)
 
 
 class ScoreMessages(beam.PTransform):
@@ -121,11 +129,13 @@ class ScoreMessages(beam.PTransform):
     def expand(self, messages):
         records = messages | "ToRecords" >> beam.ParDo(self._to_records).with_outputs(
             DEAD_LETTER_TAG, main="records")
-        label = "+".join(self._graph.names)
-        scored = (records.records
+        chunks = (records.records
                   | "Batch" >> BatchRecords(self._max_batch_size, self._max_batch_latency_s, self._clock)
-                  | f"ScoreBatches[{label}]" >> beam.ParDo(
-                      ScoreMessageBatchFn(self._graph, self._with_source, self._gpu, self._refresh)).with_outputs(
-                      DEAD_LETTER_TAG, main="rows"))
-        dead = (records[DEAD_LETTER_TAG], scored[DEAD_LETTER_TAG]) | "DeadLetters" >> beam.Flatten()
-        return WithDeadLetters(scored.rows, dead)
+                  | "ToChunks" >> beam.ParDo(MessagesToChunkFn()))
+        scored, unscored = chunks | f"ScoreBatches[{'+'.join(self._graph.names)}]" >> ScoreChunks(
+            self._graph, gpu=self._gpu, pipelined=False, models=model_provider(self._graph, refresh=self._refresh),
+            dead_letter_element=message_dead_letter)
+        predictions, unformatted = format_chunks(
+            scored, "ToPredictions", FormatMessagesFn(self._graph, self._with_source))
+        dead = (records[DEAD_LETTER_TAG], unscored, unformatted) | "DeadLetters" >> beam.Flatten()
+        return WithDeadLetters(predictions, dead)

@@ -63,11 +63,8 @@ class LogsToRowsFn(AccountedDoFn):
 
     def process(self, batch):
         rows, dead = logs_to_rows(self._model, [k for k, _ in batch], [log for _, log in batch], self._steps)
-        self._accounting.predictions(len(rows))
-        self._accounting.dead_letters(dead)
-        yield from rows
-        for row in dead:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)
+        yield from self.emit_predictions(rows, len(rows))
+        yield from self.reject(dead)
 
 
 @beam.ptransform_fn

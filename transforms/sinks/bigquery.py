@@ -8,7 +8,7 @@ STREAMING_INSERTS, a row BigQuery refuses for good comes back as a dead letter a
 FILE_LOADS a refused load fails the job with BigQuery's error.
 """
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import apache_beam as beam
 import orjson
@@ -17,7 +17,9 @@ from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 from transforms.graph.model import ModelGraph, feature_types
 from transforms.records.dead_letters import WRITE, dead_letter
 from transforms.runtime.accounting import AccountedDoFn
+from transforms.sinks.base import Sink, SinkConfig
 from transforms.sinks.bigquery_schema import fit_record, prediction_schema
+from transforms.sinks.format import FormatRows
 
 STREAMING_INSERTS, FILE_LOADS, STORAGE_WRITE_API = "STREAMING_INSERTS", "FILE_LOADS", "STORAGE_WRITE_API"
 WRITE_METHODS = (STREAMING_INSERTS, FILE_LOADS, STORAGE_WRITE_API)
@@ -88,3 +90,26 @@ def WritePredictionRows(rows, graph: ModelGraph, table: str, method: str = STREA
     refused = rows | "Write" >> WriteRowsToBigQuery(
         table, prediction_schema(graph, spec, with_source, with_versions), method, project, temp_location)
     return refused | "RefusedRows" >> beam.ParDo(RefusedRowsFn())
+
+
+class BigQuerySink(Sink):
+    """--output_table: one row per key in a table whose schema comes from the graph's signatures."""
+
+    name = "bigquery"
+    suffix = ""
+    writes_files = False
+    needs_schema = True
+
+    def flag_problems(self, config: SinkConfig) -> List[str]:
+        if config.row_per_model:
+            return ["--row_per_model writes files; a BigQuery table holds one row per key"]
+        return []
+
+    def location(self, config: SinkConfig) -> str:
+        return config.table
+
+    def write(self, scored, graph, config: SinkConfig):
+        rows, unformatted = scored | "ToRows" >> FormatRows(graph, with_source=config.with_source, as_dicts=True)
+        refused = rows | "WriteToTable" >> WritePredictionRows(
+            graph, config.table, config.write_method, config.project, config.temp_location, config.with_source)
+        return (unformatted, refused) | "Unwritten" >> beam.Flatten()

@@ -6,14 +6,15 @@ outputs as int64_list, strings as bytes_list, every value of the output flattene
 component (or this job, on the next model) reads them like any TFRecord of tf.Example.
 """
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
 from tensorflow.core.example import example_pb2, feature_pb2
 
 from transforms.records.chunk import PREDICTION_LOG, ScoredChunk
-from transforms.runtime.accounting import AccountedDoFn
+from transforms.sinks.base import Sink, SinkConfig, one_model_problem
+from transforms.sinks.format import FormatChunkFn, format_chunks
 
 
 class OutputFeatureError(ValueError):
@@ -57,18 +58,17 @@ def example_with_outputs(serialized: bytes, outputs: Mapping[str, np.ndarray],
     return example.SerializeToString()
 
 
-class FormatExamplesFn(AccountedDoFn):
+class FormatExamplesFn(FormatChunkFn):
     """ScoredChunk of a one-model job -> serialized tf.Examples with the chosen outputs added."""
 
     def __init__(self, features: Mapping[str, str]):
         self._features = dict(features)
 
-    def process(self, scored: ScoredChunk):
+    def format(self, scored: ScoredChunk) -> Tuple[Iterable[bytes], int]:
         ((_, result),) = scored.models.items()
-        self._accounting.predictions(len(result.indices))
-        for row, position in enumerate(result.indices):
-            yield example_with_outputs(scored.records[position], {n: v[row] for n, v in result.outputs.items()},
-                                       self._features)
+        examples = [example_with_outputs(scored.records[position], {n: v[row] for n, v in result.outputs.items()},
+                                         self._features) for row, position in enumerate(result.indices)]
+        return examples, len(examples)
 
 
 @beam.ptransform_fn
@@ -86,3 +86,32 @@ def check_output_features(features: Mapping[str, str], outputs: Sequence[str]) -
     unknown = sorted(set(features) - set(outputs))
     if unknown:
         raise OutputFeatureError(f"--output_features names outputs {unknown}; the model has {sorted(outputs)}")
+
+
+class ExamplesSink(Sink):
+    name = "examples"
+    suffix = ".tfrecord"
+
+    def flag_problems(self, config: SinkConfig) -> List[str]:
+        if config.output_compression not in (None, "gzip"):
+            return [f"--output_compression {config.output_compression!r} is not gzip"]
+        return []
+
+    def graph_problems(self, graph, config: SinkConfig) -> List[str]:
+        problem = one_model_problem(self, graph, config)
+        if problem:
+            return [problem]
+        try:
+            check_output_features(dict(config.output_features),
+                                  [name for name, _, _ in graph.nodes[0].model.row_output_specs()])
+        except OutputFeatureError as e:
+            return [str(e)]
+        return []
+
+    def location(self, config: SinkConfig) -> str:
+        return f"{config.output}-*{self.suffix}{'.gz' if config.output_compression == 'gzip' else ''}"
+
+    def write(self, scored, graph, config: SinkConfig):
+        examples, unformatted = format_chunks(scored, "ToExamples", FormatExamplesFn(dict(config.output_features)))
+        examples | "WriteExamples" >> WriteExamples(config.output, config.num_shards, config.output_compression)
+        return unformatted

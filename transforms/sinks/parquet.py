@@ -25,11 +25,11 @@ import apache_beam as beam
 from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 
-from transforms.graph.model import ModelGraph
+from transforms.graph.model import ModelGraph, feature_types
 from transforms.records.chunk import PREDICTION_LOG, ModelResult, ScoredChunk
-from transforms.records.dead_letters import DEAD_LETTER_TAG
 from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, SOURCE_FIELD, record_feature_values
-from transforms.scoring.beam import FormatChunkFn
+from transforms.sinks.base import Sink, SinkConfig
+from transforms.sinks.format import FormatChunkFn, format_chunks
 from transforms.sinks.output_columns import SchemaError, Shape, output_columns
 
 ROW_GROUP_ROWS = 64 * 1024
@@ -252,7 +252,21 @@ def WriteParquetRows(scored, graph: ModelGraph, prefix: str, num_shards: int = 0
     """ScoredChunks -> PREFIX-SSSSS-of-NNNNN.parquet; returns the dead letters of chunks that could
     not be converted (postprocess)."""
     schema = parquet_schema(graph, passthrough_types, with_source)
-    result = scored | "ToArrow" >> beam.ParDo(FormatParquetFn(graph, schema, with_source)).with_outputs(
-        DEAD_LETTER_TAG, main="tables")
-    result.tables | "Write" >> beam.io.iobase.Write(ParquetTablesSink(prefix, schema, num_shards))
-    return result[DEAD_LETTER_TAG]
+    tables, unformatted = format_chunks(scored, "ToArrow", FormatParquetFn(graph, schema, with_source))
+    tables | "Write" >> beam.io.iobase.Write(ParquetTablesSink(prefix, schema, num_shards))
+    return unformatted
+
+
+class ParquetSink(Sink):
+    name = "parquet"
+    suffix = ".parquet"
+    needs_schema = True
+
+    def flag_problems(self, config: SinkConfig) -> List[str]:
+        if config.row_per_model:
+            return ["--row_per_model writes jsonl; a Parquet file holds one row per key, a column per model"]
+        return []
+
+    def write(self, scored, graph, config: SinkConfig):
+        return scored | "WriteParquet" >> WriteParquetRows(
+            graph, config.output, config.num_shards, config.with_source, feature_types(graph))

@@ -101,8 +101,7 @@ class RowsToRecordsFn(AccountedDoFn):
             except Exception as e:  # pylint: disable=broad-except  # no row may stop the others
                 dead = dead_letter(CONVERT, as_conversion_error(e), key=self._options.key_or_none(row),
                                    raw=row_bytes(row), source=self._source)
-                self._accounting.dead_letters([dead])
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
+                yield from self.reject([dead])
                 continue
             keys.append(key)
             records.append(record)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 import apache_beam as beam
 
 from models.feature_spec import Feature
-from transforms.records.dead_letters import DEAD_LETTER_TAG, dead_letter
+from transforms.records.dead_letters import dead_letter
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.sources.messages import (EXAMPLE, MessageError, epoch_seconds_of, message_id_of,
                                          message_to_record)
@@ -50,8 +50,7 @@ class MessagesToRecordsFn(AccountedDoFn):
         except Exception as e:  # pylint: disable=broad-except  # no message may stop the stream
             error = e if isinstance(e, MessageError) else MessageError("convert", f"{type(e).__name__}: {e}")
             row = dead_letter(error.stage, error, key=error.key, raw=payload, source={"message_id": message_id})
-            self._accounting.dead_letters([row])
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(row, payload, attributes, message_id))
+            yield from self.reject([row], lambda r: DeadLetter(r, payload, attributes, message_id))
 
 
 class BatchRecords(beam.PTransform):

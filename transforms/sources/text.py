@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from models.feature_spec import Feature
 from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, RecordChunk
-from transforms.records.dead_letters import CONVERT, DEAD_LETTER_TAG, dead_letter
+from transforms.records.dead_letters import CONVERT, dead_letter
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.sources.files import check_local_patterns, read_files
 from transforms.sources.instances import (ConversionError, as_conversion_error, instance_key, instance_to_example,
@@ -130,8 +130,7 @@ class ReadInstancesFn(AccountedDoFn):
         for line, key, example, _ in keyed_examples(path, name, self._fmt, self._options):
             self._accounting.read(1)
             if isinstance(example, dict):
-                self._accounting.dead_letters([example])
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, example)
+                yield from self.reject([example])
                 continue
             keys.append(key)
             records.append(example)

@@ -18,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.records.chunk import (DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, FileRecords, PositionKeys, RecordChunk,
                                      split_by_bytes)
-from transforms.records.dead_letters import DEAD_LETTER_TAG, READ, dead_letter
+from transforms.records.dead_letters import READ, dead_letter
 from transforms.records.serialized import SerializedRecords
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.sources.files import check_local_patterns, read_files
@@ -194,8 +194,7 @@ class ReadRecordChunksFn(AccountedDoFn):
                 row = corruption_dead_letter(path, f"{name}:{item.index}", item)
                 if item.fatal:
                     self._accounting.unreadable_region(row["source"]["bytes_skipped"])
-                self._accounting.dead_letters([row])
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)
+                yield from self.reject([row])
                 continue
             first, records = item
             self._accounting.read(len(records))
