@@ -46,7 +46,7 @@ pubsub-local: $(STAMP)
 # A local BigQuery (REST :9050, Storage Read gRPC :9060) and GCS (:9023) on 127.0.0.1, in the
 # foreground; their own Python 3.13 venv, .bigquery-venv (tools/bigquery_local). Jobs reach them
 # with --bigquery_emulator http://127.0.0.1:9050 --bigquery_emulator_grpc 127.0.0.1:9060
-# --storage_emulator http://127.0.0.1:9023 (README, "BigQuery").
+# --storage_emulator http://127.0.0.1:9023 (docs/sources.md, "A local BigQuery").
 bigquery-install:
 	bash tools/bigquery_local/install.sh
 

@@ -1,8 +1,9 @@
-"""Every command the README shows still parses: each `python -m ...` line of its shell blocks goes
-through its command's own option parsing and checks, and the Dataflow ones through a --dry_run (with
-the model paths pointed at a real local model, since a dry run reads the models' signatures). An
-example that stops working fails here."""
+"""Every command the README and the pages under docs/ show still parses: each `python -m ...` line
+of their shell blocks goes through its command's own option parsing and checks, and the Dataflow
+ones through a --dry_run (with the model paths pointed at a real local model, since a dry run reads
+the models' signatures). An example that stops working fails here, wherever it moved."""
 
+import glob
 import os
 import re
 import shlex
@@ -49,10 +50,20 @@ def _arguments(line: str, variables: dict):
     return argv, required, fragment
 
 
-def readme_commands():
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        text = f.read()
-    variables = dict(re.findall(r'^(\w+)="([^"]*)"$', text, re.M))
+def doc_pages():
+    """README.md and every page under docs/: where the commands people copy are shown."""
+    pages = [os.path.relpath(f, ROOT) for f in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)]
+    return ["README.md"] + sorted(pages)
+
+
+def page_text(page: str) -> str:
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+        return f.read()
+
+
+def page_commands(page: str):
+    text = page_text(page)
+    variables = dict(re.findall(r'^(\w+)="([^"]*)"$', text, re.M))  # a page's own COMMON="..."
     commands = []
     for block in re.findall(r"```(?:sh|bash)\n(.*?)```", text, re.S):
         joined = re.sub(r"\\[ \t]*(#[^\n]*)?\n\s*", " ", block)  # continuations, with comments after them
@@ -61,8 +72,24 @@ def readme_commands():
             if match:
                 argv, required, fragment = _arguments(match.group(2), variables)
                 commands.append(pytest.param(match.group(1), argv, required, fragment,
-                                             id=f"{match.group(1)} {' '.join(argv)}"[:90]))
+                                             id=f"{page}: {match.group(1)} {' '.join(argv)}"[:100]))
     return commands
+
+
+def readme_commands():
+    return [command for page in doc_pages() for command in page_commands(page)]
+
+
+def section(heading: str):
+    """(page, text) of the one section of the README or a docs page with this heading, up to the
+    next heading of its level or above."""
+    level = heading.split(" ", 1)[0]
+    found = [(page, page_text(page)) for page in doc_pages() if f"\n{heading}\n" in page_text(page)]
+    assert len(found) == 1, f"{heading!r} is on {[page for page, _ in found]}"
+    page, text = found[0]
+    rest = text.split(f"\n{heading}\n", 1)[1]
+    ends = [m.start() for m in re.finditer(r"^#{1,%d} " % len(level), rest, re.M)]
+    return page, rest[:ends[0]] if ends else rest
 
 
 COMMANDS = readme_commands()
@@ -73,6 +100,12 @@ def test_the_readme_shows_commands_of_every_entry_point():
     assert {"pipelines.batch_infer", "pipelines.stream_infer", "pipelines.to_tfrecord", "models.prepare",
             "models.inspect"} <= modules, modules
     assert len(COMMANDS) >= 20
+    in_readme = {c.values[0] for c in page_commands("README.md")}
+    assert {"pipelines.batch_infer", "pipelines.stream_infer", "models.prepare", "models.inspect"} <= in_readme
+    # the pages the README's depth moved to are scanned too, and each of them shows commands
+    with_commands = {c.id.split(":", 1)[0] for c in COMMANDS}
+    assert {"README.md", "docs/options.md", "docs/sources.md", "docs/streams.md", "docs/dataflow.md",
+            "docs/models.md", "docs/graphs.md"} <= with_commands, with_commands
 
 
 def _with_local_models(argv, model_dir):
@@ -124,18 +157,19 @@ def test_every_readme_command_parses_and_dataflow_ones_dry_run(module, argv, req
 
 
 def test_the_readme_local_bigquery_example_runs_as_shown(bigquery_emulator, penguin_model, tmp_path, monkeypatch):
-    """The README's client snippet creates and loads the table on the local BigQuery, and its
-    command (ports and model directory substituted) scores every row into the output table."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        section = f.read().split("### A local BigQuery", 1)[1].split("\n## ", 1)[0]
-    (snippet,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    """The docs' client snippet ("A local BigQuery", docs/sources.md) creates and loads the table on
+    the local BigQuery, and its command (ports and model directory substituted) scores every row
+    into the output table."""
+    page, text = section("### A local BigQuery")
+    (snippet,) = re.findall(r"```python\n(.*?)```", text, re.S)
     (command,) = [c for c in COMMANDS if "--bigquery_emulator" in c.values[1]]
+    assert command.id.startswith(f"{page}:")
     ports = {"http://127.0.0.1:9050": bigquery_emulator.rest_url, "127.0.0.1:9060": bigquery_emulator.grpc_address,
              "http://127.0.0.1:9023": bigquery_emulator.storage_url}
     for shown, real in ports.items():
         snippet = snippet.replace(shown, real)
     namespace = {}
-    exec(compile(snippet, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+    exec(compile(snippet, page, "exec"), namespace)  # pylint: disable=exec-used
     argv = [ports.get(token, token) for token in _with_local_models(command.values[2], penguin_model[0])]
     monkeypatch.chdir(tmp_path)
     _, counters = batch_infer.run(argv)

@@ -1,7 +1,9 @@
-"""The README's "Use the transforms in your own pipeline" example is what the command runs:
+"""The README's "Use the transforms in your own pipeline" example (found on the README or, should
+it move, on the docs/ page that has the section) is what the command runs:
 executed as written (paths swapped for test files), on records with bad ones among them, it
 gives the same rows and the same whole dead-letter rows as python -m pipelines.batch_infer."""
 
+import glob
 import os
 import re
 
@@ -10,13 +12,27 @@ from pipelines import batch_infer
 from tests.helpers import read_jsonl
 from tests.test_batch_infer import penguin_values
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+HEADING = "## Use the transforms in your own pipeline\n"
+
+
+def pipeline_page() -> str:
+    """The README, or the one docs/ page holding the section."""
+    pages = [README] + sorted(glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))
+    found = []
+    for page in pages:
+        with open(page, encoding="utf-8") as f:
+            if "\n" + HEADING in f.read():
+                found.append(page)
+    assert len(found) == 1, found
+    return found[0]
 
 
 def readme_pipeline() -> str:
-    with open(README, encoding="utf-8") as f:
+    with open(pipeline_page(), encoding="utf-8") as f:
         text = f.read()
-    section = text[text.index("## Use the transforms in your own pipeline"):]
+    section = text[text.index("\n" + HEADING):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -36,7 +52,7 @@ def test_the_readme_pipeline_gives_what_the_command_gives(penguin_model, tmp_pat
     code = (code.replace("models/clf", version_dir)
             .replace("data/part-*.tfrecord.gz", str(tmp_path / "data" / "part-*.tfrecord.gz"))
             .replace('"out/', f'"{tmp_path}/readme/'))
-    exec(compile(code, README, "exec"), {})  # pylint: disable=exec-used
+    exec(compile(code, pipeline_page(), "exec"), {})  # pylint: disable=exec-used
 
     command = str(tmp_path / "command" / "predictions")
     batch_infer.run(["--input", str(tmp_path / "data" / "part-*.tfrecord.gz"), "--model", f"clf={version_dir}",

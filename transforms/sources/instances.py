@@ -1,7 +1,7 @@
 """Instances (JSON objects, CSV rows, BigQuery rows) -> serialized tf.Example, by a feature spec.
 
-One conversion for every row-shaped source, pure and tested without a pipeline. The rules (the
-README's "Inputs other than TFRecord" repeats them):
+One conversion for every row-shaped source, pure and tested without a pipeline. The rules (their
+user-facing copy: docs/sources.md, "How fields and CSV cells are written"):
 
 - A field the spec names is stored with the spec's dtype. float32 takes int, float and Decimal;
   int64 takes int, bool and integral floats or Decimals; string takes str, bytes and a Vertex-style
