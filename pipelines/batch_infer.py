@@ -155,6 +155,45 @@ def print_help() -> None:
                        "pass through. With --runner DataflowRunner, --dry_run builds the job without submitting it.")
 
 
+def stream_flag_problem(argv: Sequence[str]) -> Optional[str]:
+    """Why stream_infer flags given to batch_infer are refused, or None."""
+    stream_flags = foreign_flags(argv, StreamInferOptions)
+    if not stream_flags:
+        return None
+    return (f"{', '.join(stream_flags)}: stream_infer flag(s), not batch_infer's"
+            + ("; a batch job scores with the model versions it launched with (its manifest "
+               "names them)" if "--model_refresh_s" in stream_flags else ""))
+
+
+def parsed_options(argv: List[str], demo_when_bare: bool) -> PipelineOptions:
+    """The job's options; a command without inputs, models or outputs runs the embedded demo
+    (when demo_when_bare). Raises OptionsError on misspelt or stream-only flags."""
+    unknown = unknown_flag_problems(argv)
+    if unknown:  # before anything else: a misspelt --model is not a missing one, nor the demo
+        raise OptionsError("; ".join(unknown))
+    problem = stream_flag_problem(argv)
+    if problem:
+        raise OptionsError(problem)
+    opts = PipelineOptions(argv).view_as(BatchInferOptions)
+    if demo_when_bare and not (opts.input or opts.input_table or opts.input_query or opts.model
+                               or opts.output or opts.output_table):
+        from pipelines.local import demo
+
+        print(f"No --input/--model/--output given: running the embedded demo\n  {' '.join(demo.demo_args())}")
+        argv = argv + demo.demo_args()
+    return PipelineOptions(argv)
+
+
+def launch_problem(job: BatchJob, options: PipelineOptions) -> Optional[str]:
+    """What the launcher can see would go wrong: sampled records none of which would be scored,
+    outputs that cannot be written (not checked in a dry run, which writes nothing)."""
+    problem = job_sample_problem(job)
+    if problem or is_dry_run(options):
+        return problem
+    problems = output_path_problems([job.output, job.errors, job.manifest])
+    return "; ".join(problems) if problems else None
+
+
 def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
         test_pipeline: Optional[beam.Pipeline] = None):
     """Builds and runs the job; returns (PipelineResult, counters). Raises OptionsError and the
@@ -163,24 +202,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
     if "-h" in argv or "--help" in argv:
         print_help()
         return None, {}
-    unknown = unknown_flag_problems(argv)
-    if unknown:  # before anything else: a misspelt --model is not a missing one, nor the demo
-        raise OptionsError("; ".join(unknown))
-    stream_flags = foreign_flags(argv, StreamInferOptions)
-    if stream_flags:
-        raise OptionsError(f"{', '.join(stream_flags)}: stream_infer flag(s), not batch_infer's"
-                           + ("; a batch job scores with the model versions it launched with (its manifest "
-                              "names them)" if "--model_refresh_s" in stream_flags else ""))
-    options = PipelineOptions(argv)
+    options = parsed_options(list(argv), demo_when_bare=test_pipeline is None)
     opts = options.view_as(BatchInferOptions)
-    if not (opts.input or opts.input_table or opts.input_query or opts.model or opts.output
-            or opts.output_table) and test_pipeline is None:
-        from pipelines.local import demo
-
-        argv = argv + demo.demo_args()
-        options = PipelineOptions(argv)
-        opts = options.view_as(BatchInferOptions)
-        print(f"No --input/--model/--output given: running the embedded demo\n  {' '.join(demo.demo_args())}")
     keep_main_session(options, save_main_session)
     warn_about_unsafe_runner_modes(options)
     cloud = options.view_as(GoogleCloudOptions)
@@ -191,13 +214,9 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
                                offline=is_dry_run(options), workers=scoring_workers(options, runner))
         for warning in prepare_runner_options(options, worker_paths(job)):
             print(f"warning: {warning}", file=sys.stderr)
-        problem = job_sample_problem(job)
+        problem = launch_problem(job, options)
         if problem:
             raise OptionsError(problem)
-        if not is_dry_run(options):
-            problems = output_path_problems([job.output, job.errors, job.manifest])
-            if problems:
-                raise OptionsError("; ".join(problems))
         return _run_job(job, options, test_pipeline, runner)
     finally:
         if redirected:
@@ -220,11 +239,38 @@ def worker_paths(job: BatchJob) -> List[str]:
     return [p for p in job.inputs + [n.model.path for n in job.graph.nodes] + [job.output, job.errors] if p]
 
 
+class RunRecord:
+    """Writes the job's manifest (when it has one) however the run ends."""
+
+    def __init__(self, job: BatchJob, options: PipelineOptions, ran_on: str):
+        self.job, self.ran_on = job, ran_on
+        self.started, self.started_at = time.monotonic(), manifest.utc_now()
+        self.inputs = manifest.input_listing(job.inputs) if job.inputs else job.bigquery.source.source
+        self.models = manifest.model_entries(job.graph)
+        self.options = options.get_all_options(drop_default=True, retain_unknown_options=True)
+
+    def write(self, counters, error=None, processes=None, distributions=None) -> None:
+        """Raises ManifestWriteError when the run cannot be put on record."""
+        if not self.job.manifest:
+            return
+        run_info = {"runner": self.ran_on, "redistribute": self.job.redistribute, "scoring_processes": processes,
+                    "models_loaded": counters.get(MODELS_LOADED)}
+        manifest.write_manifest(self.job.manifest, manifest.batch_manifest(
+            self.job, self.options, self.inputs, self.models, self.started_at, counters, run_info, error=error,
+            distributions=distributions))
+
+    def failed(self, error: BaseException) -> None:
+        """The job raised: on record with its error, which stays the one raised."""
+        try:
+            self.write({}, error)
+        except manifest.ManifestWriteError as unwritten:
+            error.add_note(str(unwritten))
+
+
 def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[beam.Pipeline],
              runner: Optional[LocalRunner] = None):
     """Builds the pipeline, then either reports it (--dry_run: (None, {})) or runs it, writing the
     manifest either way the run ends."""
-    started, started_at = time.monotonic(), manifest.utc_now()
     p = test_pipeline if test_pipeline is not None else beam.Pipeline(
         runner=pinned_runner(options, streaming=False), options=options)
     build_pipeline(p, job)
@@ -233,39 +279,22 @@ def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[be
         return None, {}
     if is_local(options):  # a model its engine cannot load fails here, not in a worker; loaded once
         batch_calls(job.graph, job.sink.keeps_logs)
-    inputs = manifest.input_listing(job.inputs) if job.inputs else job.bigquery.source.source
-    models = manifest.model_entries(job.graph)
+    record = RunRecord(job, options, runner.describe() if runner is not None else runner_name(options))
     metrics.PROGRESS.reset()
-    all_options = options.get_all_options(drop_default=True, retain_unknown_options=True)
-
-    ran_on = runner.describe() if runner is not None else runner_name(options)
-
-    def write_manifest(counters, error=None, processes=None, distributions=None):
-        if job.manifest:
-            run_info = {"runner": ran_on, "redistribute": job.redistribute, "scoring_processes": processes,
-                        "models_loaded": counters.get(MODELS_LOADED)}
-            manifest.write_manifest(job.manifest, manifest.batch_manifest(
-                job, all_options, inputs, models, started_at, counters, run_info, error=error,
-                distributions=distributions))
-
     try:
         result = p.run()
         result.wait_until_finish()
     except Exception as e:
-        try:
-            write_manifest({}, e)
-        except manifest.ManifestWriteError as unwritten:
-            e.add_note(str(unwritten))  # the job's own error stays the one raised
+        record.failed(e)
         raise
     counters = metrics.query_counters(result)
     distributions = metrics.query_distributions(result)
     processes = len(metrics.query_string_sets(result).get(SCORING_PROCESSES, ()))
     if test_pipeline is None and is_local(options):
-        print(summarize(job, counters, time.monotonic() - started, ran_on, processes, distributions))
+        print(summarize(job, counters, time.monotonic() - record.started, record.ran_on, processes, distributions))
     problem = error_budget_problem(counters, job.max_dead_letter_fraction)
     failed = ErrorBudgetExceeded(problem) if problem else None
-    # ManifestWriteError: the run is not on record
-    write_manifest(counters, failed, processes=processes, distributions=distributions)
+    record.write(counters, failed, processes=processes, distributions=distributions)  # ManifestWriteError: not on record
     if failed:
         raise failed
     return result, counters

@@ -123,6 +123,27 @@ def gpu_workers(options: PipelineOptions) -> List[str]:
     cloud, worker, debug = (options.view_as(c) for c in (GoogleCloudOptions, WorkerOptions, DebugOptions))
     accelerator = worker_accelerator(gpu, count, mps=sharing == MPS, driver=job.gpu_driver)
     service = list(cloud.dataflow_service_options or [])
+    problems = gpu_flag_problems(job, worker, debug, service, accelerator)
+    if problems:
+        raise DataflowOptionsError("; ".join(problems))
+    warnings = [] if gpu in MACHINE_TYPES else [
+        f"--gpu {gpu} is not a GPU type we know ({', '.join(MACHINE_TYPES)}); passed to Dataflow as is"]
+    cloud.dataflow_service_options = service + ([accelerator] if accelerator not in service else [])
+    if sharing == MPS:
+        if not job.gpu_memory_limit_mb:
+            warnings.append("--gpu_sharing mps: one SDK process per vCPU shares the GPU's memory; consider "
+                            "--gpu_memory_limit_mb of about (GPU memory - model) / vCPUs")
+    else:
+        debug.add_experiment(SINGLE_SDK_PROCESS_EXPERIMENT)  # one process, one model per GPU
+        if count > 1:
+            warnings.append(f"--gpu_count {count} with one SDK process: TensorFlow places the model on "
+                            "GPU:0 only; more workers with one GPU each use them all")
+    return warnings + worker_machine_warnings(worker, gpu, count)
+
+
+def gpu_flag_problems(job, worker, debug, service: List[str], accelerator: str) -> List[str]:
+    """What is wrong with the GPU flags of a Dataflow job (none: an empty list)."""
+    count, sharing = job.gpu_count, job.gpu_sharing
     problems = []
     if count < 1:
         problems.append("--gpu_count must be at least 1")
@@ -142,20 +163,12 @@ def gpu_workers(options: PipelineOptions) -> List[str]:
                         "(one process per worker leaves nothing to share)")
     if sharing != MPS and debug.lookup_experiment("use_multiple_sdk_containers"):
         problems.append("--experiments=use_multiple_sdk_containers contradicts --gpu_sharing single_process")
-    if problems:
-        raise DataflowOptionsError("; ".join(problems))
-    warnings = [] if gpu in MACHINE_TYPES else [
-        f"--gpu {gpu} is not a GPU type we know ({', '.join(MACHINE_TYPES)}); passed to Dataflow as is"]
-    cloud.dataflow_service_options = service + ([accelerator] if accelerator not in service else [])
-    if sharing == MPS:
-        if not job.gpu_memory_limit_mb:
-            warnings.append("--gpu_sharing mps: one SDK process per vCPU shares the GPU's memory; consider "
-                            "--gpu_memory_limit_mb of about (GPU memory - model) / vCPUs")
-    else:
-        debug.add_experiment(SINGLE_SDK_PROCESS_EXPERIMENT)  # one process, one model per GPU
-        if count > 1:
-            warnings.append(f"--gpu_count {count} with one SDK process: TensorFlow places the model on "
-                            "GPU:0 only; more workers with one GPU each use them all")
+    return problems
+
+
+def worker_machine_warnings(worker, gpu: str, count: int) -> List[str]:
+    """Fills in a machine type and disk that fit the GPUs; warns about a machine that may not."""
+    warnings = []
     if not worker.machine_type:
         worker.machine_type = default_machine_type(gpu, count)
         if not worker.machine_type:

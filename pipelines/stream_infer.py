@@ -121,26 +121,26 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
              job.errors_table, DEAD_LETTER_SCHEMA, job.bigquery_write_method, job.project))
 
 
-def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, wait: bool = True,
-        test_pipeline: Optional[beam.Pipeline] = None):
-    """Builds and starts the stream; with wait, blocks until it ends (Ctrl-C cancels it).
-    Returns the PipelineResult (None for a --dry_run). Raises OptionsError on bad flags.
-    test_pipeline: build into this pipeline (a TestPipeline with TestStream input, say)."""
-    argv = normalize_dry_run_argv(sys.argv[1:] if argv is None else argv)
+def stream_options(argv: Sequence[str]) -> PipelineOptions:
+    """The stream's options, in streaming mode. Raises OptionsError on misspelt flags."""
     unknown = unknown_flag_problems(argv)
     if unknown:
         raise OptionsError("; ".join(unknown))
     options = PipelineOptions(argv)
-    stream, shared = options.view_as(StreamInferOptions), options.view_as(BatchInferOptions)
     options.view_as(StandardOptions).streaming = True
-    keep_main_session(options, save_main_session)
-    runner = local_runner(options, streaming=True)
-    local = runner is not None
+    return options
+
+
+def prepared_job(options: PipelineOptions, local: bool, runner) -> StreamJob:
+    """The job, its flags checked and models loaded before any client is redirected; then, for
+    local runs, the Pub/Sub emulator, prompt pulls and acknowledgements once answered
+    (at-least-once), and the local BigQuery/GCS, redirected while the stream runs."""
+    stream, shared = options.view_as(StreamInferOptions), options.view_as(BatchInferOptions)
     if stream.pubsub_emulator and not local:
         raise OptionsError("--pubsub_emulator is for local runs: remote workers cannot reach it")
-    # flags checked and models loaded before any client is redirected
-    job = stream_job_from_options(stream, shared, options.view_as(GoogleCloudOptions).project,
-                                  gpu_settings(options), bool(options.view_as(DataflowJobOptions).gpu))
+    project = options.view_as(GoogleCloudOptions).project
+    job = stream_job_from_options(stream, shared, project, gpu_settings(options),
+                                  bool(options.view_as(DataflowJobOptions).gpu))
     if stream.pubsub_emulator:
         os.environ["PUBSUB_EMULATOR_HOST"] = stream.pubsub_emulator
     if local:  # at-least-once: a message is acknowledged once its row or dead letter is published
@@ -149,10 +149,59 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, w
         pubsub_prompt_pulls.use_prompt_pulls(defer_acks=True)
         pubsub_acks.IN_FLIGHT.reset()
         job = dataclasses.replace(job, ack_when_answered=True)
-    # local BigQuery/GCS for --output_table/--errors_table: stays redirected while the stream runs
-    activate_emulators(shared, options.view_as(GoogleCloudOptions).project, runner)
+    activate_emulators(shared, project, runner)
     for warning in prepare_runner_options(options, [n.model.path for n in job.graph.nodes]):
         print(f"warning: {warning}", file=sys.stderr)
+    return job
+
+
+def start_console(every_s: float) -> threading.Event:
+    """Local runs where run() waits: a progress line every every_s (0: none) until the returned
+    event is set (the stream's own line says more than the batch progress line)."""
+    from pipelines.local import pubsub_acks, stream_progress
+
+    stopped = threading.Event()
+    stream_progress.PROGRESS.reset()
+    metrics.PROGRESS.enabled = False
+    if every_s > 0:
+        stream_progress.print_progress_until(stopped, pubsub_acks.IN_FLIGHT.count,
+                                             lambda line: print(line, file=sys.stderr, flush=True), every_s)
+    return stopped
+
+
+def wait_for(result, local: bool, console: Optional[threading.Event]) -> None:
+    """Blocks until the stream ends; Ctrl-C or SIGTERM stop it cleanly (stop()). Then closes the
+    local readers and prints the console's totals."""
+    previous = stop_on_sigterm()
+    try:
+        result.wait_until_finish()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a clean stop
+        stop(result, local)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if local:
+            from pipelines.local import pubsub_prompt_pulls
+
+            pubsub_prompt_pulls.close_readers()
+        if console is not None:
+            from pipelines.local import stream_progress
+
+            console.set()
+            metrics.PROGRESS.enabled = True
+            print(stream_progress.PROGRESS.totals(), file=sys.stderr, flush=True)
+
+
+def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, wait: bool = True,
+        test_pipeline: Optional[beam.Pipeline] = None):
+    """Builds and starts the stream; with wait, blocks until it ends (Ctrl-C cancels it).
+    Returns the PipelineResult (None for a --dry_run). Raises OptionsError on bad flags.
+    test_pipeline: build into this pipeline (a TestPipeline with TestStream input, say)."""
+    options = stream_options(normalize_dry_run_argv(sys.argv[1:] if argv is None else argv))
+    keep_main_session(options, save_main_session)
+    runner = local_runner(options, streaming=True)
+    local = runner is not None
+    job = prepared_job(options, local, runner)
     p = test_pipeline if test_pipeline is not None else beam.Pipeline(
         runner=pinned_runner(options, streaming=True), options=options)
     build_pipeline(p, job)
@@ -164,36 +213,12 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, w
     if test_pipeline is None:
         print(f"stream_infer: reading {job.input_subscription or job.input_topic} on the "
               f"{runner.describe() if runner else runner_name(options)}", file=sys.stderr)
-    # progress lines while it runs and the totals at the end, where run() waits for the stream
-    console = local and test_pipeline is None and wait
-    progress_stopped = threading.Event()
-    if console:
-        from pipelines.local import pubsub_acks, stream_progress
-
-        stream_progress.PROGRESS.reset()
-        metrics.PROGRESS.enabled = False  # the stream's own progress line says more
-        if stream.progress_every_s > 0:
-            stream_progress.print_progress_until(progress_stopped, pubsub_acks.IN_FLIGHT.count,
-                                                 lambda line: print(line, file=sys.stderr, flush=True),
-                                                 stream.progress_every_s)
+    console = None
+    if local and test_pipeline is None and wait:
+        console = start_console(options.view_as(StreamInferOptions).progress_every_s)
     result = p.run()
     if wait:
-        previous = stop_on_sigterm()
-        try:
-            result.wait_until_finish()
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a clean stop
-            stop(result, local)
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-            if local:
-                from pipelines.local import pubsub_prompt_pulls
-
-                pubsub_prompt_pulls.close_readers()
-            if console:
-                progress_stopped.set()
-                metrics.PROGRESS.enabled = True
-                print(stream_progress.PROGRESS.totals(), file=sys.stderr, flush=True)
+        wait_for(result, local, console)
     return result
 
 

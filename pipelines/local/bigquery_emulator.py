@@ -53,13 +53,8 @@ def use_bigquery_emulator(rest_url, grpc_address, project="local"):
     project: what ``google.auth.default()`` reports as the default project.
     """
     import google.auth
-    import grpc
     from apache_beam.io.gcp.internal.clients.bigquery import BigqueryV2
     from google.auth.credentials import AnonymousCredentials
-    from google.cloud import bigquery_storage_v1
-    from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
-        BigQueryReadGrpcTransport,
-    )
 
     rest_url = rest_url.rstrip("/")
     _set_env("BIGQUERY_EMULATOR_HOST", rest_url)
@@ -73,6 +68,17 @@ def use_bigquery_emulator(rest_url, grpc_address, project="local"):
         return AnonymousCredentials(), project
 
     _set_attr(google.auth, "default", anonymous_default)
+    _use_storage_read_emulator(grpc_address)
+    _forget_beam_credentials()
+
+
+def _use_storage_read_emulator(grpc_address: str) -> None:
+    """BigQueryReadClient() (what DIRECT_READ builds, with no arguments) on the emulator's plain gRPC."""
+    import grpc
+    from google.cloud import bigquery_storage_v1
+    from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
+        BigQueryReadGrpcTransport,
+    )
 
     # Subclass the original (not an earlier patch) so repeated calls don't stack.
     original = _saved.get((bigquery_storage_v1, "BigQueryReadClient"),
@@ -89,7 +95,6 @@ def use_bigquery_emulator(rest_url, grpc_address, project="local"):
             super().__init__(*args, **kwargs)
 
     _set_attr(bigquery_storage_v1, "BigQueryReadClient", EmulatorBigQueryReadClient)
-    _forget_beam_credentials()
 
 
 def use_storage_emulator(url):
