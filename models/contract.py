@@ -54,11 +54,15 @@ def unrestored_variables(meta_graph, signature_name: str) -> List[str]:
     return sorted(nodes[h].attr["shared_name"].s.decode() or h for h in read - restored)
 
 
-def contract_problems(export_dir: str, signature_name: str = "serving_default", tf1_loader: bool = True
-                      ) -> List[str]:
+PREPARE_HINT = " (re-export with models.prepare)"
+
+
+def contract_problems(export_dir: str, signature_name: str = "serving_default", tf1_loader: bool = True,
+                      prepare_hint: bool = True) -> List[str]:
     """Everything that stops this signature from running; empty when it can. tf1_loader: include
     what stops tfx-bsl's TF1 session loader only (tf1_loader_problems); the fast engine loads with
-    tf.saved_model.load, which restores what a tf.Module tracks."""
+    tf.saved_model.load, which restores what a tf.Module tracks. prepare_hint: a wrong input says
+    to re-export with models.prepare (models.inspect says it once, on a line of its own)."""
     try:
         meta_graph = serving_meta_graph(export_dir)
     except Exception as e:
@@ -66,23 +70,27 @@ def contract_problems(export_dir: str, signature_name: str = "serving_default", 
     if signature_name not in meta_graph.signature_def:
         return [f"no signature {signature_name!r}; the model has {sorted(meta_graph.signature_def)}"]
     signature = meta_graph.signature_def[signature_name]
-    problems = []
-    inputs = dict(signature.inputs)
-    if len(inputs) != 1:
-        problems.append(
-            f"signature {signature_name!r} takes {len(inputs)} inputs {sorted(inputs)}; tfx-bsl needs "
-            "exactly one DT_STRING input of serialized tf.Example (re-export with models.prepare)")
-    elif next(iter(inputs.values())).dtype != tf.string.as_datatype_enum:
-        name, info = next(iter(inputs.items()))
-        problems.append(
-            f"signature {signature_name!r} input {name!r} is {tf.as_dtype(info.dtype).name}; "
-            "tfx-bsl needs a DT_STRING input of serialized tf.Example (re-export with models.prepare)")
+    problems = [p + (PREPARE_HINT if prepare_hint else "") for p in input_problems(signature_name, signature)]
     if signature.method_name not in SUPPORTED_METHODS:
         problems.append(f"signature method {signature.method_name!r} is not predict, classify or regress")
     problems += weights_problems(export_dir, meta_graph)
     if tf1_loader:
         problems += tf1_loader_problems(meta_graph, signature_name)
     return problems
+
+
+def input_problems(signature_name: str, signature) -> List[str]:
+    """Why the signature's inputs are not one DT_STRING input of serialized tf.Example (it takes
+    dense tensors, say, as a Keras model.export() does); empty when they are."""
+    inputs = dict(signature.inputs)
+    if len(inputs) != 1:
+        return [f"signature {signature_name!r} takes {len(inputs)} inputs {sorted(inputs)}; tfx-bsl needs "
+                "exactly one DT_STRING input of serialized tf.Example"]
+    name, info = next(iter(inputs.items()))
+    if info.dtype != tf.string.as_datatype_enum:
+        return [f"signature {signature_name!r} input {name!r} is {tf.as_dtype(info.dtype).name}; "
+                "tfx-bsl needs a DT_STRING input of serialized tf.Example"]
+    return []
 
 
 def tf1_loader_problems(meta_graph, signature_name: str = "serving_default") -> List[str]:

@@ -301,15 +301,19 @@ def with_passthrough(spec: FeatureSpec, names: Sequence[str], declared: Sequence
 
 
 def describe(spec: Sequence[Feature]) -> str:
-    lines = []
-    for f in spec:
-        cast = f" -> {f.model_dtype}" if f.model_dtype and f.model_dtype != f.dtype else ""
-        default = "required" if f.required else f"default={f.default!r}"
-        passed = ", passed through" if f.passthrough else ""
-        if f.encoding == RAW:
-            lines.append(f"  {f.name}: raw bytes of {f.model_dtype}{list(f.shape)} ({default}{passed})")
-        elif f.preprocess is not None:
-            lines.append(f"  {f.name}: {f.preprocess.describe()} ({default}{passed})")
-        else:
-            lines.append(f"  {f.name}: {f.dtype}{list(f.shape)}{cast} ({default}{passed})")
-    return "\n".join(lines)
+    """One line per feature: a variable-length one by its dtype; a fixed-length one by its dtype
+    and shape (and cast), then its default, or "required" when it has none."""
+    return "\n".join(f"  {f.name}: {_describe_feature(f)}" for f in spec)
+
+
+def _describe_feature(f: Feature) -> str:
+    passed = ", passed through" if f.passthrough else ""
+    if f.varlen:
+        return f"{f.dtype}, variable length{passed}"
+    notes = ("required" if f.required else f"default={f.default!r}") + passed
+    if f.encoding == RAW:
+        return f"raw bytes of {f.model_dtype}{list(f.shape)} ({notes})"
+    if f.preprocess is not None:
+        return f"{f.preprocess.describe()} ({notes})"
+    cast = f" -> {f.model_dtype}" if f.model_dtype and f.model_dtype != f.dtype else ""
+    return f"{f.dtype}{list(f.shape)}{cast} ({notes})"

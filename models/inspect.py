@@ -18,10 +18,14 @@ from models import cli
 from models.tf_console import console_logging
 
 
-def _tensor_line(name: str, info) -> str:
+def _tensor_text(name: str, info) -> str:
     dims = [d.size if d.size >= 0 else None for d in info.tensor_shape.dim]
     shape = "unknown" if info.tensor_shape.unknown_rank else str(dims)
-    return f"      {name}: {tf.as_dtype(info.dtype).name} {shape}"
+    return f"{name}: {tf.as_dtype(info.dtype).name} {shape}"
+
+
+def _tensor_line(name: str, info) -> str:
+    return f"      {_tensor_text(name, info)}"
 
 
 def inspect_report(path: str, signature: str = "serving_default") -> (str, bool):
@@ -29,16 +33,35 @@ def inspect_report(path: str, signature: str = "serving_default") -> (str, bool)
     tf.Module export that only the fast engine runs is fine; the report says so)."""
     from models import layout
     from models.contract import contract_problems, serving_meta_graph, tf1_loader_problems
-    from models.fingerprint import saved_model_fingerprint
-    from models.feature_spec import describe
-    from models.serving_model import read_feature_spec
 
     version_dir = layout.resolve_version_dir(path)
     meta_graph = serving_meta_graph(version_dir)
+    lines = _header_lines(version_dir) + _signature_lines(meta_graph)
+    dense = _dense_inputs(meta_graph, signature)
+    if dense:
+        return "\n".join(lines + _dense_lines(version_dir, signature, dense)), False
+    lines += _feature_spec_lines(version_dir, signature) + _warmup_lines(version_dir)
+    any_engine_problems = contract_problems(version_dir, signature, tf1_loader=False)
+    lines += _contract_lines(signature, any_engine_problems + tf1_loader_problems(meta_graph, signature))
+    runs = engine_report(version_dir, signature)
+    lines.append(f"engines ({signature}), each loading the model as a job does and scoring golden examples:")
+    lines += [f"  {engine}: {verdict}" for engine, (_, verdict) in runs.items()]
+    runnable = [engine for engine, (ok, _) in runs.items() if ok]
+    if runnable and len(runnable) < len(runs):
+        lines.append(f"runs with --engine {' or '.join(runnable)} only")
+    return "\n".join(lines), bool(runnable) and not any_engine_problems
+
+
+def _header_lines(version_dir: str) -> List[str]:
+    from models.fingerprint import saved_model_fingerprint
+
     fingerprint = saved_model_fingerprint(version_dir)
-    lines: List[str] = [f"SavedModel: {version_dir}",
-                        f"sha256: {fingerprint['sha256']} ({fingerprint['files']} files, "
-                        f"{fingerprint['bytes']:,} bytes)", "signatures:"]
+    return [f"SavedModel: {version_dir}",
+            f"sha256: {fingerprint['sha256']} ({fingerprint['files']} files, {fingerprint['bytes']:,} bytes)"]
+
+
+def _signature_lines(meta_graph) -> List[str]:
+    lines = ["signatures:"]
     for name, sig in sorted(meta_graph.signature_def.items()):
         if name.startswith("__"):
             continue
@@ -47,35 +70,73 @@ def inspect_report(path: str, signature: str = "serving_default") -> (str, bool)
         lines += [_tensor_line(k, v) for k, v in sorted(sig.inputs.items())]
         lines.append("    outputs:")
         lines += [_tensor_line(k, v) for k, v in sorted(sig.outputs.items())]
+    return lines
+
+
+def _feature_spec_lines(version_dir: str, signature: str) -> List[str]:
+    from models.feature_spec import describe
+    from models.serving_model import read_feature_spec
+
     try:
         spec, source = read_feature_spec(version_dir, signature)
-        lines.append(f"feature spec (from {source}):")
-        lines.append(describe(spec))
-    except Exception as e:
-        lines.append(f"feature spec: unavailable ({e})")
+    except Exception as e:  # pylint: disable=broad-except  # reported, not raised: the rest still helps
+        return [f"feature spec: unavailable ({e})"]
+    return [f"feature spec (from {source}):", describe(spec)]
+
+
+def _warmup_lines(version_dir: str) -> List[str]:
     from models.warmup import WARMUP_FILE, read_warmup
 
     try:
         requests = read_warmup(version_dir)
-        lines.append(f"TF Serving warmup: {len(requests)} requests ({WARMUP_FILE})" if requests
-                     else "TF Serving warmup: none")
-    except Exception as e:
-        lines.append(f"TF Serving warmup: unreadable ({e})")
-    any_engine_problems = contract_problems(version_dir, signature, tf1_loader=False)
-    problems = any_engine_problems + tf1_loader_problems(meta_graph, signature)
+    except Exception as e:  # pylint: disable=broad-except  # reported, not raised: the rest still helps
+        return [f"TF Serving warmup: unreadable ({e})"]
+    return [f"TF Serving warmup: {len(requests)} requests ({WARMUP_FILE})" if requests else "TF Serving warmup: none"]
+
+
+def _contract_lines(signature: str, problems: List[str]) -> List[str]:
     if problems:
-        lines.append(f"tfx-bsl contract ({signature}): FAILS")
-        lines += [f"  - {p}" for p in problems]
-    else:
-        lines.append(f"tfx-bsl contract ({signature}): OK (one DT_STRING input; every variable the "
-                     "signature reads is restored by the TF1 saver)")
-    runs = engine_report(version_dir, signature)
-    lines.append(f"engines ({signature}), each loading the model as a job does and scoring golden examples:")
-    lines += [f"  {engine}: {verdict}" for engine, (_, verdict) in runs.items()]
-    runnable = [engine for engine, (ok, _) in runs.items() if ok]
-    if runnable and len(runnable) < len(runs):
-        lines.append(f"runs with --engine {' or '.join(runnable)} only")
-    return "\n".join(lines), bool(runnable) and not any_engine_problems
+        return [f"tfx-bsl contract ({signature}): FAILS"] + [f"  - {p}" for p in problems]
+    return [f"tfx-bsl contract ({signature}): OK (one DT_STRING input; every variable the "
+            "signature reads is restored by the TF1 saver)"]
+
+
+def _dense_inputs(meta_graph, signature: str) -> List[str]:
+    """The signature's inputs ("name: dtype shape") when it takes tensors rather than one string
+    input of serialized tf.Example (a Keras model.export(), say); empty when it takes one string."""
+    from models.contract import input_problems
+
+    sig = meta_graph.signature_def.get(signature)
+    if sig is None or not input_problems(signature, sig):
+        return []
+    return [_tensor_text(k, v) for k, v in sorted(sig.inputs.items())]
+
+
+def _dense_lines(version_dir: str, signature: str, inputs: List[str]) -> List[str]:
+    """What a signature of dense inputs takes, that no engine scores it as it is, and the one thing
+    to do: another signature of the model that takes tf.Example, or models.prepare."""
+    from models.contract import contract_problems
+
+    problems = contract_problems(version_dir, signature, tf1_loader=False, prepare_hint=False)
+    return [f"takes ({signature}): dense tensors ({'; '.join(inputs)}), not serialized tf.Example, "
+            "so it has no feature spec",
+            *_warmup_lines(version_dir), *_contract_lines(signature, problems),
+            f"engines ({signature}): neither fast nor tfx-bsl can score it as it is (both give the model "
+            "serialized tf.Example); a job refuses it before it starts",
+            "to score it: " + _dense_remedy(version_dir, signature)]
+
+
+def _dense_remedy(version_dir: str, signature: str) -> str:
+    from models.signature_spec import examples_input
+    from models.contract import serving_meta_graph
+
+    others = [name for name in sorted(serving_meta_graph(version_dir).signature_def)
+              if name != signature and examples_input(version_dir, name)]
+    if others:
+        return f"--signature {others[0]}, which takes serialized tf.Example"
+    return (f"python -m models.prepare --model {version_dir} --output DIR, then --model DIR (it adds a "
+            "serving_default signature that parses tf.Example into these inputs, its feature spec derived "
+            "from them)")
 
 
 def engine_report(version_dir: str, signature: str = "serving_default") -> Dict[str, Tuple[bool, str]]:

@@ -26,7 +26,7 @@ if __name__ == "__main__":  # before TensorFlow loads, so its start-up lines sta
 
 import os
 import tempfile
-from typing import Mapping, Optional, Sequence, Union
+from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
 from models import cli
 from models.tf_console import console_logging
@@ -73,24 +73,16 @@ def prepare_model(source, output_base: str, version: Optional[int] = None,
 
     image_inputs / text_inputs map model input -> raw feature ({"pixels": "image"} or
     ["pixels=image"]); vocab is one path for every text input or {input: path}. Raises
-    VerificationError when the written export does not reproduce the in-memory model.
+    VerificationError when the written export does not reproduce the in-memory model, and
+    TakesExamplesError for a SavedModel that already takes serialized tf.Example.
     """
     import tensorflow as tf
 
-    from models import export, preprocessing, signature_methods, warmup as warmup_requests
-    from models.verify import golden_serialized, verify_export
+    from models import export, preprocessing, signature_methods
 
-    if isinstance(source, str):
-        source = export.load_source_model(source)
-    elif not isinstance(source, export.SourceModel):
-        source = export.from_keras(source)
+    source = _source_model(source)
     method = signature_methods.check_method(method)
-    passthrough = [p.strip() for p in passthrough.split(",")] if isinstance(passthrough, str) else list(passthrough)
-    passthrough = [p for p in passthrough if p]
-    if passthrough and method != signature_methods.PREDICT:
-        raise signature_methods.SignatureMethodError(
-            f"--passthrough needs --method predict: tfx-bsl and TF Serving allow no extra outputs in a "
-            f"{method} signature")
+    passthrough = _passthrough_features(passthrough, method)
     images = preprocessing.parse_pairs(image_inputs, "--image_input")
     texts = preprocessing.parse_pairs(text_inputs, "--text_input")
     vocab_files = preprocessing.vocab_paths(vocab, list(texts))
@@ -100,26 +92,83 @@ def prepare_model(source, output_base: str, version: Optional[int] = None,
     version = export.choose_version(output_base, version)
     staged = export.staging_dir(output_base, version)
     try:
-        with tempfile.TemporaryDirectory() as assets:
-            # normalized copies of the vocabularies, copied into the export as assets
-            files = {name: preprocessing.write_vocab(words, os.path.join(assets, preprocessing.vocab_asset_name(name)))
-                     for name, words in vocabularies.items()}
-            preprocessor = preprocessing.Preprocessor(spec, files) if (images or texts) else None
-            body = export.signature_body(source, spec, preprocessor, method, class_labels)
-            export.write_export(source, spec, staged, body, signature_methods.input_key(method),
-                                preprocessor.resources if preprocessor else ())
-            if method != signature_methods.PREDICT:
-                signature_methods.set_method_name(staged, export.SERVING_SIGNATURE, method)
-            if warmup:
-                _, serialized = golden_serialized(spec, verify_count, 0, preprocessing.read_vocabularies(staged, spec))
-                warmup_requests.write_warmup(staged, warmup_requests.warmup_logs(
-                    serialized, method, export.SERVING_SIGNATURE, os.path.basename(output_base.rstrip("/"))))
-            result = verify_export(staged, spec, body, count=verify_count)
-        if not result.ok:
-            raise VerificationError(result.problems)
+        _export_and_verify(source, spec, staged, vocabularies, bool(images or texts),
+                           _Signature(method, class_labels, warmup, verify_count, output_base))
         return export.promote(staged, output_base, version)
     finally:
         export.discard(staged)
+
+
+class TakesExamplesError(ValueError):
+    """The SavedModel given already takes serialized tf.Example: the jobs score it as it is."""
+
+
+def _source_model(source):
+    """source as a models.export.SourceModel; a SavedModel path that already takes serialized
+    tf.Example is refused (TakesExamplesError) before TensorFlow loads it."""
+    from models import export, layout
+    from models.signature_spec import examples_input
+
+    if isinstance(source, export.SourceModel):
+        return source
+    if not isinstance(source, str):
+        return export.from_keras(source)
+    if layout.is_saved_model_dir(source):
+        name = examples_input(source, export.SERVING_SIGNATURE)
+        if name is not None:
+            raise TakesExamplesError(
+                f"{source} already takes serialized tf.Example (signature {export.SERVING_SIGNATURE!r}, input "
+                f"{name!r}): the jobs score it as it is (--model {source}), nothing to prepare; "
+                f"python -m models.inspect {source} says which engines run it")
+    return export.load_source_model(source)
+
+
+def _passthrough_features(passthrough: Union[str, Sequence[str]], method: str) -> list:
+    """--passthrough as a list of names (a comma-separated string or a list); predict only."""
+    from models import signature_methods
+
+    names = [p.strip() for p in passthrough.split(",")] if isinstance(passthrough, str) else list(passthrough)
+    names = [p for p in names if p]
+    if names and method != signature_methods.PREDICT:
+        raise signature_methods.SignatureMethodError(
+            f"--passthrough needs --method predict: tfx-bsl and TF Serving allow no extra outputs in a "
+            f"{method} signature")
+    return names
+
+
+class _Signature(NamedTuple):
+    """How prepare_model writes the serving signature and checks it."""
+    method: str
+    class_labels: Optional[Sequence[str]]
+    warmup: bool
+    verify_count: int
+    output_base: str
+
+
+def _export_and_verify(source, spec: FeatureSpec, staged: str, vocabularies: Mapping[str, Sequence[str]],
+                       preprocessed: bool, how: _Signature) -> None:
+    """Writes the export to staged (vocabularies as assets, warmup requests) and verifies it;
+    raises VerificationError when it does not reproduce the in-memory model."""
+    from models import export, preprocessing, signature_methods, warmup as warmup_requests
+    from models.verify import golden_serialized, verify_export
+
+    with tempfile.TemporaryDirectory() as assets:
+        # normalized copies of the vocabularies, copied into the export as assets
+        files = {name: preprocessing.write_vocab(words, os.path.join(assets, preprocessing.vocab_asset_name(name)))
+                 for name, words in vocabularies.items()}
+        preprocessor = preprocessing.Preprocessor(spec, files) if preprocessed else None
+        body = export.signature_body(source, spec, preprocessor, how.method, how.class_labels)
+        export.write_export(source, spec, staged, body, signature_methods.input_key(how.method),
+                            preprocessor.resources if preprocessor else ())
+        if how.method != signature_methods.PREDICT:
+            signature_methods.set_method_name(staged, export.SERVING_SIGNATURE, how.method)
+        if how.warmup:
+            _, serialized = golden_serialized(spec, how.verify_count, 0, preprocessing.read_vocabularies(staged, spec))
+            warmup_requests.write_warmup(staged, warmup_requests.warmup_logs(
+                serialized, how.method, export.SERVING_SIGNATURE, os.path.basename(how.output_base.rstrip("/"))))
+        result = verify_export(staged, spec, body, count=how.verify_count)
+    if not result.ok:
+        raise VerificationError(result.problems)
 
 
 class VerificationError(RuntimeError):
@@ -169,6 +218,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             image_scale=args.image_scale, text_inputs=args.text_input, vocab=args.vocab,
             passthrough=_comma_list(args.passthrough), method=args.method,
             class_labels=_comma_list(args.class_labels) or None, warmup=not args.no_warmup)
+    except TakesExamplesError as e:  # not a failure of prepare: the wrong tool for this model
+        print(f"models.prepare: error: {e}", file=sys.stderr)
+        return 2
     except (VerificationError, FeatureSpecError, SignatureMethodError, FileNotFoundError, FileExistsError,
             ValueError) as e:
         print(f"models.prepare: error: {e}", file=sys.stderr)

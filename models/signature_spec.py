@@ -5,7 +5,7 @@ no feature_spec.json beside the model: the spec is in the ParseExample(V2) op th
 possibly nested in functions (TF2 exports call the graph through StatefulPartitionedCall).
 """
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -89,14 +89,10 @@ def _features_of(node, nodes) -> List[Feature]:
     return features
 
 
-def spec_from_signature(export_dir: str, signature_name: str = "serving_default") -> FeatureSpec:
-    meta_graph = serving_meta_graph(export_dir)
-    if signature_name not in meta_graph.signature_def:
-        raise FeatureSpecError(f"{export_dir} has no signature {signature_name!r}")
-    graph_nodes = {n.name: n for n in meta_graph.graph_def.node}
+def parse_ops(meta_graph, signature_name: str) -> List[Tuple[object, Dict[str, object]]]:
+    """(node, the nodes of its graph or function) of every ParseExample(V2) op the signature's
+    outputs depend on, looking into the functions they call."""
     library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
-    signature = meta_graph.signature_def[signature_name]
-
     found: List[Tuple[object, Dict[str, object]]] = []
     seen_functions = set()
 
@@ -114,11 +110,33 @@ def spec_from_signature(export_dir: str, signature_name: str = "serving_default"
                 if fname not in seen_functions and fname in library:
                     seen_functions.add(fname)
                     fn = library[fname]
-                    fn_nodes = {n.name: n for n in fn.node_def}
-                    visit(fn_nodes, list(fn.ret.values()))
+                    visit({n.name: n for n in fn.node_def}, list(fn.ret.values()))
             stack.extend(node.input)
 
-    visit(graph_nodes, [t.name for t in signature.outputs.values()])
+    signature = meta_graph.signature_def[signature_name]
+    visit({n.name: n for n in meta_graph.graph_def.node}, [t.name for t in signature.outputs.values()])
+    return found
+
+
+def examples_input(export_dir: str, signature_name: str = "serving_default") -> Optional[str]:
+    """The name of the signature's input when it takes serialized tf.Example (one DT_STRING input
+    and a parse op behind its outputs); None when it takes anything else (dense tensors, raw text)."""
+    meta_graph = serving_meta_graph(export_dir)
+    signature = meta_graph.signature_def.get(signature_name)
+    if signature is None or len(signature.inputs) != 1:
+        return None
+    name, info = next(iter(signature.inputs.items()))
+    if info.dtype != tf.string.as_datatype_enum or not parse_ops(meta_graph, signature_name):
+        return None
+    return name
+
+
+def spec_from_signature(export_dir: str, signature_name: str = "serving_default") -> FeatureSpec:
+    """The features the signature's parse ops read (the first op to name a feature wins)."""
+    meta_graph = serving_meta_graph(export_dir)
+    if signature_name not in meta_graph.signature_def:
+        raise FeatureSpecError(f"{export_dir} has no signature {signature_name!r}")
+    found = parse_ops(meta_graph, signature_name)
     if not found:
         raise FeatureSpecError(
             f"signature {signature_name!r} of {export_dir} parses no tf.Example (no ParseExample op); "

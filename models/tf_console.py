@@ -69,9 +69,35 @@ def load_tensorflow_quietly(argv: Sequence[str]) -> None:
             sys.stderr.flush()
 
 
+# Loggers whose info lines are news on the console, verbose or not: a new model version swapped
+# into a running stream (its refusals are warnings)
+NEWS_LOGGERS = ("transforms.scoring.refresh",)
+
+
+class _NewsHandler(logging.Handler):
+    """Writes a news logger's line (info and up) to the sys.stderr of the moment, as logging's last
+    resort handler writes warnings, unless a handler of the root logger takes it: then that one
+    shows it, and nothing shows twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.levelno >= h.level for h in logging.getLogger().handlers)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # pylint: disable=broad-except  # logging's own rule: report, never raise
+            self.handleError(record)
+
+
 def console_logging(argv: Sequence[str]) -> None:
     """Python logging for a command: warnings (TensorFlow's own logger: errors, which hides the TF1
-    loader's deprecation notes tfx-bsl triggers), or with --verbose, info from everything."""
+    loader's deprecation notes tfx-bsl triggers), or with --verbose, info from everything; info
+    from NEWS_LOGGERS either way."""
     verbose = VERBOSE_FLAG in argv
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.INFO if verbose else logging.ERROR)
+    for name in NEWS_LOGGERS:
+        news = logging.getLogger(name)
+        news.setLevel(logging.INFO)
+        if not any(isinstance(h, _NewsHandler) for h in news.handlers):
+            news.addHandler(_NewsHandler())

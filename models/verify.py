@@ -121,9 +121,14 @@ def warmup_problems(export_dir: str) -> List[str]:
     return []
 
 
+# the lines TensorFlow puts before what went wrong: its preamble and the traced op's stack frames
+_TF_PREAMBLE = ("Graph execution error", "Detected at node", "File \"", "<stack traces unavailable>")
+
+
 def _first_line(error: Exception) -> str:
+    """The first line of the error that says what went wrong, without TensorFlow's preamble."""
     text = str(error).strip()
     for line in text.splitlines():
-        if line.strip() and "Graph execution error" not in line:
+        if line.strip() and not line.strip().startswith(_TF_PREAMBLE):
             return line.strip()[:500]
     return text[:500]

@@ -63,3 +63,16 @@ def test_models_inspect_prints_its_report_and_nothing_else(penguin_model):
     assert result.returncode == 0
     assert result.stdout.startswith("SavedModel: ")
     assert result.stderr == ""
+
+
+def test_a_model_swap_shows_on_a_quiet_console_once_and_other_info_lines_do_not():
+    """A stream's console (console_logging without --verbose) shows the refresh logger's info
+    line, a model version swapped in, and its warnings, each once; other loggers' info stays off."""
+    script = ("import logging; from models.tf_console import console_logging; console_logging([]); "
+              "from transforms.scoring.refresh import LOG; LOG.info('swapped in'); LOG.warning('refused'); "
+              "logging.getLogger('apache_beam').info('beam chatter'); console_logging([]); LOG.info('again')")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if line in ("swapped in", "refused", "again")] == ["swapped in", "refused", "again"]
+    assert "beam chatter" not in result.stderr

@@ -180,6 +180,14 @@ def test_describe_names_dtype_shape_cast_and_default():
     assert lines[2].strip() == "s: string[] (required)"
 
 
+def test_describe_shows_a_varlen_feature_by_its_dtype_alone():
+    spec = (Feature("tags", "int64", varlen=True), Feature("w", "float32", (1,), default=[1.0]),
+            Feature("id", "string", varlen=True, passthrough=True))
+    assert [line.strip() for line in describe(spec).splitlines()] == [
+        "tags: int64, variable length", "w: float32[1] (default=[1.0])",
+        "id: string, variable length, passed through"]
+
+
 # --------------------------------------------------------------------------------------------
 # validate_example == tf.io.parse_example
 # --------------------------------------------------------------------------------------------

@@ -225,6 +225,17 @@ def test_varlen_features_are_read_from_the_parse_op_and_a_spec_file_overrides(tm
     assert {k: r["model"]["score"] for k, r in rows.items()} == {"a": 5.0, "b": 4.0, "c": 0.0} and dead == []
 
 
+def test_inspect_shows_a_varlen_feature_plainly_and_a_fixed_one_with_shape_and_default(tmp_path):
+    from models.inspect import inspect_report
+
+    text, ok = inspect_report(estimator_varlen_export(str(tmp_path / "estimator")))
+    assert ok
+    spec_lines = text.split("feature spec (from signature):\n", 1)[1].splitlines()[:2]
+    assert [line.strip() for line in spec_lines] == ["tokens: int64, variable length",
+                                                     "weight: float32[1] (default=[1.0])"]
+    assert "default=None" not in text
+
+
 def test_a_model_whose_signature_says_it_ignores_the_batch_is_refused_at_launch(tmp_path, write_tfrecords, capsys):
     model_dir = batch_ignoring_export(str(tmp_path / "static"), static=True)
     path = write_tfrecords("x.tfrecord", [make_example({"x": [1.0, 2.0]}).SerializeToString()])

@@ -173,6 +173,31 @@ def test_dense_export_fails_the_contract_because_of_its_input(dense_dir, capsys)
         load_serving_model(dense_dir)
 
 
+def test_inspect_of_a_dense_export_says_what_it_takes_and_the_one_thing_to_do(dense_dir, tmp_path, capsys):
+    assert inspect_cli.main([dense_dir]) == 1
+    out = capsys.readouterr().out
+    assert "takes (serving_default): dense tensors (x: float32 [None, 3]), not serialized tf.Example" in out
+    assert "neither fast nor tfx-bsl can score it as it is" in out
+    advice = [line for line in out.splitlines() if "models.prepare" in line or "feature_spec" in line
+              or "feature spec" in line and "no feature spec" not in line]
+    assert len(advice) == 1 and advice[0].startswith(f"to score it: python -m models.prepare --model {dense_dir} "
+                                                     "--output DIR"), out
+    assert "golden examples" not in out  # no engine is tried on what cannot be fed to it
+    # the advice works: the prepared export is scored by both engines
+    base = str(tmp_path / "prepared")
+    prepare_model(dense_dir, base)
+    assert inspect_cli.main([base]) == 0
+    out = capsys.readouterr().out
+    assert "fast: OK" in out and "tfx-bsl: OK" in out
+
+
+def test_inspect_of_the_dense_signature_of_a_prepared_export_points_to_its_examples_signature(prepared_dir, capsys):
+    assert inspect_cli.main([prepared_dir, "--signature", "serving_dense"]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "to score it: --signature serving_default, which takes serialized tf.Example"
+    assert "models.prepare" not in out
+
+
 def test_contract_reports_a_missing_signature(prepared_dir):
     assert contract_problems(prepared_dir, "nope") == [
         f"no signature 'nope'; the model has {sorted(serving_meta_graph(prepared_dir).signature_def)}"]

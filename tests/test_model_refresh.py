@@ -3,6 +3,7 @@ off the scoring thread and published as a new generation that scoring steps take
 a version that fails any launch check is refused with its reason and the current one serves on.
 Real exports, real loads."""
 
+import logging
 import os
 import shutil
 
@@ -80,6 +81,20 @@ def test_a_version_that_breaks_the_graph_or_does_not_load_is_refused_and_the_cur
     (event,) = refresher.check_once()
     assert event.loaded and event.version == "3"
     np.testing.assert_allclose(batch_calls(refresher.graph)["m"](records(2.0))["y"], [[6.0]])
+
+
+def test_a_swap_is_logged_as_info_and_a_refusal_as_a_warning(base, caplog):
+    refresher = ModelRefresher(check_graph(ModelGraph((GraphNode(load_serving_model(base, "m"),
+                                                                 postprocess=(Keep(["y"]),)),))))
+    prepare_model(scaling_model(7.0, output="z"), base)  # version 2: the keep step needs 'y'
+    with caplog.at_level(logging.INFO, logger="transforms.scoring.refresh"):
+        assert [e.loaded for e in refresher.check_once()] == [False]
+        prepare_model(scaling_model(3.0), base)  # version 3
+        assert [e.loaded for e in refresher.check_once()] == [True]
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "transforms.scoring.refresh"]
+    assert [level for level, _ in logged] == ["WARNING", "INFO"]
+    assert "m version 2 at" in logged[0][1] and "refused, 1 keeps serving" in logged[0][1]
+    assert logged[1][1] == "model refresh: m version 3 loaded and serving from the next batch (was 1)"
 
 
 def test_an_event_names_the_version_to_serve_older_ones_included(base):

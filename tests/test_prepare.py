@@ -470,3 +470,40 @@ def test_verify_export_compares_both_loaders_with_the_reference(tmp_path):
     assert failing.checked_examples == 0
     assert failing.problems == [
         "the in-memory model fails on golden examples generated from the feature spec: RuntimeError: no"]
+
+
+# --------------------------------------------------------------------------------------------
+# a model that already takes serialized tf.Example
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["tf1_builder", "tf2_module"])
+def test_cli_refuses_a_model_that_already_takes_examples_in_one_line_with_exit_2(kind, tmp_path, capsys):
+    from tests.support.foreign_models import tf1_linear_export, tf2_module_export
+
+    model_dir, input_name = {"tf1_builder": (lambda: tf1_linear_export(str(tmp_path / "tf1")), "examples"),
+                             "tf2_module": (lambda: tf2_module_export(str(tmp_path / "tf2")), "inputs")}[kind]
+    model_dir = model_dir()
+    out = str(tmp_path / "out")
+    assert main(["--model", model_dir, "--output", out]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert captured.err.startswith("models.prepare: error: ")
+    assert "already takes serialized tf.Example" in captured.err and f"input {input_name!r}" in captured.err
+    assert f"--model {model_dir}" in captured.err and "as it is" in captured.err
+    assert "Detected at node" not in captured.err and "Traceback" not in captured.err
+    assert not os.path.exists(out)
+
+
+def test_a_model_failing_on_its_golden_examples_is_named_by_tensorflows_reason_not_its_preamble(tmp_path):
+    """The same model given as a loaded SourceModel (no refusal up front): the in-memory model
+    fails on the golden examples, and the problem says why in one line."""
+    from tests.support.foreign_models import tf1_linear_export
+
+    source = export.load_source_model(tf1_linear_export(str(tmp_path / "tf1")))
+    with pytest.raises(VerificationError) as info:
+        prepare_model(source, str(tmp_path / "out"))
+    (problem,) = info.value.problems
+    assert problem.startswith("the in-memory model fails on golden examples generated from the feature spec: "
+                              "InvalidArgumentError: ")
+    assert "Could not parse example input" in problem
+    assert "Detected at node" not in problem and "\n" not in problem

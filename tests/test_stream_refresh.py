@@ -122,6 +122,7 @@ def test_a_stream_swaps_in_a_new_version_refuses_a_broken_one_and_answers_every_
     assert sorted(list(rows) + dead) == sorted(published), "each message answered exactly once"
     assert versions() == {"1", "2"}, versions()
     assert "variables.index is missing" in text and "1 keeps serving" not in text and "2 keeps serving" in text
+    assert "model refresh: clf version 2 loaded and serving from the next batch (was 1)" in text  # an info line, shown
     models = {"1": penguin_model[1], "2": second_model()}
     for version, model in models.items():
         ids = [m for m, r in rows.items() if r["model_versions"]["clf"] == version]

@@ -38,6 +38,19 @@ PUBLISH_TO_RESULT_MS = "publish_to_result_latency_milli_secs"  # streams: Pub/Su
 MODEL_BYTES = "model_byte_size"  # a distribution: the size on disk of each model loaded
 
 
+# What the counters whose names do not say it count, printed beside them (metrics.format_counters)
+COUNTER_NOTES = {
+    FAILED_BATCHES: "model calls that failed as a whole and were split to isolate the bad records",
+    NUM_INFERENCES: "records scored, summed over the models",
+    MODELS_LOADED: "model loads, one per model per worker process",
+    REFUSED_DEAD_LETTERS: "dead letters their own sink refused (logged)",
+    UNREADABLE_REGIONS: "corrupt file regions skipped, each one read dead letter",
+    UNREADABLE_BYTES: "bytes those regions skipped, where known",
+    MODEL_REFRESHES: "new model versions swapped into the stream",
+    MODEL_REFRESH_FAILURES: "new model versions refused; the current one served on",
+}
+
+
 def model_metric_name(metric: str, model: str) -> str:
     """Per model: RunInference's metric name with "_<model name>" appended."""
     return f"{metric}_{model}"

@@ -3,7 +3,7 @@
 import sys
 import threading
 import time
-from typing import Dict, Set
+from typing import Dict, Mapping, Optional, Set
 
 import apache_beam as beam
 
@@ -85,9 +85,14 @@ def query_distributions(result) -> Dict[str, Dict[str, float]]:
     return merged
 
 
-def format_counters(totals: Dict[str, int]) -> str:
+def format_counters(totals: Dict[str, int], notes: Optional[Mapping[str, str]] = None) -> str:
+    """The counter table, sorted by name; a counter in notes (default: accounting.COUNTER_NOTES,
+    those whose names do not say what they count) has its note in parentheses beside it."""
+    if notes is None:
+        from transforms.runtime.accounting import COUNTER_NOTES as notes  # accounting imports this module
     width = max([len(k) for k in totals] + [10])
-    return "\n".join(f"  {name:<{width}}  {totals[name]:>12,}" for name in sorted(totals))
+    return "\n".join(f"  {name:<{width}}  {totals[name]:>12,}" + (f"  ({notes[name]})" if name in notes else "")
+                     for name in sorted(totals))
 
 
 class Progress:

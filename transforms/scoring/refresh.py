@@ -199,8 +199,8 @@ class ModelRefresher:
             self._graph, self._generation = graph, self._generation + 1
         # the old version's memory goes once every scoring step has moved on
         release_batch_call(node.engine, node.model.path, node.model.signature, self._keep_logs)
-        LOG.warning("model refresh: %s version %s loaded and serving from the next batch (was %s)", node.name,
-                    version, node.model.version_name)
+        LOG.info("model refresh: %s version %s loaded and serving from the next batch (was %s)", node.name,
+                 version, node.model.version_name)
         return RefreshEvent(node.name, version, True, self._clock() - started)
 
 
