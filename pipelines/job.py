@@ -127,6 +127,12 @@ def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions
                    manifest=opts.manifest or (manifest.manifest_path(opts.output) if opts.output else None),
                    redistribute=redistribute, max_dead_letter_fraction=opts.max_dead_letter_fraction,
                    listed_inputs=listed)
+    return checked_job(job, gpu_batches)
+
+
+def checked_job(job: BatchJob, gpu_batches: bool) -> BatchJob:
+    """The job with what its sink and workers need settled (output ranks, GPU batch sizes), or
+    OptionsError for what it cannot run."""
     if job.sink.needs_schema:  # every output's rank
         job.graph = with_output_ranks(job.graph)
     if gpu_batches:

@@ -22,72 +22,88 @@ class OptionsError(ValueError):
 class BatchInferOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--input", action="append", default=None,
-                            help="file glob: TFRecord of tf.Example (gzip by .gz/.gzip), or JSON Lines "
-                                 "(.jsonl/.json) or CSV (.csv) instances; repeatable")
-        parser.add_argument("--input_format", default=None,
-                            help=f"one of {', '.join(INPUT_FORMATS)} (default: by file suffix)")
-        parser.add_argument("--included_fields", default=None,
-                            help="JSON/CSV: comma-separated fields converted into each example (others dropped)")
-        parser.add_argument("--excluded_fields", default=None,
-                            help="JSON/CSV: comma-separated fields left out of each example")
-        parser.add_argument("--with_source", action="store_true", default=False,
-                            help="add each record's origin to its row under 'source' "
-                                 "({file, record} for TFRecord, {file, line} for JSON/CSV)")
-        parser.add_argument("--model", action="append", default=None,
-                            help="[NAME=]DIR: a SavedModel version dir or a base dir (highest version); "
-                                 "repeat to run several models in parallel (one row per key)")
-        parser.add_argument("--chain", action="store_true", default=False,
-                            help="run the --model arguments in sequence, each fed by the one before")
-        parser.add_argument("--graph", help="YAML model graph (models, how they connect, post-processing); "
-                                            "instead of --model")
-        parser.add_argument("--allow_outside_paths", action="store_true", default=False,
-                            help="--graph: let the graph file name models and files outside its own "
-                                 "directory (a graph file is code: trust it first)")
-        parser.add_argument("--row_per_model", action="store_true", default=False,
-                            help="one row per (key, model) instead of one row per key")
-        parser.add_argument("--passthrough", default=None,
-                            help="comma-separated input features copied to each row under 'inputs'")
-        parser.add_argument("--output", help="output prefix; files are PREFIX-SSSSS-of-NNNNN.<ext>")
-        parser.add_argument("--errors", help="dead-letter prefix (default: OUTPUT.errors)")
-        parser.add_argument("--key_feature",
-                            help="feature (TFRecord) or field (JSON/CSV, then removed from the features) "
-                                 "holding each record's key (default: file:index, or file:line for JSON/CSV)")
-        parser.add_argument("--output_format", default=DEFAULT_OUTPUT_FORMAT,
-                            help=f"one of {', '.join(OUTPUT_FORMATS)}: prediction rows as JSON Lines or "
-                                 "Parquet (a column per model; schema from the signatures), PredictionLogs "
-                                 "(TFRecord), or each input tf.Example with outputs added as features "
-                                 "(TFRecord, TFX BulkInferrer's examples output)")
-        parser.add_argument("--output_features", default=None,
-                            help="--output_format examples: OUTPUT[=FEATURE],... the outputs added to each "
-                                 "example and their feature names (default: every output, its own name)")
-        parser.add_argument("--output_compression", default=None,
-                            help="--output_format examples: gzip writes .tfrecord.gz")
-        parser.add_argument("--engine", default=DEFAULT_ENGINE, help=f"one of {', '.join(ENGINES)}")
-        parser.add_argument("--signature", default="serving_default", help="signature to run")
-        parser.add_argument("--feature_spec", action="append", default=None,
-                            help="[NAME=]FILE: a feature spec JSON replacing the one read from the model "
-                                 "(FILE alone: every --model); repeatable")
-        parser.add_argument("--min_batch_size", type=int, default=None,
-                            help="deprecated, no effect: batches are chunks of up to --max_batch_size")
-        parser.add_argument("--max_batch_size", type=int, default=None,
-                            help="largest batch a model sees: the records per chunk (default 1024)")
-        parser.add_argument("--max_batch_bytes", type=int, default=None,
-                            help="most serialized input bytes per batch (default 512 KiB); "
-                                 "keeps batches of large records (images) small")
-        parser.add_argument("--num_shards", type=int, default=0,
-                            help="output shards (0: let the runner choose)")
-        parser.add_argument("--redistribute", default="auto",
-                            help="yes, no or auto: spread the chunks read over the workers before scoring "
-                                 "(a file is read on one worker). auto: where several worker processes "
-                                 "can score and there are fewer than 4 files per worker, or GPU workers")
+        _add_input_args(parser)
+        _add_model_args(parser)
+        _add_output_args(parser)
+        _add_batch_args(parser)
         parser.add_argument(VERBOSE_FLAG, action="store_true", default=False, help=VERBOSE_HELP)
-        parser.add_argument("--max_dead_letter_fraction", type=float, default=0.5,
-                            help="the job fails (exit 1, manifest status failed) when more than this "
-                                 "fraction of the records in became dead letters, or when nothing was "
-                                 "scored; 1 turns the check off (default 0.5)")
-        parser.add_argument("--manifest", help="run manifest path (default: OUTPUT.manifest.json)")
         _add_bigquery_args(parser)
+
+
+def _add_input_args(parser) -> None:
+    parser.add_argument("--input", action="append", default=None,
+                        help="file glob: TFRecord of tf.Example (gzip by .gz/.gzip), or JSON Lines "
+                             "(.jsonl/.json) or CSV (.csv) instances; repeatable")
+    parser.add_argument("--input_format", default=None,
+                        help=f"one of {', '.join(INPUT_FORMATS)} (default: by file suffix)")
+    parser.add_argument("--included_fields", default=None,
+                        help="JSON/CSV: comma-separated fields converted into each example (others dropped)")
+    parser.add_argument("--excluded_fields", default=None,
+                        help="JSON/CSV: comma-separated fields left out of each example")
+    parser.add_argument("--with_source", action="store_true", default=False,
+                        help="add each record's origin to its row under 'source' "
+                             "({file, record} for TFRecord, {file, line} for JSON/CSV)")
+    parser.add_argument("--key_feature",
+                        help="feature (TFRecord) or field (JSON/CSV, then removed from the features) "
+                             "holding each record's key (default: file:index, or file:line for JSON/CSV)")
+
+
+def _add_model_args(parser) -> None:
+    parser.add_argument("--model", action="append", default=None,
+                        help="[NAME=]DIR: a SavedModel version dir or a base dir (highest version); "
+                             "repeat to run several models in parallel (one row per key)")
+    parser.add_argument("--chain", action="store_true", default=False,
+                        help="run the --model arguments in sequence, each fed by the one before")
+    parser.add_argument("--graph", help="YAML model graph (models, how they connect, post-processing); "
+                                        "instead of --model")
+    parser.add_argument("--allow_outside_paths", action="store_true", default=False,
+                        help="--graph: let the graph file name models and files outside its own "
+                             "directory (a graph file is code: trust it first)")
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, help=f"one of {', '.join(ENGINES)}")
+    parser.add_argument("--signature", default="serving_default", help="signature to run")
+    parser.add_argument("--feature_spec", action="append", default=None,
+                        help="[NAME=]FILE: a feature spec JSON replacing the one read from the model "
+                             "(FILE alone: every --model); repeatable")
+
+
+def _add_output_args(parser) -> None:
+    parser.add_argument("--row_per_model", action="store_true", default=False,
+                        help="one row per (key, model) instead of one row per key")
+    parser.add_argument("--passthrough", default=None,
+                        help="comma-separated input features copied to each row under 'inputs'")
+    parser.add_argument("--output", help="output prefix; files are PREFIX-SSSSS-of-NNNNN.<ext>")
+    parser.add_argument("--errors", help="dead-letter prefix (default: OUTPUT.errors)")
+    parser.add_argument("--output_format", default=DEFAULT_OUTPUT_FORMAT,
+                        help=f"one of {', '.join(OUTPUT_FORMATS)}: prediction rows as JSON Lines or "
+                             "Parquet (a column per model; schema from the signatures), PredictionLogs "
+                             "(TFRecord), or each input tf.Example with outputs added as features "
+                             "(TFRecord, TFX BulkInferrer's examples output)")
+    parser.add_argument("--output_features", default=None,
+                        help="--output_format examples: OUTPUT[=FEATURE],... the outputs added to each "
+                             "example and their feature names (default: every output, its own name)")
+    parser.add_argument("--output_compression", default=None,
+                        help="--output_format examples: gzip writes .tfrecord.gz")
+    parser.add_argument("--num_shards", type=int, default=0,
+                        help="output shards (0: let the runner choose)")
+    parser.add_argument("--max_dead_letter_fraction", type=float, default=0.5,
+                        help="the job fails (exit 1, manifest status failed) when more than this "
+                             "fraction of the records in became dead letters, or when nothing was "
+                             "scored; 1 turns the check off (default 0.5)")
+    parser.add_argument("--manifest", help="run manifest path (default: OUTPUT.manifest.json)")
+
+
+def _add_batch_args(parser) -> None:
+    parser.add_argument("--min_batch_size", type=int, default=None,
+                        help="deprecated, no effect: batches are chunks of up to --max_batch_size")
+    parser.add_argument("--max_batch_size", type=int, default=None,
+                        help="largest batch a model sees: the records per chunk (default 1024)")
+    parser.add_argument("--max_batch_bytes", type=int, default=None,
+                        help="most serialized input bytes per batch (default 512 KiB); "
+                             "keeps batches of large records (images) small")
+    parser.add_argument("--redistribute", default="auto",
+                        help="yes, no or auto: spread the chunks read over the workers before scoring "
+                             "(a file is read on one worker). auto: where several worker processes "
+                             "can score and there are fewer than 4 files per worker, or GPU workers")
 
 
 def _add_bigquery_args(parser) -> None:
