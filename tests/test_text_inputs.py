@@ -269,3 +269,26 @@ def test_the_converter_takes_a_feature_spec_file_and_refuses_tfrecord_inputs(tmp
     with pytest.raises(OptionsError, match="reads JSON Lines or CSV"):
         to_tfrecord.run(["--input", tfrecord, "--output", prefix, "--feature_spec", str(spec)])
     assert to_tfrecord.main(["--input", path, "--output", prefix]) == 2
+
+
+def test_csv_json_list_cells_score_like_the_same_records_in_json_lines_and_tfrecord(tmp_path, write_tfrecords):
+    """A VarLen int64 feature written as the README writes a multi-valued CSV cell ("[4, 1, 7, 0]")."""
+    from models.feature_spec import Feature
+    from tests.support.foreign_models import estimator_varlen_export, expected_varlen
+
+    model_dir = estimator_varlen_export(str(tmp_path / "estimator"))
+    values = [{"id": f"r{i}", "tokens": list(range(i % 5)) + [4, 1, 7, 0][:i % 3], "weight": [0.5 + i]}
+              for i in range(12)]
+    spec = (Feature("tokens", "int64", varlen=True), Feature("weight", "float32", (1,)))
+    tfrecord = write_tfrecords("v.tfrecord", [make_example(v, spec).SerializeToString() for v in values])
+    with open(tmp_path / "v.csv", "w") as f:
+        f.write("id,tokens,weight\n" + "".join(
+            f'{v["id"]},"{json.dumps(v["tokens"])}","{json.dumps(v["weight"])}"\n' for v in values))
+    inputs = {"tfrecord": tfrecord, "jsonl": write_jsonl(tmp_path / "v.jsonl", values), "csv": str(tmp_path / "v.csv")}
+    expected = expected_varlen(values)
+    for fmt, path in inputs.items():
+        out = str(tmp_path / fmt / "pred")
+        counters = run_job("--input", path, "--model", model_dir, "--output", out, "--key_feature", "id")
+        assert counters["predictions_written"] == 12 and read_jsonl(out + ".errors-*.jsonl") == [], fmt
+        rows = rows_by_key(out)
+        np.testing.assert_allclose([rows[v["id"]]["model"]["score"] for v in values], expected, rtol=1e-6)
