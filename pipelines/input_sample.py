@@ -5,7 +5,8 @@ record into a dead letter; the error budget fails such a job at the end, after i
 everything. The launcher reads the first SAMPLE_SIZE records it can (local files, or gs:// where it
 lists them) through the same checks the job makes, and refuses to launch when none of them would
 be scored, naming the most common problem. A sample with some good records launches: the bad ones
-become dead letters as usual.
+become dead letters as usual. The first bytes of the first files must not contradict the input
+format either (TFRecord read as CSV, JSON Lines read as TFRecord: transforms.sources.sniff).
 """
 
 import collections
@@ -17,6 +18,7 @@ from models.examples import RecordError, check_example, feature_values, parse_ex
 from models.feature_spec import Feature
 from transforms.records.keys import key_from_feature
 
+from transforms.sources.sniff import contradiction, looks_like, read_head
 from transforms.sources.text import InstanceOptions, keyed_examples
 from transforms.sources.text_formats import TFRECORD
 from transforms.sources.framing import Record, read_records
@@ -94,15 +96,30 @@ def nothing_would_score(sampled: int, problems: Sequence[Tuple[str, str]]) -> Op
             "(or pass --max_dead_letter_fraction 1 to run anyway)")
 
 
+def format_problem(paths: Sequence[str], input_format: str) -> Optional[str]:
+    """Why the first files' bytes clearly cannot be read as input_format (transforms.sources.sniff), or None."""
+    for path in paths[:MAX_FILES]:
+        look = looks_like(read_head(path))
+        if contradiction(input_format, look):
+            flag = f"--input_format {look.format}" if look.format else "--input_format jsonl or csv"
+            return f"{path} is read as {input_format}, but it looks like {look.description}: pass {flag}"
+    return None
+
+
 def job_sample_problem(job) -> Optional[str]:
-    """nothing_would_score for a BatchJob's listed input files (None for BigQuery sources, inputs
-    the launcher did not list, and jobs with the error budget off)."""
+    """Why the job should not launch, from its first listed input files: their bytes contradict
+    its input format (format_problem), or nothing_would_score. None for BigQuery sources, inputs
+    the launcher did not list, and jobs with the error budget off."""
     from transforms.graph.model import record_spec
 
     if not job.listed_inputs or job.max_dead_letter_fraction >= 1:
         return None
+    wrong_format = format_problem(job.listed_inputs, job.input_format)
     spec = record_spec(job.graph)
     options = None if job.input_format == TFRECORD else InstanceOptions(
         spec, job.key_feature, job.included_fields, job.excluded_fields)
-    return nothing_would_score(*sample_problems(job.listed_inputs, job.input_format, spec,
-                                                job.scoring_key_feature, options))
+    nothing = nothing_would_score(*sample_problems(job.listed_inputs, job.input_format, spec,
+                                                   job.scoring_key_feature, options))
+    if wrong_format and not nothing:
+        return f"{wrong_format} (or pass --max_dead_letter_fraction 1 to read it as {job.input_format} anyway)."
+    return " ".join(p for p in (wrong_format and wrong_format + ".", nothing) if p) or None

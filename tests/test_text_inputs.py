@@ -292,3 +292,42 @@ def test_csv_json_list_cells_score_like_the_same_records_in_json_lines_and_tfrec
         assert counters["predictions_written"] == 12 and read_jsonl(out + ".errors-*.jsonl") == [], fmt
         rows = rows_by_key(out)
         np.testing.assert_allclose([rows[v["id"]]["model"]["score"] for v in values], expected, rtol=1e-6)
+
+
+def test_a_file_whose_suffix_names_no_format_is_read_by_its_first_bytes(penguin_model, write_tfrecords, tmp_path,
+                                                                        capsys):
+    version_dir, _ = penguin_model
+    values = penguin_values(30, seed=11)
+    jsonl_txt = write_jsonl(tmp_path / "data.txt", values)
+    csv_txt = write_csv(tmp_path / "rows.txt", values)
+    shard = write_tfrecords("data-00000-of-00001", [make_example(v).SerializeToString() for v in values])
+    for n, path in enumerate((jsonl_txt, csv_txt, shard)):
+        out = str(tmp_path / f"out{n}" / "pred")
+        assert batch_infer.main(["--input", path, "--model", version_dir, "--output", out, "--key_feature", "id"]) == 0
+        assert set(rows_by_key(out)) == {v["id"] for v in values}, path
+        assert read_jsonl(out + ".errors-*.jsonl") == []
+    notes = tmp_path / "notes.txt"
+    notes.write_text("penguins measured in 2007\nby island\n")
+    assert batch_infer.main(["--input", str(notes), "--model", version_dir, "--output", str(tmp_path / "n")]) == 2
+    err = capsys.readouterr().err
+    assert str(notes) in err and "text that is neither JSON Lines nor CSV" in err and "--input_format" in err
+
+
+@pytest.mark.parametrize("name, given, looks, flag", [
+    ("data.txt", "tfrecord", "JSON Lines", "--input_format jsonl"),
+    ("data.txt", "csv", "JSON Lines", "--input_format jsonl"),
+    ("shard", "jsonl", "TFRecord", "--input_format tfrecord"),
+    ("rows.txt", "tfrecord", "CSV", "--input_format csv"),
+])
+def test_an_input_format_the_first_bytes_contradict_is_refused_at_launch(penguin_model, write_tfrecords, tmp_path,
+                                                                         capsys, name, given, looks, flag):
+    version_dir, _ = penguin_model
+    values = penguin_values(5, seed=12)
+    path = {"data.txt": lambda: write_jsonl(tmp_path / name, values),
+            "rows.txt": lambda: write_csv(tmp_path / name, values),
+            "shard": lambda: write_tfrecords(name, [make_example(v).SerializeToString() for v in values])}[name]()
+    args = ["--input", path, "--model", version_dir, "--output", str(tmp_path / "o"), "--input_format", given]
+    assert batch_infer.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is read as {given}, but it looks like {looks}" in err and f"pass {flag}" in err
+    assert not glob.glob(str(tmp_path / "o-*"))  # refused before the job started

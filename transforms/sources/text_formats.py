@@ -21,7 +21,8 @@ from transforms.sources.instances import ConversionError
 
 JSONL, CSV, TFRECORD = "jsonl", "csv", "tfrecord"
 INPUT_FORMATS = (TFRECORD, JSONL, CSV)
-_SUFFIXES = {".jsonl": JSONL, ".json": JSONL, ".ndjson": JSONL, ".csv": CSV}
+_SUFFIXES = {".jsonl": JSONL, ".json": JSONL, ".ndjson": JSONL, ".csv": CSV,
+             ".tfrecord": TFRECORD, ".tfrecords": TFRECORD, ".tfr": TFRECORD}
 _COMPRESSION = (".gz", ".gzip", ".bz2", ".deflate", ".zst", ".zstd")
 _TRUE, _FALSE = ("true", "t", "yes"), ("false", "f", "no")
 
@@ -40,6 +41,12 @@ Item = Tuple[int, Union[Dict[str, Any], InstanceError], bytes]
 
 def format_of_path(path: str) -> str:
     """jsonl for .jsonl/.json/.ndjson, csv for .csv (either compressed too), else tfrecord."""
+    return suffix_format(path) or TFRECORD
+
+
+def suffix_format(path: str) -> Optional[str]:
+    """The format the file's suffix names (.tfrecord/.tfrecords/.tfr, .jsonl/.json/.ndjson, .csv,
+    compressed or not), or None when it names none (such as TFX's 'data-00000-of-00004.gz')."""
     name = path.lower()
     for suffix in _COMPRESSION:
         if name.endswith(suffix):
@@ -48,7 +55,7 @@ def format_of_path(path: str) -> str:
     for suffix, fmt in _SUFFIXES.items():
         if name.endswith(suffix):
             return fmt
-    return TFRECORD
+    return None
 
 
 def iter_jsonl(lines: Iterable[bytes]) -> Iterator[Item]:
