@@ -140,3 +140,19 @@ def test_input_format_of_files_without_a_telling_suffix(tmp_path, write_tfrecord
     with pytest.raises(OptionsError, match=r"notes: its name does not say its format .* give --input_format"):
         input_format_of([], listed=[str(notes)])
     assert input_format_of([], "jsonl", [str(notes)]) == "jsonl"  # given: taken as given
+
+
+@pytest.mark.parametrize("fmt, text", [
+    ("jsonl", "".join(json.dumps(v) + "\n" for v in penguin_values(3))),
+    ("csv", "id,measurements,island\n" + "".join(f'{v["id"]},"{v["measurements"]}",{v["island"]}\n'
+                                                  for v in penguin_values(3))),
+])
+def test_a_missing_key_field_in_the_sample_names_the_closest_field(tmp_path, fmt, text):
+    path = tmp_path / f"in.{fmt}"
+    path.write_text(text)
+    sampled, problems = sample_problems([str(path)], fmt, SPEC, None, InstanceOptions(SPEC, "idd"))
+    assert sampled == 3 and [p for _, p in problems] == [
+        "key field 'idd' is missing (the records hold ['id', 'island', 'measurements']); "
+        "did you mean --key_feature id?"] * 3
+    _, problems = sample_problems([str(path)], fmt, SPEC, None, InstanceOptions(SPEC, "zzz"))
+    assert problems[0][1] == "key field 'zzz' is missing (the records hold ['id', 'island', 'measurements'])"

@@ -331,3 +331,14 @@ def test_an_input_format_the_first_bytes_contradict_is_refused_at_launch(penguin
     err = capsys.readouterr().err
     assert f"{path} is read as {given}, but it looks like {looks}" in err and f"pass {flag}" in err
     assert not glob.glob(str(tmp_path / "o-*"))  # refused before the job started
+
+
+@pytest.mark.parametrize("writer", [write_jsonl, write_csv])
+def test_a_misspelt_key_field_is_refused_with_the_closest_field(penguin_model, tmp_path, capsys, writer):
+    version_dir, _ = penguin_model
+    path = writer(tmp_path / ("in.jsonl" if writer is write_jsonl else "in.csv"), penguin_values(25, seed=13))
+    assert batch_infer.main(["--input", path, "--model", version_dir, "--output", str(tmp_path / "o"),
+                             "--key_feature", "idd"]) == 2
+    err = capsys.readouterr().err
+    assert "key field 'idd' is missing (the records hold ['id', 'island', 'measurements'])" in err
+    assert "did you mean --key_feature id?" in err

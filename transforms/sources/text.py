@@ -89,24 +89,26 @@ def keyed_examples(path: str, name: str, fmt: str, options: InstanceOptions
                    ) -> Iterator[Tuple[int, str, object, bytes]]:
     """(line, key, serialized example or a dead-letter row, raw line) per instance of a file."""
     for line, instance, raw in iter_file_instances(path, fmt, options.spec):
-        fields = instance.fields if isinstance(instance, InstanceError) else instance
-        key = options.key_or_none(fields) or f"{name}:{line}"  # its own key names its dead letter too
-        source = {"file": path, "line": line}
-        if isinstance(instance, InstanceError):
-            # a CSV cell that does not fit is the same problem as a JSON value that does not
-            error_type = ConversionError.__name__ if instance.stage == CONVERT else None
-            yield line, key, dead_letter(instance.stage, instance, key=key, raw=raw, source=source,
-                                         error_type=error_type), raw
-            continue
-        try:
-            if options.image_columns:
-                instance = read_image_columns(instance, options.image_columns, FileSystems.split(path)[0])
-            example = options.convert(instance)
-        except Exception as e:  # pylint: disable=broad-except  # no record may stop the file's others
-            yield line, key, dead_letter(CONVERT, as_conversion_error(e, f"line {line}: "), key=key, raw=raw,
-                                         source=source), raw
-            continue
+        key, example = keyed_example(path, name, line, instance, raw, options)
         yield line, key, example, raw
+
+
+def keyed_example(path: str, name: str, line: int, instance, raw: bytes, options: InstanceOptions
+                  ) -> Tuple[str, object]:
+    """(key, serialized example or a dead-letter row) of one instance (or InstanceError) of a file."""
+    fields = instance.fields if isinstance(instance, InstanceError) else instance
+    key = options.key_or_none(fields) or f"{name}:{line}"  # its own key names its dead letter too
+    source = {"file": path, "line": line}
+    if isinstance(instance, InstanceError):
+        # a CSV cell that does not fit is the same problem as a JSON value that does not
+        error_type = ConversionError.__name__ if instance.stage == CONVERT else None
+        return key, dead_letter(instance.stage, instance, key=key, raw=raw, source=source, error_type=error_type)
+    try:
+        if options.image_columns:
+            instance = read_image_columns(instance, options.image_columns, FileSystems.split(path)[0])
+        return key, options.convert(instance)
+    except Exception as e:  # pylint: disable=broad-except  # no record may stop the file's others
+        return key, dead_letter(CONVERT, as_conversion_error(e, f"line {line}: "), key=key, raw=raw, source=source)
 
 
 class ReadInstancesFn(AccountedDoFn):
