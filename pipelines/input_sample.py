@@ -17,6 +17,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from models.examples import RecordError, check_example, feature_values, parse_example
 from models.feature_spec import Feature
+from pipelines.inputs import instance_options
 from transforms.records.keys import key_from_feature
 
 from transforms.sources.sniff import contradiction, looks_like, read_head
@@ -124,8 +125,7 @@ def job_sample_problem(job) -> Optional[str]:
         return None
     wrong_format = format_problem(job.listed_inputs, job.input_format)
     spec = record_spec(job.graph)
-    options = None if job.input_format == TFRECORD else InstanceOptions(
-        spec, job.key_feature, job.included_fields, job.excluded_fields)
+    options = None if job.input_format == TFRECORD else instance_options(job)
     nothing = nothing_would_score(*sample_problems(job.listed_inputs, job.input_format, spec,
                                                    job.scoring_key_feature, options))
     if wrong_format and not nothing:

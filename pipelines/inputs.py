@@ -85,6 +85,14 @@ def should_redistribute(setting: str, workers: Optional[int], files: Optional[in
     return files < FILES_PER_WORKER * workers
 
 
+def instance_options(job) -> InstanceOptions:
+    """How a batch job converts JSON Lines / CSV instances. The key field stays in the example for
+    outputs that echo it (PredictionLogs, examples), so each carries its key; models parse only the
+    features they read."""
+    return InstanceOptions(record_spec(job.graph), job.key_feature, job.included_fields, job.excluded_fields,
+                           keep_key=job.writes_prediction_logs or job.writes_examples)
+
+
 def read_chunks(p: beam.Pipeline, job):
     """WithDeadLetters(RecordChunks, dead letters) of the job's inputs: every source emits chunks
     of up to --max_batch_size records and --max_batch_bytes of input, each record with its source;
@@ -96,10 +104,8 @@ def read_chunks(p: beam.Pipeline, job):
     elif job.input_format == TFRECORD:
         chunks, dead = p | "ReadTFRecords" >> ReadKeyedTFRecords(job.inputs, size, max_bytes)
     else:
-        options = InstanceOptions(record_spec(job.graph), job.key_feature, job.included_fields,
-                                  job.excluded_fields)
         chunks, dead = p | f"Read{job.input_format.upper()}" >> ReadKeyedInstances(
-            job.inputs, job.input_format, options, size, max_bytes)
+            job.inputs, job.input_format, instance_options(job), size, max_bytes)
     if job.redistribute:
         chunks = chunks | "RedistributeChunks" >> beam.Reshuffle()
     return WithDeadLetters(chunks, dead)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from models.examples import make_example
+from models.examples import feature_values, make_example, parse_example
 from models.feature_spec import Feature
 from pipelines import batch_infer
 from pipelines.input_sample import nothing_would_score, record_problem, sample_problems
@@ -156,3 +156,16 @@ def test_a_missing_key_field_in_the_sample_names_the_closest_field(tmp_path, fmt
         "did you mean --key_feature id?"] * 3
     _, problems = sample_problems([str(path)], fmt, SPEC, None, InstanceOptions(SPEC, "zzz"))
     assert problems[0][1] == "key field 'zzz' is missing (the records hold ['id', 'island', 'measurements'])"
+
+
+def test_the_key_field_stays_in_the_example_only_with_keep_key():
+    instance = {"id": "k1", "measurements": [1, 2, 3, 4], "island": 2}
+    for options, has_key in ((InstanceOptions(SPEC, "id"), False), (InstanceOptions(SPEC, "id", keep_key=True), True),
+                             (InstanceOptions(SPEC, "id", ("measurements", "island"), keep_key=True), True)):
+        example = parse_example(options.convert(instance))
+        assert ("id" in example.features.feature) == has_key
+        assert feature_values(example, "island") == [2]
+    assert feature_values(parse_example(InstanceOptions(SPEC, "id", keep_key=True).convert(dict(instance, id=7))),
+                          "id") == [7]
+    with pytest.raises(ValueError, match="needs keep_extra"):
+        InstanceOptions(SPEC, "id", keep_extra=False, keep_key=True)

@@ -294,6 +294,65 @@ def test_csv_json_list_cells_score_like_the_same_records_in_json_lines_and_tfrec
         np.testing.assert_allclose([rows[v["id"]]["model"]["score"] for v in values], expected, rtol=1e-6)
 
 
+def logged_example(log):
+    """The tf.Example a PredictionLog echoes (predict: the string input; classify/regress: its example list)."""
+    kind = log.WhichOneof("log_type")
+    if kind == "predict_log":
+        (tensor,) = log.predict_log.request.inputs.values()
+        return tf.train.Example.FromString(tensor.string_val[0])
+    (example,) = getattr(log, kind).request.input.example_list.examples
+    return example
+
+
+def log_values(log):
+    """The log's one number: predict score, classify positive-class score, regress value."""
+    kind = log.WhichOneof("log_type")
+    if kind == "predict_log":
+        return tf.make_ndarray(log.predict_log.response.outputs["score"]).reshape(-1)[0]
+    if kind == "classify_log":
+        return log.classify_log.response.result.classifications[0].classes[1].score
+    return log.regress_log.response.result.regressions[0].value
+
+
+@pytest.mark.parametrize("engine", ["fast", "tfx-bsl"])
+def test_prediction_logs_and_output_examples_of_json_and_csv_carry_their_keys(tmp_path, engine):
+    """--key_feature with JSON Lines / CSV in and PredictionLogs or examples out: each joins back to its key."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from tests.support.foreign_models import expected_linear, tf1_linear_export
+
+    model_dir = tf1_linear_export(str(tmp_path / "linear"))
+    values = [{"id": f"k{i}", "x": [0.5 * i, 1.0 - i]} for i in range(9)]
+    by_key = dict(zip([v["id"] for v in values], range(len(values))))
+    expected = expected_linear([v["x"] for v in values])
+    jsonl = write_jsonl(tmp_path / "in.jsonl", values)
+    csv = tmp_path / "in.csv"
+    csv.write_text("id,x\n" + "".join(f'{v["id"]},"{json.dumps(v["x"])}"\n' for v in values))
+    runs = [(jsonl, "serving_default", "score"), (jsonl, "classify", "scores"), (jsonl, "regress", "outputs"),
+            (str(csv), "classify", "scores")]
+    for n, (path, signature, column) in enumerate(runs):
+        out = str(tmp_path / f"logs{n}" / "pred")
+        assert batch_infer.main(["--input", path, "--model", model_dir, "--signature", signature, "--engine", engine,
+                                 "--key_feature", "id", "--output_format", "tfrecord", "--output", out]) == 0
+        logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+                for shard in sorted(glob.glob(out + "-*.tfrecord")) for r in tf.data.TFRecordDataset(shard)]
+        keys = [logged_example(log).features.feature["id"].bytes_list.value[0].decode() for log in logs]
+        assert sorted(keys) == sorted(by_key), (path, signature)
+        for key, log in zip(keys, logs):  # each log's numbers belong to the record of its key
+            want = expected[column][by_key[key]]
+            np.testing.assert_allclose(log_values(log), np.ravel(want)[-1], rtol=1e-5)
+    for path in (jsonl, str(csv)):
+        out = str(tmp_path / ("examples_" + os.path.basename(path)) / "pred")
+        assert batch_infer.main(["--input", path, "--model", model_dir, "--engine", engine, "--key_feature", "id",
+                                 "--output_format", "examples", "--output", out]) == 0
+        examples = read_tfrecord_examples(out + "-*.tfrecord")
+        found = {e.features.feature["id"].bytes_list.value[0].decode(): e for e in examples}
+        assert set(found) == set(by_key) and len(examples) == len(values)
+        for key, example in found.items():
+            np.testing.assert_allclose(example.features.feature["score"].float_list.value,
+                                       [expected["score"][by_key[key]]], rtol=1e-5)
+
+
 def test_a_file_whose_suffix_names_no_format_is_read_by_its_first_bytes(penguin_model, write_tfrecords, tmp_path,
                                                                         capsys):
     version_dir, _ = penguin_model

@@ -1,7 +1,8 @@
 """ReadKeyedInstances: JSON Lines or CSV files -> keyed tf.Example records + dead letters.
 
 Each line (or CSV row) is one instance, converted by the model's feature spec
-(transforms.sources.instances). Keys come from a key field, which is then removed from the features, or
+(transforms.sources.instances). Keys come from a key field, which is then removed from the features
+(kept with keep_key, for outputs that echo the example: PredictionLogs, examples), or
 are '<file>:<line>' (1-based line numbers, the header being line 1 of a CSV). A line that is not
 an instance is a dead letter at stage decode; one whose values do not fit is one at stage convert;
 both carry the line number and the line itself. Files are the unit of parallelism, as for TFRecord.
@@ -34,10 +35,13 @@ class InstanceOptions:
     excluded_fields: Tuple[str, ...] = ()
     keep_extra: bool = True  # fields outside the spec stay in the example (for --passthrough)
     image_columns: Tuple[str, ...] = ()  # fields holding image paths or URIs, stored as the file's bytes
+    keep_key: bool = False  # the key field stays in the example (outputs that echo it: PredictionLogs, examples)
 
     def __post_init__(self):
         if self.included_fields and self.excluded_fields:
             raise ValueError("give included fields or excluded fields, not both")
+        if self.keep_key and not self.keep_extra:
+            raise ValueError("keep_key keeps the key field as an extra feature: it needs keep_extra")
 
     def key_of(self, instance: dict) -> str:
         """The key in the instance's key field; raises ConversionError when it has none."""
@@ -50,12 +54,16 @@ class InstanceOptions:
             return None
 
     def convert(self, instance: dict) -> bytes:
-        """The serialized tf.Example of an instance (without its key field); raises ConversionError."""
+        """The serialized tf.Example of an instance, without its key field unless keep_key (then
+        whatever the included or excluded fields); raises ConversionError."""
+        selected = instance
         if self.key_field:
             instance_key(instance, self.key_field)  # a record without a usable key is not scored
-            instance = {k: v for k, v in instance.items() if k != self.key_field}
-        instance = select_fields(instance, self.included_fields, self.excluded_fields)
-        return instance_to_example(instance, self.spec, self.keep_extra)
+            selected = {k: v for k, v in instance.items() if k != self.key_field}
+        selected = select_fields(selected, self.included_fields, self.excluded_fields)
+        if self.key_field and self.keep_key:
+            selected[self.key_field] = instance[self.key_field]
+        return instance_to_example(selected, self.spec, self.keep_extra)
 
 
 def read_image_columns(instance: dict, columns: Sequence[str], base_dir: str) -> dict:
