@@ -19,9 +19,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.sources.framing import masked_crc32c
 from transforms.sources.text_formats import CSV, JSONL, TFRECORD
+from transforms.sources.tfrecord import is_gzip
 
 HEAD_BYTES = 4096  # of the uncompressed stream: enough for a TFRecord header or a first line
-_GZIP_SUFFIXES = (".gz", ".gzip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +87,7 @@ def _is_number(text: str) -> bool:
 def read_head(path: str, size: int = HEAD_BYTES) -> bytes:
     """The first size bytes of the file's uncompressed stream (gzip by .gz/.gzip as the TFRecord
     reader does, other compressions by suffix as the text readers do); b"" when it cannot be read."""
-    compression = CompressionTypes.GZIP if path.lower().endswith(_GZIP_SUFFIXES) else CompressionTypes.AUTO
+    compression = CompressionTypes.GZIP if is_gzip(path) else CompressionTypes.AUTO
     try:
         with FileSystems.open(path, compression_type=compression) as f:
             return f.read(size)
