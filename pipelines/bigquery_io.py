@@ -49,8 +49,8 @@ def read_bigquery(p: beam.Pipeline, job, chunk_size: int, chunk_bytes: Optional[
     """WithDeadLetters(RecordChunks, dead letters) from the job's table or query."""
     settings = job.bigquery
     columns = columns_to_read(job.graph, job.key_feature, settings.feature_columns)
-    options = InstanceOptions(record_spec(job.graph), key_field=job.key_feature,
-                              included_fields=columns[1:])
+    options = InstanceOptions(record_spec(job.graph), key_field=job.key_feature, included_fields=columns[1:],
+                              keep_key=job.sink.echoes_inputs)  # logs and examples carry their key
     return p | f"Read[{settings.source.describe()[:60]}]" >> ReadKeyedBigQueryRows(
         settings.source, options, columns, chunk_size, chunk_bytes)
 

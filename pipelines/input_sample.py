@@ -4,20 +4,24 @@ A misspelt --key_feature, the wrong --input_format or a model that reads other f
 record into a dead letter; the error budget fails such a job at the end, after it has read
 everything. The launcher reads the first SAMPLE_SIZE records it can (local files, or gs:// where it
 lists them) through the same checks the job makes, and refuses to launch when none of them would
-be scored, naming the most common problem. A sample with some good records launches: the bad ones
-become dead letters as usual.
+be scored, naming the most common problem (a misspelt key names the closest feature or field). A
+sample with some good records launches: the bad ones become dead letters as usual. The first
+bytes of the first files must not contradict the input format either (TFRecord read as CSV, JSON
+Lines read as TFRecord: transforms.sources.sniff).
 """
 
 import collections
 import difflib
 import itertools
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from models.examples import RecordError, check_example, feature_values, parse_example
 from models.feature_spec import Feature
+from pipelines.inputs import instance_options
 from transforms.records.keys import key_from_feature
 
-from transforms.sources.text import InstanceOptions, keyed_examples
+from transforms.sources.sniff import contradiction, looks_like, read_head
+from transforms.sources.text import InstanceOptions, iter_file_instances, keyed_example
 from transforms.sources.text_formats import TFRECORD
 from transforms.sources.framing import Record, read_records
 from transforms.sources.tfrecord import open_records_stream
@@ -32,15 +36,20 @@ def record_problem(record: bytes, spec: Sequence[Feature], key_feature: Optional
         example = parse_example(record)
         if key_feature:
             if not feature_values(example, key_feature):
-                names = sorted(example.features.feature)
-                close = difflib.get_close_matches(key_feature, names, n=1)
-                hint = f"; did you mean --key_feature {close[0]}?" if close else ""
-                return f"key feature {key_feature!r} is missing (the records hold {names}){hint}"
+                return missing_key_problem("key feature", key_feature, example.features.feature)
             key_from_feature(example, key_feature)
         check_example(example, spec)
     except RecordError as e:
         return f"{e.stage}: {e}"
     return None
+
+
+def missing_key_problem(what: str, key: str, names: Iterable[str]) -> str:
+    """"key feature 'idd' is missing (the records hold [...]); did you mean --key_feature id?"."""
+    names = sorted(names)
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean --key_feature {close[0]}?" if close else ""
+    return f"{what} {key!r} is missing (the records hold {names}){hint}"
 
 
 def sample_tfrecords(paths: Sequence[str], size: int = SAMPLE_SIZE) -> Iterator[Tuple[str, bytes]]:
@@ -59,26 +68,28 @@ def sample_problems(paths: Sequence[str], input_format: str, spec: Sequence[Feat
                     key_feature: Optional[str], options: Optional[InstanceOptions] = None,
                     size: int = SAMPLE_SIZE) -> Tuple[int, List[Tuple[str, str]]]:
     """(records sampled, [(path, problem)] for those that would fail)."""
-    sampled, problems = 0, []
     if input_format == TFRECORD:
-        for path, record in itertools.islice(sample_tfrecords(paths, size), size):
-            sampled += 1
-            problem = record_problem(record, spec, key_feature)
-            if problem:
-                problems.append((path, problem))
-        return sampled, problems
+        sampled = [(path, record_problem(record, spec, key_feature))
+                   for path, record in itertools.islice(sample_tfrecords(paths, size), size)]
+    else:
+        sampled = list(itertools.islice(sample_instances(paths, input_format, spec, options), size))
+    return len(sampled), [(path, problem) for path, problem in sampled if problem]
+
+
+def sample_instances(paths: Sequence[str], input_format: str, spec: Sequence[Feature],
+                     options: InstanceOptions) -> Iterator[Tuple[str, Optional[str]]]:
+    """(path, problem or None) for each instance of the first MAX_FILES JSON Lines / CSV files,
+    converted as the job converts them; a missing key field names its closest field."""
     for path in paths[:MAX_FILES]:
-        for _, _, example, _ in itertools.islice(keyed_examples(path, path, input_format, options), size - sampled):
-            sampled += 1
+        for line, instance, raw in iter_file_instances(path, input_format, options.spec):
+            if options.key_field and isinstance(instance, dict) and options.key_field not in instance:
+                yield path, missing_key_problem("key field", options.key_field, instance)
+                continue
+            _, example = keyed_example(path, path, line, instance, raw, options)
             if isinstance(example, dict):  # a dead-letter row
-                problems.append((path, f"{example.get('stage')}: {example.get('error')}"))
+                yield path, f"{example.get('stage')}: {example.get('error')}"
             else:
-                problem = record_problem(example, spec)
-                if problem:
-                    problems.append((path, problem))
-        if sampled >= size:
-            break
-    return sampled, problems
+                yield path, record_problem(example, spec)
 
 
 def nothing_would_score(sampled: int, problems: Sequence[Tuple[str, str]]) -> Optional[str]:
@@ -94,15 +105,29 @@ def nothing_would_score(sampled: int, problems: Sequence[Tuple[str, str]]) -> Op
             "(or pass --max_dead_letter_fraction 1 to run anyway)")
 
 
+def format_problem(paths: Sequence[str], input_format: str) -> Optional[str]:
+    """Why the first files' bytes clearly cannot be read as input_format (transforms.sources.sniff), or None."""
+    for path in paths[:MAX_FILES]:
+        look = looks_like(read_head(path))
+        if contradiction(input_format, look):
+            flag = f"--input_format {look.format}" if look.format else "--input_format jsonl or csv"
+            return f"{path} is read as {input_format}, but it looks like {look.description}: pass {flag}"
+    return None
+
+
 def job_sample_problem(job) -> Optional[str]:
-    """nothing_would_score for a BatchJob's listed input files (None for BigQuery sources, inputs
-    the launcher did not list, and jobs with the error budget off)."""
+    """Why the job should not launch, from its first listed input files: their bytes contradict
+    its input format (format_problem), or nothing_would_score. None for BigQuery sources, inputs
+    the launcher did not list, and jobs with the error budget off."""
     from transforms.graph.model import record_spec
 
     if not job.listed_inputs or job.max_dead_letter_fraction >= 1:
         return None
+    wrong_format = format_problem(job.listed_inputs, job.input_format)
     spec = record_spec(job.graph)
-    options = None if job.input_format == TFRECORD else InstanceOptions(
-        spec, job.key_feature, job.included_fields, job.excluded_fields)
-    return nothing_would_score(*sample_problems(job.listed_inputs, job.input_format, spec,
-                                                job.scoring_key_feature, options))
+    options = None if job.input_format == TFRECORD else instance_options(job)
+    nothing = nothing_would_score(*sample_problems(job.listed_inputs, job.input_format, spec,
+                                                   job.scoring_key_feature, options))
+    if wrong_format and not nothing:
+        return f"{wrong_format} (or pass --max_dead_letter_fraction 1 to read it as {job.input_format} anyway)."
+    return " ".join(p for p in (wrong_format and wrong_format + ".", nothing) if p) or None

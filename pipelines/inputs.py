@@ -12,11 +12,13 @@ from transforms.records.dead_letters import WithDeadLetters
 from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
 from transforms.sources.files import check_local_patterns, expand_patterns, is_remote
 from transforms.sources.text import InstanceOptions, ReadKeyedInstances
-from transforms.sources.text_formats import TFRECORD, format_of_path
+from transforms.sources.sniff import looks_like, read_head
+from transforms.sources.text_formats import TFRECORD, suffix_format
 from transforms.sources.tfrecord import ReadKeyedTFRecords
 
 REDISTRIBUTE_CHOICES = ("auto", "yes", "no")
 FILES_PER_WORKER = 4  # with fewer files than this per worker process, files alone cannot spread the work
+SNIFFED_FILES = 3  # files without a telling suffix whose first bytes the launcher reads
 
 
 def listed_inputs(patterns: Sequence[str], offline: bool = False) -> Optional[List[str]]:
@@ -31,17 +33,37 @@ def listed_inputs(patterns: Sequence[str], offline: bool = False) -> Optional[Li
 
 def input_format_of(patterns: Sequence[str], given: Optional[str] = None,
                     listed: Optional[Sequence[str]] = None) -> str:
-    """The given format, else the one every input's suffix names (the listed files, or the patterns
-    when they were not listed); raises OptionsError when they mix formats."""
+    """The given format, else the one every input names: by its suffix, or for files whose suffix
+    names none, by the first bytes of the first SNIFFED_FILES of them (the others are taken to be
+    alike; patterns that were not listed, as TFRecord). Raises OptionsError when the inputs mix
+    formats, or when a file's first bytes are text of no format the job reads."""
     if given:
         return given
-    formats = {}
+    formats, unnamed = {}, []
     for path in listed if listed is not None else patterns:
-        formats.setdefault(format_of_path(path), path)
+        fmt = suffix_format(path)
+        if fmt is None:
+            unnamed.append(path)
+        else:
+            formats.setdefault(fmt, path)
+    for path in unnamed[:SNIFFED_FILES] if listed is not None else unnamed[:1]:
+        formats.setdefault(content_format(path) if listed is not None else TFRECORD, path)
     if len(formats) > 1:
         examples = ", ".join(f"{fmt} ({path})" for fmt, path in sorted(formats.items()))
         raise OptionsError(f"the inputs mix formats: {examples}; give --input_format or separate runs")
     return next(iter(formats))
+
+
+def content_format(path: str) -> str:
+    """The format a file's first bytes show (binary data that is not TFRecord, or an unreadable or
+    empty file: TFRecord, whose reader reports it); raises OptionsError for text of no format we read."""
+    look = looks_like(read_head(path))
+    if look.format:
+        return look.format
+    if look.text:
+        raise OptionsError(f"{path}: its name does not say its format (.tfrecord, .jsonl, .json, .ndjson, .csv) "
+                           f"and it looks like {look.description}; give --input_format tfrecord, jsonl or csv")
+    return TFRECORD
 
 
 def should_redistribute(setting: str, workers: Optional[int], files: Optional[int], gpu: bool = False,
@@ -63,6 +85,14 @@ def should_redistribute(setting: str, workers: Optional[int], files: Optional[in
     return files < FILES_PER_WORKER * workers
 
 
+def instance_options(job) -> InstanceOptions:
+    """How a batch job converts JSON Lines / CSV instances. The key field stays in the example for
+    outputs that echo it (PredictionLogs, examples), so each carries its key; models parse only the
+    features they read."""
+    return InstanceOptions(record_spec(job.graph), job.key_feature, job.included_fields, job.excluded_fields,
+                           keep_key=job.sink.echoes_inputs)
+
+
 def read_chunks(p: beam.Pipeline, job):
     """WithDeadLetters(RecordChunks, dead letters) of the job's inputs: every source emits chunks
     of up to --max_batch_size records and --max_batch_bytes of input, each record with its source;
@@ -74,10 +104,8 @@ def read_chunks(p: beam.Pipeline, job):
     elif job.input_format == TFRECORD:
         chunks, dead = p | "ReadTFRecords" >> ReadKeyedTFRecords(job.inputs, size, max_bytes)
     else:
-        options = InstanceOptions(record_spec(job.graph), job.key_feature, job.included_fields,
-                                  job.excluded_fields)
         chunks, dead = p | f"Read{job.input_format.upper()}" >> ReadKeyedInstances(
-            job.inputs, job.input_format, options, size, max_bytes)
+            job.inputs, job.input_format, instance_options(job), size, max_bytes)
     if job.redistribute:
         chunks = chunks | "RedistributeChunks" >> beam.Reshuffle()
     return WithDeadLetters(chunks, dead)

@@ -2,8 +2,12 @@
 CSV text -> instances with line numbers."""
 
 import base64
+import csv
 import datetime
 import decimal
+import io
+import json
+import re
 
 import numpy as np
 import pytest
@@ -13,7 +17,8 @@ from models.examples import feature_values, parse_example
 from models.feature_spec import Feature
 from transforms.sources.instances import (ConversionError, epoch_seconds, instance_key, instance_to_example,
                                   select_fields)
-from transforms.sources.text_formats import CSV, JSONL, TFRECORD, InstanceError, format_of_path, iter_csv, iter_jsonl
+from transforms.sources.text_formats import (CSV, JSONL, TFRECORD, InstanceError, cell_value, format_of_path, iter_csv,
+                                             iter_jsonl)
 
 SPEC = (
     Feature("f", "float32"),
@@ -185,3 +190,65 @@ def test_iso_date_time_text_fills_numeric_features_as_epoch_seconds():
     for text in ("19700103", "1970-01-03+01:00", "1.5"):
         with pytest.raises(ConversionError):
             instance_to_example({"t": 0, "d": text, "s": "x"}, spec)
+
+
+LIST_SPEC = (Feature("vec", "float32", (3,)), Feature("one", "float32", (1,)),
+             Feature("tags", "int64", varlen=True), Feature("words", "string", varlen=True),
+             Feature("pair", "string", (2,)), Feature("n", "int64"), Feature("name", "string"))
+LIST_RECORDS = [
+    {"id": "a", "vec": [1.5, -2, 3], "one": [0.25], "tags": [4, 1, 7, 0], "words": ["x", "y z"],
+     "pair": ["p", "q"], "n": [9], "name": "plain"},
+    {"id": "b", "vec": [0, 0, 1e3], "one": 2, "tags": [], "words": ["only"], "pair": ["-", "é"],
+     "n": 3, "name": "[not, a list]"},
+    {"id": "c", "vec": [[1], [2], [3]], "one": [[5]], "tags": [True, 12], "words": [], "pair": ["1", "2"],
+     "n": 0, "name": "z"},  # an empty cell is a null
+]
+
+
+def csv_cell(value):
+    """A value as a CSV cell the way the README writes one: lists as JSON text, scalars as text."""
+    return json.dumps(value) if isinstance(value, list) else str(value)
+
+
+def test_csv_list_cells_give_the_examples_json_lines_give():
+    header = list(LIST_RECORDS[0])
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(
+        [header] + [[csv_cell(r[name]) for name in header] for r in LIST_RECORDS])
+    csv_items = list(iter_csv(out.getvalue().encode().splitlines(keepends=True), LIST_SPEC))
+    jsonl_items = list(iter_jsonl([json.dumps(r).encode() + b"\n" for r in LIST_RECORDS]))
+    assert len(csv_items) == len(jsonl_items) == 3
+    for record, (_, from_csv, _), (_, from_jsonl, _) in zip(LIST_RECORDS, csv_items, jsonl_items):
+        assert not isinstance(from_csv, InstanceError), from_csv
+        example = parse_example(instance_to_example(from_csv, LIST_SPEC))
+        assert example == parse_example(instance_to_example(from_jsonl, LIST_SPEC))
+        assert feature_values(example, "tags") == [int(t) for t in record["tags"]]
+        assert feature_values(example, "words") == [w.encode() for w in record["words"]]
+        assert feature_values(example, "pair") == [w.encode() for w in record["pair"]]
+        assert feature_values(example, "vec") == pytest.approx(np.ravel(record["vec"]).tolist())
+    name = parse_example(instance_to_example(csv_items[1][1], LIST_SPEC)).features.feature["name"]
+    assert name.bytes_list.value == [b"[not, a list]"]  # a string of shape [] keeps its text
+
+
+@pytest.mark.parametrize("text, feature, expected", [
+    ("[4, 1, 7, 0]", Feature("t", "int64", varlen=True), [4, 1, 7, 0]),
+    ("5", Feature("t", "int64", varlen=True), 5),
+    ("[]", Feature("t", "int64", varlen=True), []),
+    (" [2.5]", Feature("x", "float32"), [2.5]),
+    ('["a", "b"]', Feature("w", "string", varlen=True), ["a", "b"]),
+    ("[draft] notes", Feature("w", "string", varlen=True), "[draft] notes"),
+    ('["a"]', Feature("s", "string"), '["a"]'),
+])
+def test_cell_values_of_list_capable_features(text, feature, expected):
+    assert cell_value(text, feature) == expected
+
+
+@pytest.mark.parametrize("text, feature, message", [
+    ("[4, 1", Feature("t", "int64", varlen=True), "'[4, 1' is not a JSON list of numbers"),
+    ("[1, 2]x", Feature("x", "float32", (2,)), "is not a JSON list of numbers"),
+    ("abc", Feature("t", "int64", varlen=True), "'abc' is not an integer"),
+    ("a", Feature("p", "string", (2,)), "2 values are needed as a JSON list"),
+])
+def test_bad_list_cells_are_conversion_errors(text, feature, message):
+    with pytest.raises(ConversionError, match=re.escape(message)):
+        cell_value(text, feature)

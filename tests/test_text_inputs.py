@@ -269,3 +269,135 @@ def test_the_converter_takes_a_feature_spec_file_and_refuses_tfrecord_inputs(tmp
     with pytest.raises(OptionsError, match="reads JSON Lines or CSV"):
         to_tfrecord.run(["--input", tfrecord, "--output", prefix, "--feature_spec", str(spec)])
     assert to_tfrecord.main(["--input", path, "--output", prefix]) == 2
+
+
+def test_csv_json_list_cells_score_like_the_same_records_in_json_lines_and_tfrecord(tmp_path, write_tfrecords):
+    """A VarLen int64 feature written as the README writes a multi-valued CSV cell ("[4, 1, 7, 0]")."""
+    from models.feature_spec import Feature
+    from tests.support.foreign_models import estimator_varlen_export, expected_varlen
+
+    model_dir = estimator_varlen_export(str(tmp_path / "estimator"))
+    values = [{"id": f"r{i}", "tokens": list(range(i % 5)) + [4, 1, 7, 0][:i % 3], "weight": [0.5 + i]}
+              for i in range(12)]
+    spec = (Feature("tokens", "int64", varlen=True), Feature("weight", "float32", (1,)))
+    tfrecord = write_tfrecords("v.tfrecord", [make_example(v, spec).SerializeToString() for v in values])
+    with open(tmp_path / "v.csv", "w") as f:
+        f.write("id,tokens,weight\n" + "".join(
+            f'{v["id"]},"{json.dumps(v["tokens"])}","{json.dumps(v["weight"])}"\n' for v in values))
+    inputs = {"tfrecord": tfrecord, "jsonl": write_jsonl(tmp_path / "v.jsonl", values), "csv": str(tmp_path / "v.csv")}
+    expected = expected_varlen(values)
+    for fmt, path in inputs.items():
+        out = str(tmp_path / fmt / "pred")
+        counters = run_job("--input", path, "--model", model_dir, "--output", out, "--key_feature", "id")
+        assert counters["predictions_written"] == 12 and read_jsonl(out + ".errors-*.jsonl") == [], fmt
+        rows = rows_by_key(out)
+        np.testing.assert_allclose([rows[v["id"]]["model"]["score"] for v in values], expected, rtol=1e-6)
+
+
+def logged_example(log):
+    """The tf.Example a PredictionLog echoes (predict: the string input; classify/regress: its example list)."""
+    kind = log.WhichOneof("log_type")
+    if kind == "predict_log":
+        (tensor,) = log.predict_log.request.inputs.values()
+        return tf.train.Example.FromString(tensor.string_val[0])
+    (example,) = getattr(log, kind).request.input.example_list.examples
+    return example
+
+
+def log_values(log):
+    """The log's one number: predict score, classify positive-class score, regress value."""
+    kind = log.WhichOneof("log_type")
+    if kind == "predict_log":
+        return tf.make_ndarray(log.predict_log.response.outputs["score"]).reshape(-1)[0]
+    if kind == "classify_log":
+        return log.classify_log.response.result.classifications[0].classes[1].score
+    return log.regress_log.response.result.regressions[0].value
+
+
+@pytest.mark.parametrize("engine", ["fast", "tfx-bsl"])
+def test_prediction_logs_and_output_examples_of_json_and_csv_carry_their_keys(tmp_path, engine):
+    """--key_feature with JSON Lines / CSV in and PredictionLogs or examples out: each joins back to its key."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from tests.support.foreign_models import expected_linear, tf1_linear_export
+
+    model_dir = tf1_linear_export(str(tmp_path / "linear"))
+    values = [{"id": f"k{i}", "x": [0.5 * i, 1.0 - i]} for i in range(9)]
+    by_key = dict(zip([v["id"] for v in values], range(len(values))))
+    expected = expected_linear([v["x"] for v in values])
+    jsonl = write_jsonl(tmp_path / "in.jsonl", values)
+    csv = tmp_path / "in.csv"
+    csv.write_text("id,x\n" + "".join(f'{v["id"]},"{json.dumps(v["x"])}"\n' for v in values))
+    runs = [(jsonl, "serving_default", "score"), (jsonl, "classify", "scores"), (jsonl, "regress", "outputs"),
+            (str(csv), "classify", "scores")]
+    for n, (path, signature, column) in enumerate(runs):
+        out = str(tmp_path / f"logs{n}" / "pred")
+        assert batch_infer.main(["--input", path, "--model", model_dir, "--signature", signature, "--engine", engine,
+                                 "--key_feature", "id", "--output_format", "tfrecord", "--output", out]) == 0
+        logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+                for shard in sorted(glob.glob(out + "-*.tfrecord")) for r in tf.data.TFRecordDataset(shard)]
+        keys = [logged_example(log).features.feature["id"].bytes_list.value[0].decode() for log in logs]
+        assert sorted(keys) == sorted(by_key), (path, signature)
+        for key, log in zip(keys, logs):  # each log's numbers belong to the record of its key
+            want = expected[column][by_key[key]]
+            np.testing.assert_allclose(log_values(log), np.ravel(want)[-1], rtol=1e-5)
+    for path in (jsonl, str(csv)):
+        out = str(tmp_path / ("examples_" + os.path.basename(path)) / "pred")
+        assert batch_infer.main(["--input", path, "--model", model_dir, "--engine", engine, "--key_feature", "id",
+                                 "--output_format", "examples", "--output", out]) == 0
+        examples = read_tfrecord_examples(out + "-*.tfrecord")
+        found = {e.features.feature["id"].bytes_list.value[0].decode(): e for e in examples}
+        assert set(found) == set(by_key) and len(examples) == len(values)
+        for key, example in found.items():
+            np.testing.assert_allclose(example.features.feature["score"].float_list.value,
+                                       [expected["score"][by_key[key]]], rtol=1e-5)
+
+
+def test_a_file_whose_suffix_names_no_format_is_read_by_its_first_bytes(penguin_model, write_tfrecords, tmp_path,
+                                                                        capsys):
+    version_dir, _ = penguin_model
+    values = penguin_values(30, seed=11)
+    jsonl_txt = write_jsonl(tmp_path / "data.txt", values)
+    csv_txt = write_csv(tmp_path / "rows.txt", values)
+    shard = write_tfrecords("data-00000-of-00001", [make_example(v).SerializeToString() for v in values])
+    for n, path in enumerate((jsonl_txt, csv_txt, shard)):
+        out = str(tmp_path / f"out{n}" / "pred")
+        assert batch_infer.main(["--input", path, "--model", version_dir, "--output", out, "--key_feature", "id"]) == 0
+        assert set(rows_by_key(out)) == {v["id"] for v in values}, path
+        assert read_jsonl(out + ".errors-*.jsonl") == []
+    notes = tmp_path / "notes.txt"
+    notes.write_text("penguins measured in 2007\nby island\n")
+    assert batch_infer.main(["--input", str(notes), "--model", version_dir, "--output", str(tmp_path / "n")]) == 2
+    err = capsys.readouterr().err
+    assert str(notes) in err and "text that is neither JSON Lines nor CSV" in err and "--input_format" in err
+
+
+@pytest.mark.parametrize("name, given, looks, flag", [
+    ("data.txt", "tfrecord", "JSON Lines", "--input_format jsonl"),
+    ("data.txt", "csv", "JSON Lines", "--input_format jsonl"),
+    ("shard", "jsonl", "TFRecord", "--input_format tfrecord"),
+    ("rows.txt", "tfrecord", "CSV", "--input_format csv"),
+])
+def test_an_input_format_the_first_bytes_contradict_is_refused_at_launch(penguin_model, write_tfrecords, tmp_path,
+                                                                         capsys, name, given, looks, flag):
+    version_dir, _ = penguin_model
+    values = penguin_values(5, seed=12)
+    path = {"data.txt": lambda: write_jsonl(tmp_path / name, values),
+            "rows.txt": lambda: write_csv(tmp_path / name, values),
+            "shard": lambda: write_tfrecords(name, [make_example(v).SerializeToString() for v in values])}[name]()
+    args = ["--input", path, "--model", version_dir, "--output", str(tmp_path / "o"), "--input_format", given]
+    assert batch_infer.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is read as {given}, but it looks like {looks}" in err and f"pass {flag}" in err
+    assert not glob.glob(str(tmp_path / "o-*"))  # refused before the job started
+
+
+@pytest.mark.parametrize("writer", [write_jsonl, write_csv])
+def test_a_misspelt_key_field_is_refused_with_the_closest_field(penguin_model, tmp_path, capsys, writer):
+    version_dir, _ = penguin_model
+    path = writer(tmp_path / ("in.jsonl" if writer is write_jsonl else "in.csv"), penguin_values(25, seed=13))
+    assert batch_infer.main(["--input", path, "--model", version_dir, "--output", str(tmp_path / "o"),
+                             "--key_feature", "idd"]) == 2
+    err = capsys.readouterr().err
+    assert "key field 'idd' is missing (the records hold ['id', 'island', 'measurements'])" in err
+    assert "did you mean --key_feature id?" in err

@@ -37,6 +37,7 @@ class Sink:
     writes_files = True  # chosen with --output_format NAME (else with a flag of its own)
     needs_schema = False  # every output's rank is resolved at launch (transforms.scoring.output_ranks)
     keeps_logs = False  # the engines return their PredictionLogs for it
+    echoes_inputs = False  # it writes each input example back (so JSON/CSV keys stay in the examples)
 
     def flag_problems(self, config: SinkConfig) -> List[str]:
         """What is wrong with the flags for this sink (checked before the models load)."""

@@ -91,6 +91,7 @@ def check_output_features(features: Mapping[str, str], outputs: Sequence[str]) -
 class ExamplesSink(Sink):
     name = "examples"
     suffix = ".tfrecord"
+    echoes_inputs = True
 
     def flag_problems(self, config: SinkConfig) -> List[str]:
         if config.output_compression not in (None, "gzip"):

@@ -39,6 +39,7 @@ class PredictionLogSink(Sink):
     name = "tfrecord"
     suffix = ".tfrecord"
     keeps_logs = True
+    echoes_inputs = True
 
     def graph_problems(self, graph, config: SinkConfig) -> List[str]:
         problem = one_model_problem(self, graph, config)

@@ -1,7 +1,8 @@
 """ReadKeyedInstances: JSON Lines or CSV files -> keyed tf.Example records + dead letters.
 
 Each line (or CSV row) is one instance, converted by the model's feature spec
-(transforms.sources.instances). Keys come from a key field, which is then removed from the features, or
+(transforms.sources.instances). Keys come from a key field, which is then removed from the features
+(kept with keep_key, for outputs that echo the example: PredictionLogs, examples), or
 are '<file>:<line>' (1-based line numbers, the header being line 1 of a CSV). A line that is not
 an instance is a dead letter at stage decode; one whose values do not fit is one at stage convert;
 both carry the line number and the line itself. Files are the unit of parallelism, as for TFRecord.
@@ -34,10 +35,13 @@ class InstanceOptions:
     excluded_fields: Tuple[str, ...] = ()
     keep_extra: bool = True  # fields outside the spec stay in the example (for --passthrough)
     image_columns: Tuple[str, ...] = ()  # fields holding image paths or URIs, stored as the file's bytes
+    keep_key: bool = False  # the key field stays in the example (outputs that echo it: PredictionLogs, examples)
 
     def __post_init__(self):
         if self.included_fields and self.excluded_fields:
             raise ValueError("give included fields or excluded fields, not both")
+        if self.keep_key and not self.keep_extra:
+            raise ValueError("keep_key keeps the key field as an extra feature: it needs keep_extra")
 
     def key_of(self, instance: dict) -> str:
         """The key in the instance's key field; raises ConversionError when it has none."""
@@ -50,12 +54,16 @@ class InstanceOptions:
             return None
 
     def convert(self, instance: dict) -> bytes:
-        """The serialized tf.Example of an instance (without its key field); raises ConversionError."""
+        """The serialized tf.Example of an instance, without its key field unless keep_key (then
+        whatever the included or excluded fields); raises ConversionError."""
+        selected = instance
         if self.key_field:
             instance_key(instance, self.key_field)  # a record without a usable key is not scored
-            instance = {k: v for k, v in instance.items() if k != self.key_field}
-        instance = select_fields(instance, self.included_fields, self.excluded_fields)
-        return instance_to_example(instance, self.spec, self.keep_extra)
+            selected = {k: v for k, v in instance.items() if k != self.key_field}
+        selected = select_fields(selected, self.included_fields, self.excluded_fields)
+        if self.key_field and self.keep_key:
+            selected[self.key_field] = instance[self.key_field]
+        return instance_to_example(selected, self.spec, self.keep_extra)
 
 
 def read_image_columns(instance: dict, columns: Sequence[str], base_dir: str) -> dict:
@@ -89,24 +97,26 @@ def keyed_examples(path: str, name: str, fmt: str, options: InstanceOptions
                    ) -> Iterator[Tuple[int, str, object, bytes]]:
     """(line, key, serialized example or a dead-letter row, raw line) per instance of a file."""
     for line, instance, raw in iter_file_instances(path, fmt, options.spec):
-        fields = instance.fields if isinstance(instance, InstanceError) else instance
-        key = options.key_or_none(fields) or f"{name}:{line}"  # its own key names its dead letter too
-        source = {"file": path, "line": line}
-        if isinstance(instance, InstanceError):
-            # a CSV cell that does not fit is the same problem as a JSON value that does not
-            error_type = ConversionError.__name__ if instance.stage == CONVERT else None
-            yield line, key, dead_letter(instance.stage, instance, key=key, raw=raw, source=source,
-                                         error_type=error_type), raw
-            continue
-        try:
-            if options.image_columns:
-                instance = read_image_columns(instance, options.image_columns, FileSystems.split(path)[0])
-            example = options.convert(instance)
-        except Exception as e:  # pylint: disable=broad-except  # no record may stop the file's others
-            yield line, key, dead_letter(CONVERT, as_conversion_error(e, f"line {line}: "), key=key, raw=raw,
-                                         source=source), raw
-            continue
+        key, example = keyed_example(path, name, line, instance, raw, options)
         yield line, key, example, raw
+
+
+def keyed_example(path: str, name: str, line: int, instance, raw: bytes, options: InstanceOptions
+                  ) -> Tuple[str, object]:
+    """(key, serialized example or a dead-letter row) of one instance (or InstanceError) of a file."""
+    fields = instance.fields if isinstance(instance, InstanceError) else instance
+    key = options.key_or_none(fields) or f"{name}:{line}"  # its own key names its dead letter too
+    source = {"file": path, "line": line}
+    if isinstance(instance, InstanceError):
+        # a CSV cell that does not fit is the same problem as a JSON value that does not
+        error_type = ConversionError.__name__ if instance.stage == CONVERT else None
+        return key, dead_letter(instance.stage, instance, key=key, raw=raw, source=source, error_type=error_type)
+    try:
+        if options.image_columns:
+            instance = read_image_columns(instance, options.image_columns, FileSystems.split(path)[0])
+        return key, options.convert(instance)
+    except Exception as e:  # pylint: disable=broad-except  # no record may stop the file's others
+        return key, dead_letter(CONVERT, as_conversion_error(e, f"line {line}: "), key=key, raw=raw, source=source)
 
 
 class ReadInstancesFn(AccountedDoFn):

@@ -88,31 +88,42 @@ def _iter_counted_chunks(path: str, chunk_size: int) -> Iterator[Union[Tuple[int
     saying where, so on any error the file is read again by the framing reader, which skips what
     was already emitted and reports each corruption precisely, reading on past a bad data CRC.
     """
-    import tensorflow as tf
-
     not_gzip = gzip_name_problem(path)
     if not_gzip:
         yield not_gzip
         return
+    emitted = yield from _fast_chunks(path, chunk_size)
+    if emitted is not None:
+        yield from _framed_chunks(path, chunk_size, emitted)
+
+
+def _fast_chunks(path: str, chunk_size: int) -> Iterator[Tuple[int, Sequence[bytes]]]:
+    """Chunks read by TensorFlow's record iterator. Returns None after a clean end of the file, else
+    the number of records emitted before it stopped (the framing reader goes on from there)."""
+    import tensorflow as tf
+
     emitted = consumed = 0
     try:
         records_in_file = record_iterator(path, "GZIP" if is_gzip(path) else "")
-    except (tf.errors.OpError, OSError):  # a file system TensorFlow cannot read: all of it below
-        records_in_file = None
-    while records_in_file is not None:
+    except (tf.errors.OpError, OSError):  # a file system TensorFlow cannot read: all of it by the framing reader
+        return 0
+    while True:
         try:
             records = list(itertools.islice(records_in_file, chunk_size))
         except (tf.errors.OpError, OSError):  # corrupt or truncated data
-            break
+            return emitted
         if not records:
             # TensorFlow ends quietly at a partial header: only a clean end if every byte was used
-            if consumed == uncompressed_size(path, consumed):
-                return
-            break
+            return None if consumed == uncompressed_size(path, consumed) else emitted
         chunk = SerializedRecords(records)
         yield emitted, chunk
         emitted += len(records)
         consumed += int(chunk.byte_lengths().sum()) + RECORD_OVERHEAD * len(records)
+
+
+def _framed_chunks(path: str, chunk_size: int, emitted: int
+                   ) -> Iterator[Union[Tuple[int, Sequence[bytes]], Corruption]]:
+    """Chunks read by our framing reader, from record index emitted on, and a Corruption per bad region."""
     records, first = [], None
     with open_records_stream(path) as stream:
         for item in read_records(stream):
