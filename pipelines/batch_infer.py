@@ -43,7 +43,7 @@ from pipelines.runners import LocalRunner, is_local, keep_main_session, local_ru
 from transforms.graph.model import GraphError
 from transforms.runtime import metrics
 from transforms.runtime.accounting import (MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, MODELS_LOADED,
-                                          SCORING_PROCESSES, UNREADABLE_BYTES, UNREADABLE_REGIONS)
+                                          SCORING_PROCESSES, UNREADABLE_BYTES, UNREADABLE_REGIONS, counter_table)
 from transforms.scoring.beam import ScoreChunks
 from transforms.scoring.engines import batch_calls
 from transforms.sinks.base import WriteToSink
@@ -112,7 +112,7 @@ def summarize(job: BatchJob, counters: dict, seconds: float, runner: str = "", p
         f"runner {runner or 'unknown'}; scored in {processes} worker process{'es' if processes != 1 else ''}"
         f"{'; chunks redistributed' if job.redistribute else ''}",
         "counters:",
-        metrics.format_counters(counters),
+        counter_table(counters),
     ])
 
 

@@ -48,6 +48,7 @@ from pipelines.options import BatchInferOptions, OptionsError, StreamInferOption
 from pipelines.runners import keep_main_session, local_runner, pinned_runner, runner_name
 from transforms.graph.model import GraphError, record_spec
 from transforms.runtime import metrics
+from transforms.runtime.accounting import counter_table
 from transforms.scoring.engines import batch_calls
 from transforms.scoring.stream import ScoreMessages
 from transforms.sinks.bigquery import WritePredictionRows, WriteRowsToBigQuery
@@ -269,7 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if local_runner(PipelineOptions(argv), streaming=True) is not None:
         return 0  # run printed the totals; a cancelled local job's Beam counters lag behind them
     counters = metrics.query_counters(result)
-    print(f"stream ended after {time.monotonic() - started:.0f} s\n" + metrics.format_counters(counters))
+    print(f"stream ended after {time.monotonic() - started:.0f} s\n" + counter_table(counters))
     return 0
 
 

@@ -30,9 +30,9 @@ def test_counter_table_lists_every_counter_sorted():
 
 
 def test_counters_whose_names_do_not_say_what_they_count_have_a_note_beside_them():
-    from transforms.runtime.accounting import FAILED_BATCHES, COUNTER_NOTES
+    from transforms.runtime.accounting import COUNTER_NOTES, FAILED_BATCHES, counter_table
 
-    lines = metrics.format_counters({FAILED_BATCHES: 11, "dead_letters_infer": 1}).splitlines()
+    lines = counter_table({FAILED_BATCHES: 11, "dead_letters_infer": 1}).splitlines()
     assert lines[0].split() == ["dead_letters_infer", "1"]  # its name says it: no note
     name, value, note = lines[1].split(maxsplit=2)
     assert (name, value) == (FAILED_BATCHES, "11")

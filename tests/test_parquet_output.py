@@ -161,3 +161,35 @@ def test_an_output_without_a_column_is_an_error_not_a_dropped_column():
     scored = ScoredChunk(["a"], [b""], {"m": ModelResult([0], {"y": np.float32([1]), "z": np.float32([2])})}, [])
     with pytest.raises(SchemaError, match=r"\['z'\] have no column"):
         chunk_table(scored, schema)
+
+
+def test_two_models_where_one_rejects_some_records_read_back_with_pyarrow_and_pandas(
+        graph_models, write_tfrecords, tmp_path):
+    """scale (x float[4] -> 1.5x) scores every record; strict (x -> 2x) rejects those with a
+    negative x (infer), so its struct is null on those rows, over [4] outputs: pyarrow 25 cannot
+    read a null fixed-size list back, so such columns are variable lists, the shape in their metadata."""
+    import pandas as pd
+
+    from tests.support.foreign_models import rejecting_export
+
+    strict = rejecting_export(str(tmp_path / "strict"))
+    xs = [[float(i), 1.0, 2.0, -1.0 if i % 3 == 0 else 3.0] for i in range(9)]
+    path = write_tfrecords("in.tfrecord", [make_example({"k": f"r{i}", "x": x}).SerializeToString()
+                                            for i, x in enumerate(xs)])
+    out = str(tmp_path / "p")
+    batch_infer.run(["--input", path, "--model", f"scale={graph_models['scale'][0]}", "--model",
+                     f"strict={strict}", "--key_feature", "k", "--output", out, "--output_format", "parquet"],
+                    save_main_session=False)
+    files = sorted(glob.glob(out + "-*.parquet"))
+    rows = {r["key"]: r for r in pq.read_table(files).to_pylist()}
+    frame = pd.concat([pd.read_parquet(f) for f in files])
+    dead = read_jsonl(out + ".errors-*.jsonl")
+    rejected = [i for i, x in enumerate(xs) if min(x) < 0]
+    assert len(rows) == len(frame) == 9
+    assert sorted((d["key"], d["model"], d["stage"]) for d in dead) == [(f"r{i}", "strict", "infer") for i in rejected]
+    for i, x in enumerate(xs):
+        assert rows[f"r{i}"]["scale"]["y"] == pytest.approx([1.5 * v for v in x])
+        assert rows[f"r{i}"]["strict"] == (None if i in rejected else {"y": pytest.approx([2 * v for v in x])})
+    assert list(frame.set_index("key").loc["r1", "strict"]["y"]) == pytest.approx([2.0, 2.0, 4.0, 6.0])
+    field = pq.read_schema(files[0]).field("strict").type.field("y")
+    assert field.metadata == {b"shape": b"[4]"}

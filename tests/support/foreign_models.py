@@ -169,3 +169,20 @@ def tf_keras_trainer_export(export_dir: str) -> Tuple[str, "object"]:
 
     model.save(export_dir, save_format="tf", signatures={"serving_default": serve})
     return export_dir, model
+
+
+def rejecting_export(export_dir: str, width: int = 4) -> str:
+    """A TF2 tf.Module that rejects records whose x (float32[width]) has a negative value (an
+    assertion: the record's infer dead letter) and gives y = 2 * x for the others."""
+    import tensorflow as tf
+
+    class NonNegative(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serve(self, serialized):
+            x = tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([width], tf.float32)})["x"]
+            with tf.control_dependencies([tf.debugging.assert_non_negative(x, message="x must not be negative")]):
+                return {"y": 2.0 * x}
+
+    module = NonNegative()
+    tf.saved_model.save(module, export_dir, signatures={"serving_default": module.serve})
+    return export_dir

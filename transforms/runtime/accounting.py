@@ -51,6 +51,11 @@ COUNTER_NOTES = {
 }
 
 
+
+def counter_table(totals: Mapping[str, int]) -> str:
+    """The end-of-run counter table, with COUNTER_NOTES beside the counters they explain."""
+    return metrics.format_counters(dict(totals), COUNTER_NOTES)
+
 def model_metric_name(metric: str, model: str) -> str:
     """Per model: RunInference's metric name with "_<model name>" appended."""
     return f"{metric}_{model}"

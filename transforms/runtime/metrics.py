@@ -86,10 +86,9 @@ def query_distributions(result) -> Dict[str, Dict[str, float]]:
 
 
 def format_counters(totals: Dict[str, int], notes: Optional[Mapping[str, str]] = None) -> str:
-    """The counter table, sorted by name; a counter in notes (default: accounting.COUNTER_NOTES,
-    those whose names do not say what they count) has its note in parentheses beside it."""
-    if notes is None:
-        from transforms.runtime.accounting import COUNTER_NOTES as notes  # accounting imports this module
+    """The counter table, sorted by name; a counter in notes has its note in parentheses beside
+    it (accounting.counter_table passes the notes of the counters whose names do not say it)."""
+    notes = notes or {}
     width = max([len(k) for k in totals] + [10])
     return "\n".join(f"  {name:<{width}}  {totals[name]:>12,}" + (f"  ({notes[name]})" if name in notes else "")
                      for name in sorted(totals))

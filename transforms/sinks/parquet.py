@@ -6,7 +6,10 @@ says why), `inputs` (struct, with passthrough features) and `source` (struct, wi
 --with_source). Types: float32/float16 -> float, float64 -> double, ints and bools as they are,
 strings -> string (UTF-8; bytes that are not UTF-8 as base64 text, as BigQuery gets them). A
 per-record shape [k] is a fixed-size list of k, [k, m] a fixed-size list of fixed-size lists;
-a dimension the signature leaves unknown is a variable-length list.
+a dimension the signature leaves unknown is a variable-length list. In a graph of several models,
+where a model's struct is null on the rows it did not score, every list is variable-length and
+the field's metadata says its shape ("shape": "[k]"): pyarrow 25 cannot read back a null over a
+fixed-size list.
 
 Speed: a clean chunk's outputs go to Arrow without a per-row step (the arrays are wrapped, not
 copied; keys are one pa.array call). Only the optional inputs and source columns are built row
@@ -50,16 +53,22 @@ def arrow_scalar_type(dtype: np.dtype) -> pa.DataType:
     raise SchemaError(f"no Parquet type for dtype {dtype}")
 
 
-def arrow_type(dtype: np.dtype, shape: Shape) -> pa.DataType:
-    """A per-record value of this dtype and shape (None: a variable dimension)."""
+def arrow_type(dtype: np.dtype, shape: Shape, fixed_lists: bool = True) -> pa.DataType:
+    """A per-record value of this dtype and shape (None: a variable dimension). Without
+    fixed_lists, fixed dimensions are variable lists too."""
     value = arrow_scalar_type(dtype)
     for dim in reversed(shape):
-        value = pa.list_(value) if dim is None else pa.list_(value, dim)
+        value = pa.list_(value) if dim is None or not fixed_lists else pa.list_(value, dim)
     return value
 
 
-def model_struct(node) -> pa.StructType:
-    return pa.struct([pa.field(name, arrow_type(dtype, shape))
+def model_struct(node, nullable: bool = False) -> pa.StructType:
+    """The struct column of a model's outputs. A nullable one (a model of several, which may not
+    score every row) holds its fixed dimensions as variable lists, the shape in the field's
+    metadata: pyarrow 25 writes a null over a fixed-size list that its own Parquet reader then
+    refuses ("Expected all lists to be of size=3 but index 1 had size=0", apache/arrow#35692)."""
+    return pa.struct([pa.field(name, arrow_type(dtype, shape, fixed_lists=not nullable),
+                               metadata={"shape": str([-1 if d is None else d for d in shape])} if nullable else None)
                       for name, dtype, shape in output_columns(node, "Parquet")])
 
 
@@ -68,7 +77,7 @@ def parquet_schema(graph: ModelGraph, passthrough_types: Optional[Mapping[str, T
     """The file schema of one row per key. passthrough_types: feature -> (storage dtype, size;
     None for a variable-length feature)."""
     fields = [pa.field(KEY_FIELD, pa.string(), nullable=False)]
-    fields += [pa.field(node.name, model_struct(node)) for node in graph.nodes]
+    fields += [pa.field(node.name, model_struct(node, nullable=len(graph.nodes) > 1)) for node in graph.nodes]
     if graph.passthrough:
         types = passthrough_types or {}
         inputs = []
