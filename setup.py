@@ -19,7 +19,7 @@ setup(
     name="tf-beam-inference",
     version="0.1.0",
     description="Apache Beam pipelines for batch and streaming inference with TensorFlow SavedModels",
-    packages=find_packages(include=["models", "transforms", "transforms.*", "pipelines", "pipelines.*"]),
+    packages=find_packages(include=["models", "models.*", "transforms", "transforms.*", "pipelines", "pipelines.*"]),
     python_requires=">=3.10,<3.13",
     install_requires=requirements(),
     license="Apache-2.0",

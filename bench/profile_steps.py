@@ -45,10 +45,10 @@ def main(argv=None) -> int:
     from transforms.records.chunk import ModelResult, ScoredChunk
     from transforms.records.keys import keys_by_feature
     from transforms.records.rows import rows_block
-    from transforms.scoring.engines import load_fast
+    from models.serving.engines import load_fast
     from transforms.sinks.parquet import ROW_GROUP_ROWS, _RowGroupWriter, chunk_table, parquet_schema
     from transforms.sources.tfrecord import iter_chunks
-    from models.serving_model import load_serving_model
+    from models.serving.model import load_serving_model
 
     workload = workloads.WORKLOADS["A"]
     model_dir = workloads.ensure_model(workload, args.work)

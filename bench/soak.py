@@ -77,7 +77,7 @@ def drain_forever(emulator, subscriptions, stop):
 
 
 def measure(args) -> dict:
-    from models.layout import resolve_version_dir
+    from models.serving.layout import resolve_version_dir
     from pipelines.local.demo import ensure_demo
     from pipelines.local.pubsub_emulator import running_emulator
 

@@ -153,7 +153,7 @@ def measure(args) -> dict:
 
     from google.cloud import pubsub_v1
 
-    from models.layout import resolve_version_dir
+    from models.serving.layout import resolve_version_dir
     from pipelines.local.demo import ensure_demo
     from pipelines.local.pubsub_emulator import running_emulator
 

@@ -65,8 +65,8 @@ WORKLOADS = {
 
 
 def ensure_model(workload: Workload, root: str) -> str:
-    from models import layout
-    from models.feature_spec import spec_from_json
+    from models.serving import layout
+    from models.serving.feature_spec import spec_from_json
     from models.prepare import prepare_model
 
     base = os.path.join(root, "models", workload.name)
@@ -78,8 +78,8 @@ def ensure_model(workload: Workload, root: str) -> str:
 
 def ensure_data(workload: Workload, root: str, records: int, tag: str = "") -> str:
     """Shards of SHARD_RECORDS records under root/data/<name><tag>-<records>/; returns the glob."""
-    from models.examples import make_example
-    from models.feature_spec import spec_from_json
+    from models.serving.examples import make_example
+    from models.serving.feature_spec import spec_from_json
     from transforms.sources.framing import encode_record
 
     spec = spec_from_json(workload.feature_spec) if workload.feature_spec else None

@@ -31,8 +31,8 @@ def _tensor_line(name: str, info) -> str:
 def inspect_report(path: str, signature: str = "serving_default") -> (str, bool):
     """Returns the report text and whether a job can run the model: with at least one engine (a
     tf.Module export that only the fast engine runs is fine; the report says so)."""
-    from models import layout
-    from models.contract import contract_problems, serving_meta_graph, tf1_loader_problems
+    from models.serving import layout
+    from models.serving.contract import contract_problems, serving_meta_graph, tf1_loader_problems
 
     version_dir = layout.resolve_version_dir(path)
     meta_graph = serving_meta_graph(version_dir)
@@ -53,7 +53,7 @@ def inspect_report(path: str, signature: str = "serving_default") -> (str, bool)
 
 
 def _header_lines(version_dir: str) -> List[str]:
-    from models.fingerprint import saved_model_fingerprint
+    from models.serving.fingerprint import saved_model_fingerprint
 
     fingerprint = saved_model_fingerprint(version_dir)
     return [f"SavedModel: {version_dir}",
@@ -74,8 +74,8 @@ def _signature_lines(meta_graph) -> List[str]:
 
 
 def _feature_spec_lines(version_dir: str, signature: str) -> List[str]:
-    from models.feature_spec import describe
-    from models.serving_model import read_feature_spec
+    from models.serving.feature_spec import describe
+    from models.serving.model import read_feature_spec
 
     try:
         spec, source = read_feature_spec(version_dir, signature)
@@ -85,7 +85,7 @@ def _feature_spec_lines(version_dir: str, signature: str) -> List[str]:
 
 
 def _warmup_lines(version_dir: str) -> List[str]:
-    from models.warmup import WARMUP_FILE, read_warmup
+    from models.preparation.warmup import WARMUP_FILE, read_warmup
 
     try:
         requests = read_warmup(version_dir)
@@ -104,7 +104,7 @@ def _contract_lines(signature: str, problems: List[str]) -> List[str]:
 def _dense_inputs(meta_graph, signature: str) -> List[str]:
     """The signature's inputs ("name: dtype shape") when it takes tensors rather than one string
     input of serialized tf.Example (a Keras model.export(), say); empty when it takes one string."""
-    from models.contract import input_problems
+    from models.serving.contract import input_problems
 
     sig = meta_graph.signature_def.get(signature)
     if sig is None or not input_problems(signature, sig):
@@ -115,7 +115,7 @@ def _dense_inputs(meta_graph, signature: str) -> List[str]:
 def _dense_lines(version_dir: str, signature: str, inputs: List[str]) -> List[str]:
     """What a signature of dense inputs takes, that no engine scores it as it is, and the one thing
     to do: another signature of the model that takes tf.Example, or models.prepare."""
-    from models.contract import contract_problems
+    from models.serving.contract import contract_problems
 
     problems = contract_problems(version_dir, signature, tf1_loader=False, prepare_hint=False)
     return [f"takes ({signature}): dense tensors ({'; '.join(inputs)}), not serialized tf.Example, "
@@ -127,8 +127,8 @@ def _dense_lines(version_dir: str, signature: str, inputs: List[str]) -> List[st
 
 
 def _dense_remedy(version_dir: str, signature: str) -> str:
-    from models.signature_spec import examples_input
-    from models.contract import serving_meta_graph
+    from models.serving.signature_spec import examples_input
+    from models.serving.contract import serving_meta_graph
 
     others = [name for name in sorted(serving_meta_graph(version_dir).signature_def)
               if name != signature and examples_input(version_dir, name)]
@@ -141,11 +141,11 @@ def _dense_remedy(version_dir: str, signature: str) -> str:
 
 def engine_report(version_dir: str, signature: str = "serving_default") -> Dict[str, Tuple[bool, str]]:
     """{engine: (runs, what happened)}: each engine loads the model the way a job does
-    (transforms.scoring.engines) and scores two golden examples built from the feature spec."""
-    from models.examples import golden_records
-    from models.serving_model import read_feature_spec
-    from transforms.records.dead_letters import error_text
-    from transforms.scoring.engines import ENGINES
+    (models.serving.engines) and scores two golden examples built from the feature spec."""
+    from models.serving.examples import golden_records
+    from models.serving.model import read_feature_spec
+    from models.serving.errors import error_text
+    from models.serving.engines import ENGINES
 
     try:
         spec, _ = read_feature_spec(version_dir, signature)

@@ -4,7 +4,7 @@ Exports a Keras 3 model (.keras) or a dense-input SavedModel with a serialized-t
 `serving_default` signature into DIR/<version>/, verifies the export through both loaders, and
 only then moves it into place. Exits non-zero, naming the problem, when anything fails.
 
-Raw inputs, preprocessed inside the signature (models.preprocessing):
+Raw inputs, preprocessed inside the signature (models.preparation.preprocessing):
     --image_input pixels=image --image_scale unit|symmetric|none
     --text_input tokens=text --vocab vocab.txt
 Features copied from each input example to outputs of the same name (predict method only):
@@ -12,7 +12,7 @@ Features copied from each input example to outputs of the same name (predict met
                               default "" unless --feature_spec declares it; a feature of shape []
                               comes out as [batch, 1] (rows hold a one-item list, "id": ["p1"]),
                               since tfx-bsl cannot split per-example string scalars
-Signature method (models.signature_methods): --method predict|classify|regress [--class_labels a,b,c]
+Signature method (models.preparation.signature_methods): --method predict|classify|regress [--class_labels a,b,c]
 TF Serving warmup requests from the golden examples go to assets.extra/tf_serving_warmup_requests.
 """
 
@@ -30,7 +30,7 @@ from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
 from models import cli
 from models.tf_console import console_logging
-from models.feature_spec import (
+from models.serving.feature_spec import (
     FeatureSpec, FeatureSpecError, describe, load_spec_file, override_spec, with_passthrough)
 
 Pairs = Union[None, Mapping[str, str], Sequence[str]]
@@ -42,8 +42,8 @@ def build_spec(inputs, overrides: Optional[FeatureSpec] = None, images: Optional
                passthrough: Sequence[str] = ()) -> FeatureSpec:
     """The export's feature spec: derived from the model inputs, overridden, raw features in
     place of preprocessed inputs, passthrough features marked (and added)."""
-    from models import export
-    from models.preprocessing import raw_spec
+    from models.preparation import export
+    from models.preparation.preprocessing import raw_spec
 
     images, texts = dict(images or {}), dict(texts or {})
     spec = export.derive_spec(inputs)
@@ -78,7 +78,7 @@ def prepare_model(source, output_base: str, version: Optional[int] = None,
     """
     import tensorflow as tf
 
-    from models import export, preprocessing, signature_methods
+    from models.preparation import export, preprocessing, signature_methods
 
     source = _source_model(source)
     method = signature_methods.check_method(method)
@@ -104,10 +104,11 @@ class TakesExamplesError(ValueError):
 
 
 def _source_model(source):
-    """source as a models.export.SourceModel; a SavedModel path that already takes serialized
+    """source as a models.preparation.export.SourceModel; a SavedModel path that already takes serialized
     tf.Example is refused (TakesExamplesError) before TensorFlow loads it."""
-    from models import export, layout
-    from models.signature_spec import examples_input
+    from models.preparation import export
+    from models.serving import layout
+    from models.serving.signature_spec import examples_input
 
     if isinstance(source, export.SourceModel):
         return source
@@ -125,7 +126,7 @@ def _source_model(source):
 
 def _passthrough_features(passthrough: Union[str, Sequence[str]], method: str) -> list:
     """--passthrough as a list of names (a comma-separated string or a list); predict only."""
-    from models import signature_methods
+    from models.preparation import signature_methods
 
     names = [p.strip() for p in passthrough.split(",")] if isinstance(passthrough, str) else list(passthrough)
     names = [p for p in names if p]
@@ -149,8 +150,8 @@ def _export_and_verify(source, spec: FeatureSpec, staged: str, vocabularies: Map
                        preprocessed: bool, how: _Signature) -> None:
     """Writes the export to staged (vocabularies as assets, warmup requests) and verifies it;
     raises VerificationError when it does not reproduce the in-memory model."""
-    from models import export, preprocessing, signature_methods, warmup as warmup_requests
-    from models.verify import golden_serialized, verify_export
+    from models.preparation import export, preprocessing, signature_methods, warmup as warmup_requests
+    from models.preparation.verify import golden_serialized, verify_export
 
     with tempfile.TemporaryDirectory() as assets:
         # normalized copies of the vocabularies, copied into the export as assets
@@ -207,7 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argument_parser()
     args = parser.parse_args(argv)
     console_logging(["--verbose"] if args.verbose else [])
-    from models.signature_methods import SignatureMethodError
+    from models.preparation.signature_methods import SignatureMethodError
 
     try:
         spec = load_spec_file(args.feature_spec) if args.feature_spec else None
@@ -225,7 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ValueError) as e:
         print(f"models.prepare: error: {e}", file=sys.stderr)
         return 1
-    from models.serving_model import read_feature_spec
+    from models.serving.model import read_feature_spec
 
     written_spec, _ = read_feature_spec(version_dir, "serving_default")
     print(f"exported and verified: {version_dir}")

@@ -27,7 +27,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions,
                                                   WorkerOptions)
 
-from models.serving_model import ModelContractError
+from models.serving.model import ModelContractError
 from models.tf_console import console_logging
 from pipelines import manifest
 from pipelines.bigquery_io import activate_emulators

@@ -15,8 +15,8 @@ import difflib
 import itertools
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from models.examples import RecordError, check_example, feature_values, parse_example
-from models.feature_spec import Feature
+from models.serving.examples import RecordError, check_example, feature_values, parse_example
+from models.serving.feature_spec import Feature
 from pipelines.inputs import instance_options
 from transforms.records.keys import key_from_feature
 

@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-from models.serving_model import load_serving_models
+from models.serving.model import load_serving_models
 from pipelines import manifest
 from pipelines.bigquery_io import BIGQUERY, BigQuerySettings, settings_from_options
 from pipelines.inputs import input_format_of, listed_inputs, should_redistribute
@@ -20,7 +20,7 @@ from transforms.graph.file import load_graph_file
 from transforms.graph.model import ModelGraph, chain_graph, parallel_graph
 from transforms.runtime.gpu import GPU_BATCH, GpuSettings
 from transforms.scoring.refresh import RefreshSettings
-from transforms.scoring.engines import DEFAULT_ENGINE
+from models.serving.engines import DEFAULT_ENGINE
 from transforms.scoring.output_ranks import with_output_ranks
 from transforms.sinks.base import Sink, SinkConfig
 from transforms.sinks.bigquery import STORAGE_WRITE_API, STREAMING_INSERTS

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
-from models.fingerprint import saved_model_fingerprint
+from models.serving.fingerprint import saved_model_fingerprint
 from transforms.runtime import metrics
 from transforms.runtime.accounting import (BATCH_LATENCY_US, BATCH_SIZE, LOAD_LATENCY_MS, MODEL_BYTES,
                                           MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, UNREADABLE_BYTES,

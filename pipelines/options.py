@@ -6,7 +6,7 @@ import re
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.tf_console import VERBOSE_FLAG, VERBOSE_HELP
-from transforms.scoring.engines import DEFAULT_ENGINE, ENGINES
+from models.serving.engines import DEFAULT_ENGINE, ENGINES
 from transforms.sinks.bigquery import FILE_LOADS, WRITE_METHODS
 from transforms.sinks.base import SinkConfig
 from transforms.sinks.registry import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, sink_flag_problems

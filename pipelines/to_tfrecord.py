@@ -25,8 +25,8 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from models.feature_spec import FeatureSpecError, load_spec_file
-from models.serving_model import ModelContractError, load_serving_model
+from models.serving.feature_spec import FeatureSpecError, load_spec_file
+from models.serving.model import ModelContractError, load_serving_model
 from models.tf_console import VERBOSE_FLAG, VERBOSE_HELP, console_logging
 from pipelines.flags import unknown_flag_problems
 from pipelines.inputs import input_format_of, listed_inputs
@@ -49,7 +49,7 @@ def converter_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input_format", default=None, help="jsonl or csv (default: by suffix)")
     parser.add_argument("--output", help="output prefix: PREFIX-SSSSS-of-NNNNN.tfrecord[.gz]")
     parser.add_argument("--errors", help="dead-letter prefix (default: OUTPUT.errors)")
-    parser.add_argument("--feature_spec", help="feature spec JSON (models/feature_spec.py's format)")
+    parser.add_argument("--feature_spec", help="feature spec JSON (models/serving/feature_spec.py's format)")
     parser.add_argument("--model", help="SavedModel dir whose feature spec converts the rows")
     parser.add_argument("--signature", default="serving_default")
     parser.add_argument("--image_columns", default=None,

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from models.examples import make_example
+from models.serving.examples import make_example
 from pipelines import batch_infer
 from tests.helpers import read_jsonl
 

@@ -13,8 +13,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from models.examples import feature_values, parse_example
-from models.feature_spec import Feature
+from models.serving.examples import feature_values, parse_example
+from models.serving.feature_spec import Feature
 from pipelines import batch_infer
 from transforms.sources.bigquery import BigQueryInput, ReadKeyedBigQueryRows
 from transforms.sources.text import InstanceOptions

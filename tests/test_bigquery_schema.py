@@ -2,7 +2,7 @@
 
 import pytest
 
-from models.serving_model import load_serving_model
+from models.serving.model import load_serving_model
 from transforms.sinks.bigquery_schema import SchemaError, fit_record, prediction_schema
 from transforms.graph.model import GraphNode, ModelGraph, check_graph
 from transforms.graph.postprocessors import CallFunction, Classify, Keep, Regress

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from models.examples import make_example
+from models.serving.examples import make_example
 from transforms.records.chunk import ModelResult, split_by_bytes
 from transforms.records.keys import keys_by_feature, texts
 from transforms.records.rows import interleave, rows_block

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from models.examples import make_example
+from models.serving.examples import make_example
 from models.tf_console import without_startup_noise
 from tests.test_batch_infer import penguin_values
 

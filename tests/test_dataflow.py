@@ -94,7 +94,7 @@ def test_setup_file_sdist_carries_what_setup_py_reads(tmp_path):
     names = {name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name}
     assert "requirements.txt" in names, ("the sdist lacks requirements.txt, so workers cannot install it: "
                                          "add MANIFEST.in with 'include requirements.txt'")
-    assert {"pipelines/dataflow.py", "transforms/runtime/gpu.py", "models/serving_model.py"} <= names
+    assert {"pipelines/dataflow.py", "transforms/runtime/gpu.py", "models/serving/model.py"} <= names
 
 
 # --- runner options -----------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from models.examples import make_example
-from models.serving_model import load_serving_model
+from models.serving.examples import make_example
+from models.serving.model import load_serving_model
 from pipelines import batch_infer
 from pipelines import stream_infer
 from pipelines.options import BatchInferOptions

@@ -10,8 +10,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from models.examples import make_example
-from models.serving_model import load_serving_model
+from models.serving.examples import make_example
+from models.serving.model import load_serving_model
 from pipelines import batch_infer
 from tests.helpers import read_jsonl, row_lines
 from tests.test_batch_infer import expected_outputs, penguin_values
@@ -19,7 +19,8 @@ from transforms.graph.model import parallel_graph
 from transforms.records.chunk import ModelResult, RecordChunk
 from transforms.records.rows import key_fragments, outputs_to_json, to_json_line
 from transforms.scoring.beam import ScoreRecords
-from transforms.scoring.engines import FastSignatureCall, load_batch_call
+from models.serving.engines import FastSignatureCall
+from transforms.scoring.engines import load_batch_call
 from transforms.scoring.executor import score_chunk
 
 

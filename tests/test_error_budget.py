@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from models.examples import make_example
+from models.serving.examples import make_example
 from pipelines import batch_infer
 from pipelines.batch_infer import error_budget_problem
 from tests.test_batch_infer import penguin_values

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from models.examples import make_example
-from models.feature_spec import Feature
+from models.serving.examples import make_example
+from models.serving.feature_spec import Feature
 from tests.support.fakes import FakeBatchCall, fake_model
 from transforms.graph.model import GraphNode, ModelGraph, parallel_graph
 from transforms.graph.postprocessors import CallFunction

@@ -1,8 +1,8 @@
-"""Unit tests of the feature spec (models.feature_spec) and of the per-record gate
-models.examples.validate_example, checked against TensorFlow's own parser.
+"""Unit tests of the feature spec (models.serving.feature_spec) and of the per-record gate
+models.serving.examples.validate_example, checked against TensorFlow's own parser.
 
 No model is exported here. The equivalence tests run tf.io.parse_example with the spec's
-FixedLenFeatures (models.export.parse_features, the same parse the serving signature runs) on
+FixedLenFeatures (models.serving.examples.parse_features, the same parse the serving signature runs) on
 each record alone, and require validate_example to raise RecordError exactly when that raises.
 """
 
@@ -13,9 +13,9 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.example import example_pb2, feature_pb2
 
-from models import examples as ex
-from models.export import parse_features
-from models.feature_spec import (
+from models.serving import examples as ex
+from models.serving.examples import parse_features
+from models.serving.feature_spec import (
     Feature, FeatureSpecError, describe, feature_from_json, load_spec_file, make_spec,
     override_spec, spec_from_json, spec_to_json)
 

@@ -15,9 +15,9 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 from tensorflow_serving.apis import prediction_log_pb2
 
-from models import layout
-from models.examples import make_example
-from models.feature_spec import Feature
+from models.serving import layout
+from models.serving.examples import make_example
+from models.serving.feature_spec import Feature
 from pipelines import batch_infer
 from tests.helpers import read_jsonl
 from tests.support.foreign_models import (batch_ignoring_export, estimator_varlen_export, expected_linear,
@@ -175,7 +175,7 @@ def test_outputs_of_unknown_rank_get_their_columns_from_the_model_itself(tmp_pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from models.serving_model import load_serving_model
+    from models.serving.model import load_serving_model
     from transforms.graph.model import parallel_graph
     from transforms.scoring.output_ranks import with_output_ranks
     from transforms.sinks.bigquery_schema import prediction_schema
@@ -202,7 +202,7 @@ def test_outputs_of_unknown_rank_get_their_columns_from_the_model_itself(tmp_pat
 
 
 def test_varlen_features_are_read_from_the_parse_op_and_a_spec_file_overrides(tmp_path):
-    from models.serving_model import load_serving_model
+    from models.serving.model import load_serving_model
 
     model_dir = estimator_varlen_export(str(tmp_path / "estimator"))
     spec = {f.name: f for f in load_serving_model(model_dir).feature_spec}
@@ -268,6 +268,7 @@ def test_the_fast_engine_falls_back_to_the_tf1_loader(trainer_export, linear_inp
     no attribute 'add_slot'"). The tf-keras export built here (slots and all) loads on TF 2.21, so
     the TF2 loader's failure is simulated: a fake, for the one thing no local export reproduced.
     The fast engine then loads the model with the TF1 loader and gives the same rows."""
+    from models.serving.engines import SessionSignatureCall
     from transforms.scoring import engines
 
     model_dir, keras_model = trainer_export
@@ -278,7 +279,7 @@ def test_the_fast_engine_falls_back_to_the_tf1_loader(trainer_export, linear_inp
     monkeypatch.setattr(tf.saved_model, "load", tf2_loader_fails)
     monkeypatch.setattr(engines, "_CACHE", {})
     call = engines.load_batch_call("fast", model_dir, "serving_default")
-    assert isinstance(call, engines.SessionSignatureCall)
+    assert isinstance(call, SessionSignatureCall)
     path, records = linear_input
     np.testing.assert_allclose(call(records[:len(XS)])["y"], keras_model(np.float32(XS)).numpy(), rtol=1e-6)
     rows, dead = run(["--input", path, "--model", model_dir], str(tmp_path / "rows"))

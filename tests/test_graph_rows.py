@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.examples import make_example
-from models.feature_spec import Feature
+from models.serving.examples import make_example
+from models.serving.feature_spec import Feature
 from tests.helpers import row_lines
 from transforms.graph.bridges import BridgeError, bridged_record
 from transforms.records.chunk import ModelResult

@@ -6,10 +6,10 @@ import dataclasses
 import pytest
 import yaml
 
-from models.serving_model import load_serving_model
+from models.serving.model import load_serving_model
 from transforms.graph.model import Bridge, GraphError, GraphNode, ModelGraph, bridge_problem, chain_graph, check_graph
 from transforms.graph.file import graph_from_config, load_graph_file
-from models.feature_spec import Feature
+from models.serving.feature_spec import Feature
 
 
 def config(*models, **extra):

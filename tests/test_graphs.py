@@ -12,8 +12,8 @@ import yaml
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from models.examples import make_example
-from models.serving_model import load_serving_model
+from models.serving.examples import make_example
+from models.serving.model import load_serving_model
 from pipelines import batch_infer
 from tests.helpers import read_jsonl
 from transforms.graph.model import GraphError, chain_graph, parallel_graph

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.examples import make_example
-from models.feature_spec import Feature
+from models.serving.examples import make_example
+from models.serving.feature_spec import Feature
 from pipelines import batch_infer
 from tests.helpers import read_jsonl
 from tests.test_batch_infer import penguin_values
@@ -161,7 +161,7 @@ def test_fuzz_pubsub_payloads_are_records_or_message_errors(payload, attributes,
 
 @pytest.fixture(scope="module")
 def penguin_calls(penguin_model):
-    from models.serving_model import load_serving_model
+    from models.serving.model import load_serving_model
 
     graph = parallel_graph([load_serving_model(penguin_model[0], name="clf")], "fast")
     return graph, batch_calls(graph)

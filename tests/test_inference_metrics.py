@@ -11,7 +11,7 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from google.protobuf import timestamp_pb2
 
-from models.examples import make_example
+from models.serving.examples import make_example
 from pipelines import batch_infer
 from transforms.runtime import metrics
 from transforms.runtime.accounting import PUBLISH_TO_RESULT_MS, AccountedDoFn

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from models.examples import feature_values, make_example, parse_example
-from models.feature_spec import Feature
+from models.serving.examples import feature_values, make_example, parse_example
+from models.serving.feature_spec import Feature
 from pipelines import batch_infer
 from pipelines.input_sample import nothing_would_score, record_problem, sample_problems
 from pipelines.inputs import input_format_of

@@ -1,5 +1,5 @@
-"""The tfx-bsl contract check (models.contract), the inspect CLI, loading prepared models
-(models.serving_model) and reading a feature spec back from a signature (models.signature_spec),
+"""The tfx-bsl contract check (models.serving.contract), the inspect CLI, loading prepared models
+(models.serving.model) and reading a feature spec back from a signature (models.serving.signature_spec),
 on real SavedModels written here: the broken tf.Module way, our prepare_model way, a dense
 model.export, and hand-written ExportArchive signatures.
 """
@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import examples as ex
+from models.serving import examples as ex
 from models import inspect as inspect_cli
-from models import verify
-from models.contract import contract_problems, unrestored_variables, serving_meta_graph
-from models.feature_spec import SPEC_FILE, Feature
+from models.preparation import verify
+from models.serving.contract import contract_problems, unrestored_variables, serving_meta_graph
+from models.serving.feature_spec import SPEC_FILE, Feature
 from models.prepare import prepare_model
-from models.serving_model import ModelContractError, load_serving_model, read_feature_spec
-from models.signature_spec import spec_from_signature
+from models.serving.model import ModelContractError, load_serving_model, read_feature_spec
+from models.serving.signature_spec import spec_from_signature
 from transforms.graph.model import GraphError, parallel_graph
 
 ROWS = [[1.0, 2.0, 3.0], [-0.5, 0.0, 4.0]]
@@ -240,7 +240,7 @@ def test_base_directory_resolves_to_the_highest_version(tmp_path, prepared_dir, 
 # --------------------------------------------------------------------------------------------
 
 def _write_hand_signature(path, keras_model, parse_spec_fn, serve_body):
-    """A TF2 signature written directly with ExportArchive (no models.export involved).
+    """A TF2 signature written directly with ExportArchive (no models.preparation.export involved).
 
     parse_spec_fn is called inside the traced function, so tensors it makes are graph constants.
     """

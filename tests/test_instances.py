@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.examples import feature_values, parse_example
-from models.feature_spec import Feature
+from models.serving.examples import feature_values, parse_example
+from models.serving.feature_spec import Feature
 from transforms.sources.instances import (ConversionError, epoch_seconds, instance_key, instance_to_example,
                                   select_fields)
 from transforms.sources.text_formats import (CSV, JSONL, TFRECORD, InstanceError, cell_value, format_of_path, iter_csv,

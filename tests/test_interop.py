@@ -13,8 +13,8 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from models.examples import make_example
-from models.serving_model import load_serving_model
+from models.serving.examples import make_example
+from models.serving.model import load_serving_model
 from tests.helpers import read_jsonl
 from tests.support.foreign_models import LABELS, expected_linear, tf1_linear_export
 from transforms.graph.model import parallel_graph

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from models.serving_model import ModelContractError, load_serving_model
+from models.serving.model import ModelContractError, load_serving_model
 from pipelines import batch_infer, manifest
 from pipelines.output_paths import output_path_problems
 

@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-from models.examples import make_example
+from models.serving.examples import make_example
 from models.prepare import prepare_model
-from models.serving_model import load_serving_model
+from models.serving.model import load_serving_model
 from transforms.graph.model import GraphNode, ModelGraph, check_graph
 from transforms.graph.postprocessors import Keep
 from transforms.scoring.engines import batch_calls

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from models.examples import make_example
+from models.serving.examples import make_example
 from pipelines import batch_infer
 from tests.helpers import read_jsonl, write_tfrecord_file
 from tests.test_batch_infer import penguin_values

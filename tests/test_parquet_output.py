@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from models.examples import make_example
-from models.serving_model import ServingModel
-from models.serving_results import PREDICT
+from models.serving.examples import make_example
+from models.serving.model import ServingModel
+from models.serving.results import PREDICT
 from pipelines import batch_infer
 from pipelines.options import OptionsError
 from tests.helpers import read_jsonl

@@ -5,8 +5,8 @@ import base64
 import numpy as np
 import pytest
 
-from models.examples import make_example
-from models.prediction_log import predict_log
+from models.serving.examples import make_example
+from models.serving.prediction_log import predict_log
 from transforms.scoring.tfx_bsl_logs import logs_to_rows
 from transforms.graph.postprocessors import (CallFunction, Classify, Keep, PostprocessError, Regress, apply_steps,
                                              check_steps,

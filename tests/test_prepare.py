@@ -1,7 +1,7 @@
 """Model preparation round trips: models.prepare exports real SavedModels from small Keras 3 models,
 and the exports, run through tf.saved_model.load and through tfx-bsl, give what the in-memory
 Keras model gives on the same values. No mocks, except one monkeypatch of our own
-models.verify.run_tf2 to fake a loader-specific mismatch (marked where it is done).
+models.preparation.verify.run_tf2 to fake a loader-specific mismatch (marked where it is done).
 """
 
 import json
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import examples as ex
-from models import export, verify
-from models.contract import contract_problems
-from models.feature_spec import SPEC_FILE, Feature, spec_from_json
+from models.serving import examples as ex
+from models.preparation import export, verify
+from models.serving.contract import contract_problems
+from models.serving.feature_spec import SPEC_FILE, Feature, spec_from_json
 from models.prepare import VerificationError, main, prepare_model
 
 RTOL = 1e-6

@@ -1,7 +1,7 @@
 """Raw inputs preprocessed inside the serving signature, passthrough features, classify/regress
 signatures and TF Serving warmup requests (models.prepare), on real exports of tiny Keras models.
 
-The references are built here, independently of models.preprocessing: images are encoded and
+The references are built here, independently of models.preparation.preprocessing: images are encoded and
 decoded in the test with tf.io.encode_*/decode_jpeg/decode_png (JPEG is lossy, so the reference
 decodes the very bytes the export gets), resized with tf.image.resize and scaled by hand; token
 ids are computed in plain Python from the vocabulary file. Every export is run through both
@@ -16,13 +16,13 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from models import examples as ex
-from models import verify, warmup
-from models.feature_spec import SPEC_FILE, Feature, FeatureSpecError, spec_from_json, spec_to_json
-from models.prediction_log import outputs_from_log
+from models.serving import examples as ex
+from models.preparation import verify, warmup
+from models.serving.feature_spec import SPEC_FILE, Feature, FeatureSpecError, spec_from_json, spec_to_json
+from models.serving.prediction_log import outputs_from_log
 from models.prepare import main, prepare_model
-from models.preprocess_spec import ImageInput, TextInput
-from models.tfx_bsl_call import TfxBslBatchCall, inference_spec
+from models.serving.preprocess_spec import ImageInput, TextInput
+from models.serving.tfx_bsl_call import TfxBslBatchCall, inference_spec
 from tests.helpers import read_jsonl
 
 RTOL = 1e-5
@@ -536,7 +536,7 @@ def test_batch_job_rows_of_classify_and_regress_signatures_agree_across_engines(
 
 
 def test_vocabularies_that_could_never_match_are_refused(tmp_path):
-    from models.preprocessing import read_vocab, vocab_paths
+    from models.preparation.preprocessing import read_vocab, vocab_paths
 
     for name, text, message in [("dup.txt", "a\nb\na\n", "repeats 'a'"), ("blank.txt", "a\n\nb\n", "line 2"),
                                 ("space.txt", "a b\n", "whitespace"), ("empty.txt", "", "empty")]:

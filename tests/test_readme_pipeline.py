@@ -7,7 +7,7 @@ import glob
 import os
 import re
 
-from models.examples import make_example
+from models.serving.examples import make_example
 from pipelines import batch_infer
 from tests.helpers import read_jsonl
 from tests.test_batch_infer import penguin_values

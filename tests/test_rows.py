@@ -179,7 +179,7 @@ def _predict_log(outputs):
 
 def test_outputs_from_predict_log_drops_the_batch_axis():
     import tensorflow as tf
-    from models.prediction_log import outputs_from_log
+    from models.serving.prediction_log import outputs_from_log
 
     log = _predict_log({
         "probs": (np.array([[0.1, 0.2, 0.7]], dtype=np.float32), tf.float32),
@@ -200,7 +200,7 @@ def test_outputs_from_predict_log_drops_the_batch_axis():
 
 def test_outputs_from_predict_log_with_string_output():
     import tensorflow as tf
-    from models.prediction_log import outputs_from_log
+    from models.serving.prediction_log import outputs_from_log
 
     outputs = outputs_from_log(_predict_log({"label": (np.array([[b"adelie", b"\xff"]], dtype=object), tf.string)}))
     assert np.shape(outputs["label"]) == (2,)
@@ -209,7 +209,7 @@ def test_outputs_from_predict_log_with_string_output():
 
 def test_outputs_from_classify_log():
     from tensorflow_serving.apis import classification_pb2, prediction_log_pb2
-    from models.prediction_log import outputs_from_log
+    from models.serving.prediction_log import outputs_from_log
 
     result = classification_pb2.ClassificationResult(classifications=[classification_pb2.Classifications(
         classes=[classification_pb2.Class(label="adelie", score=0.25),
@@ -226,7 +226,7 @@ def test_outputs_from_classify_log():
 
 def test_outputs_from_regress_log():
     from tensorflow_serving.apis import prediction_log_pb2, regression_pb2
-    from models.prediction_log import outputs_from_log
+    from models.serving.prediction_log import outputs_from_log
 
     result = regression_pb2.RegressionResult(regressions=[regression_pb2.Regression(value=1.5)])
     log = prediction_log_pb2.PredictionLog(regress_log=prediction_log_pb2.RegressLog(
@@ -239,7 +239,7 @@ def test_outputs_from_regress_log():
 
 def test_unsupported_or_empty_log_raises():
     from tensorflow_serving.apis import prediction_log_pb2
-    from models.prediction_log import UnsupportedLogError, outputs_from_log
+    from models.serving.prediction_log import UnsupportedLogError, outputs_from_log
 
     with pytest.raises(UnsupportedLogError, match="None"):
         outputs_from_log(prediction_log_pb2.PredictionLog())

@@ -10,7 +10,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from models.examples import make_example
+from models.serving.examples import make_example
 from pipelines import batch_infer
 from pipelines.bigquery_io import activate_emulators
 from pipelines.dataflow import prepare_runner_options

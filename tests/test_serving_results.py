@@ -1,12 +1,12 @@
-"""One rule per signature method (models.serving_results), as pure functions: the columns both
+"""One rule per signature method (models.serving.results), as pure functions: the columns both
 engines give, the errors for outputs that break the rules, and the classify/regress logs tfx-bsl
 writes, checked against tfx-bsl's own post-processing."""
 
 import numpy as np
 import pytest
 
-from models.examples import make_example
-from models.serving_results import (CLASSIFY, PREDICT, REGRESS, OutputBatchError, classify_log, method_columns,
+from models.serving.examples import make_example
+from models.serving.results import (CLASSIFY, PREDICT, REGRESS, OutputBatchError, classify_log, method_columns,
                                     method_output_specs, regress_log)
 
 SCORES = np.float32([[0.25, 0.75], [0.9, 0.1], [0.5, 0.5]])

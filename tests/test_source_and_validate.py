@@ -11,8 +11,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
-from models.examples import make_example
-from models.feature_spec import Feature, make_spec
+from models.serving.examples import make_example
+from models.serving.feature_spec import Feature, make_spec
 from transforms.sources.framing import encode_record
 from tests.support.fakes import FakeBatchCall, fake_model
 from transforms.graph.model import parallel_graph

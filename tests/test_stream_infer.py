@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from models.examples import make_example
+from models.serving.examples import make_example
 from pipelines import stream_infer
 from pipelines.options import OptionsError
 from pipelines.local import pubsub_prompt_pulls as pubsub_local

@@ -11,9 +11,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 
-from models.examples import make_example
-from models.feature_spec import Feature
-from models.serving_model import load_serving_model
+from models.serving.examples import make_example
+from models.serving.feature_spec import Feature
+from models.serving.model import load_serving_model
 from transforms.graph.model import parallel_graph, record_spec
 from transforms.scoring.stream import ScoreMessages
 from transforms.sinks.messages import MAX_ATTRIBUTE_BYTES, dead_letter_message, prediction_message

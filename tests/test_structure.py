@@ -4,7 +4,9 @@
   emit_predictions (transforms/runtime/accounting.py), which count what they emit: no other
   module tags dead letters or bumps those counters by hand.
 - No import circle among the project's modules (imports inside functions and for type
-  checking included).
+  checking included); models/ imports neither transforms/ nor pipelines/ (it is what jobs and
+  model preparation share), models/serving/ (what jobs need at run time) never imports
+  models/preparation/, and transforms/graph/ (pure wiring) never imports transforms/scoring/.
 """
 
 import ast
@@ -81,6 +83,22 @@ def test_no_import_circle():
     assert find_cycle(import_graph()) is None
 
 
+def imports_between(importers: str, imported: tuple) -> dict:
+    """{module under `importers`: the modules it imports under any of `imported`}, where any."""
+    found = {name: sorted(m for m in imports if m.startswith(imported))
+             for name, imports in import_graph().items() if name == importers or name.startswith(importers + ".")}
+    return {name: modules for name, modules in found.items() if modules}
+
+
+@pytest.mark.parametrize("importers, imported", [
+    ("models", ("transforms", "pipelines")),
+    ("models.serving", ("models.preparation", "models.prepare", "models.inspect")),
+    ("transforms.graph", ("transforms.scoring",)),
+])
+def test_packages_import_only_downwards(importers, imported):
+    assert imports_between(importers, imported) == {}
+
+
 @pytest.mark.parametrize("line", ["            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)",
                                   "        self._accounting.dead_letters([row])"])
 def test_the_hand_accounting_check_can_fail(line):
@@ -90,3 +108,7 @@ def test_the_hand_accounting_check_can_fail(line):
 def test_the_cycle_check_can_fail():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_downward_import_check_can_fail():
+    assert "pipelines.batch_infer" in imports_between("pipelines", ("transforms",))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.examples import make_example
-from models.fingerprint import saved_model_fingerprint
+from models.serving.examples import make_example
+from models.serving.fingerprint import saved_model_fingerprint
 from models.inspect import inspect_report
 from pipelines import batch_infer
 from pipelines import to_tfrecord
@@ -273,7 +273,7 @@ def test_the_converter_takes_a_feature_spec_file_and_refuses_tfrecord_inputs(tmp
 
 def test_csv_json_list_cells_score_like_the_same_records_in_json_lines_and_tfrecord(tmp_path, write_tfrecords):
     """A VarLen int64 feature written as the README writes a multi-valued CSV cell ("[4, 1, 7, 0]")."""
-    from models.feature_spec import Feature
+    from models.serving.feature_spec import Feature
     from tests.support.foreign_models import estimator_varlen_export, expected_varlen
 
     model_dir = estimator_varlen_export(str(tmp_path / "estimator"))

@@ -47,7 +47,7 @@ def demo_record_values(file_index: int, count: int):
 def write_demo_data(data_dir: str) -> List[str]:
     import gzip
 
-    from models.examples import make_example
+    from models.serving.examples import make_example
     from transforms.sources.framing import encode_record
 
     os.makedirs(data_dir, exist_ok=True)
@@ -78,7 +78,7 @@ def write_demo_data(data_dir: str) -> List[str]:
 
 
 def ensure_demo() -> dict:
-    from models import layout
+    from models.serving import layout
 
     root = demo_dir()
     model_base = os.path.join(root, "models", "penguins")

@@ -10,9 +10,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from models.examples import RecordError, feature_values, parse_example, validate_example
-from models.feature_spec import Feature
-from models.serving_model import ServingModel
+from models.serving.examples import RecordError, feature_values, parse_example, validate_example
+from models.serving.feature_spec import Feature
+from models.serving.model import ServingModel
 
 PREDICT = "tensorflow/serving/predict"
 

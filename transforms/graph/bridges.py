@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from tensorflow.core.example import example_pb2, feature_pb2
 
-from models.feature_spec import Feature
+from models.serving.feature_spec import Feature
 
 
 class BridgeError(ValueError):

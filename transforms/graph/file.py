@@ -24,9 +24,9 @@ from typing import Any, List, Mapping
 
 import yaml
 
-from models.serving_model import ServingModel, load_serving_model
+from models.serving.model import ServingModel, load_serving_model
 from transforms.graph.model import Bridge, GraphError, GraphNode, ModelGraph, auto_bridges, check_graph
-from transforms.scoring.engines import DEFAULT_ENGINE
+from models.serving.engines import DEFAULT_ENGINE
 from transforms.graph.postprocessors import Keep, PostprocessError, step_from_config
 
 TOP_LEVEL_KEYS = {"models", "passthrough"}

@@ -15,9 +15,9 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from models.feature_spec import RAW, Feature
-from models.serving_model import ServingModel
-from transforms.scoring.engines import DEFAULT_ENGINE, ENGINES, TFX_BSL_ENGINE
+from models.serving.feature_spec import RAW, Feature
+from models.serving.model import ServingModel
+from models.serving.engines import DEFAULT_ENGINE, ENGINES, TFX_BSL_ENGINE
 from transforms.graph.postprocessors import PostprocessError, check_steps
 from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, MODEL_VERSIONS_FIELD, SOURCE_FIELD
 

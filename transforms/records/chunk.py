@@ -11,7 +11,7 @@ import numpy as np
 # An engine built with keep_logs returns its PredictionLogs under this name, as one more output
 # column ([n] objects), so they travel through isolation and concatenation with the other
 # outputs. Rows never show it; only the PredictionLog sink reads it.
-from models.prediction_log import PREDICTION_LOG  # noqa: F401  (re-exported)
+from models.serving.prediction_log import PREDICTION_LOG  # noqa: F401  (re-exported)
 from transforms.records.serialized import SerializedRecords, byte_lengths
 
 

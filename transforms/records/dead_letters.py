@@ -14,8 +14,9 @@ Every dead letter has the same fields, in this order:
 """
 
 import base64
-import re
 from typing import Any, Dict, Mapping, NamedTuple, Optional
+
+from models.serving.errors import clean_message, error_text  # noqa: F401  (error_text re-exported)
 
 DEAD_LETTER_TAG = "dead_letters"
 
@@ -55,31 +56,11 @@ def dead_letter(stage: str, error: Any, key: Optional[str] = None, raw: Optional
     }
 
 
-_TF_NOISE = ("Graph execution error:", "Detected at node", "<stack traces unavailable>")
-
-
-def error_text(error: BaseException) -> str:
-    """One line of what went wrong; TensorFlow's own messages without their stack-trace preamble."""
-    message = getattr(error, "message", None) or str(error) or repr(error)
-    return clean_message(message)
-
-
-# eager TensorFlow appends the traced function's name, which carries a per-process counter
-_EAGER_OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]")
-
-
-def clean_message(message: str) -> str:
-    """One line, without TensorFlow's stack-trace preamble or its per-process op names, so the
-    same failure reads the same on both engines and on every run."""
-    lines = [line for line in message.splitlines() if not line.strip().startswith(_TF_NOISE)]
-    return _EAGER_OP_SUFFIX.sub("", " ".join(" ".join(lines).split()))
-
-
 def model_failure_dead_letter(error: BaseException, key: str, raw: bytes, spec, model: str,
                               source: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """A record a model failed on by itself: a decode dead letter when TensorFlow's own parser
     rejects it (bytes Python's protobuf let through), else an infer dead letter."""
-    from models.export import parse_error
+    from models.serving.examples import parse_error
 
     parse_message = parse_error(raw, spec)
     if parse_message is not None:

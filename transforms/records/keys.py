@@ -2,7 +2,7 @@
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from models.examples import RecordError, feature_values
+from models.serving.examples import RecordError, feature_values
 from transforms.records.serialized import string_tensor
 
 

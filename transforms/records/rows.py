@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import orjson
 
-from models.examples import RecordError, feature_values, parse_example
+from models.serving.examples import RecordError, feature_values, parse_example
 from transforms.records.chunk import PREDICTION_LOG, ModelResult, covered_positions
 
 KEY_FIELD = "key"

@@ -18,14 +18,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
-from models.fingerprint import model_files
-from models.serving_model import ServingModel
+from models.serving.fingerprint import model_files
+from models.serving.model import ServingModel
 from transforms.graph.model import ModelGraph, parallel_graph
 from transforms.records.chunk import DEFAULT_CHUNK_SIZE, RecordChunk, ScoredChunk
 from transforms.records.dead_letters import DEAD_LETTER_TAG, WithDeadLetters
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.runtime.gpu import GpuSettings
-from transforms.scoring.engines import DEFAULT_ENGINE, BatchCall, take_load_times
+from models.serving.engines import DEFAULT_ENGINE
+from transforms.scoring.engines import BatchCall, take_load_times
 from transforms.scoring.executor import READ_KEYS, chunk_keys, score_chunk
 from transforms.scoring.providers import FixedModels, Models
 from transforms.sinks.format import FormatRows

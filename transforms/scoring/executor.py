@@ -10,7 +10,7 @@ dead letter without a model; then, per model in graph order, a record whose inpu
 (an upstream model failed, a bridged value does not fit: convert) or does not fit the model's
 spec (validate) becomes a dead letter naming that model, and the records the model itself
 rejects are isolated by halving (infer; outputs without one row per input fail the whole batch,
-models.serving_results.OutputBatchError). Post-processing runs per model on columns; a failing
+models.serving.results.OutputBatchError). Post-processing runs per model on columns; a failing
 step is isolated to its records the same way (postprocess). So, per model:
 
     records that reached the models = records with that model's outputs + dead letters naming it
@@ -24,8 +24,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from models.examples import RecordError, parse_example, validate_example
-from models.serving_results import OutputBatchError
+from models.serving.examples import RecordError, parse_example, validate_example
+from models.serving.results import OutputBatchError
 from transforms.graph.bridges import BridgeError, bridged_batch, bridged_record
 from transforms.graph.model import GraphNode, ModelGraph
 from transforms.graph.postprocessors import apply_steps

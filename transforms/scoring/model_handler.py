@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from apache_beam.ml.inference import base
 
-from models.serving_model import ServingModel
+from models.serving.model import ServingModel
 from transforms.graph.model import ModelGraph
 from transforms.records.chunk import DEFAULT_CHUNK_SIZE, RecordChunk
 from transforms.records.rows import KEY_FIELD, rows_from_block

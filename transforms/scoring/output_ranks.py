@@ -27,7 +27,7 @@ def probed_output_specs(node: GraphNode) -> Tuple:
     unknown = [name for name, _, shape in specs if shape is None]
     if not unknown:
         return specs
-    from models.examples import golden_records
+    from models.serving.examples import golden_records
 
     try:
         records = golden_records(node.model.feature_spec, PROBE_EXAMPLES)

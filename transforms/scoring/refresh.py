@@ -4,7 +4,7 @@ swapped in between batches.
 A model given as a TF Serving base directory (`--model NAME=BASE_DIR`) is watched every
 `--model_refresh_s` seconds for a newer version, by TF Serving's rule: the numerically highest
 all-digit subdirectory. A candidate goes through everything a launch checks, off the scoring
-thread: the contract (models.serving_model.load_serving_model), the graph with the candidate in
+thread: the contract (models.serving.model.load_serving_model), the graph with the candidate in
 place of the model (bridges and post-processing still fit its outputs), a load by the node's engine
 and two golden examples scored. Only then does the scoring step swap it in, between two batches;
 a batch is scored wholly by one version of each model, and its rows say which. A candidate that
@@ -25,9 +25,9 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from models import layout
-from models.fingerprint import model_files
-from models.serving_model import load_serving_model
+from models.serving import layout
+from models.serving.fingerprint import model_files
+from models.serving.model import load_serving_model
 from transforms.graph.model import ModelGraph, check_graph
 from transforms.scoring.engines import BatchCall, load_batch_call, release_batch_call
 
@@ -61,7 +61,7 @@ def _golden_check(node, call: BatchCall) -> None:
     """Two golden examples through the loaded candidate: one output row per example."""
     import numpy as np
 
-    from models.examples import golden_records
+    from models.serving.examples import golden_records
 
     outputs = call(golden_records(node.model.feature_spec, 2))
     for name, value in outputs.items():

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Se
 
 import apache_beam as beam
 
-from models.feature_spec import Feature
+from models.serving.feature_spec import Feature
 from transforms.graph.model import ModelGraph
 from transforms.records.chunk import RecordChunk, ScoredChunk
 from transforms.records.dead_letters import DEAD_LETTER_TAG, WithDeadLetters

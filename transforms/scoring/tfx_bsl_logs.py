@@ -6,7 +6,7 @@ For pipelines that call tfx-bsl directly:
     rows, dead = logs | ToPredictionRows("model", postprocess=[Classify(labels=[...])])
     rows | WriteJsonLines("out/predictions")     # or WritePredictionRows(...) into BigQuery
 
-Predict, classify, regress and multi-inference logs are decoded (models.prediction_log) into
+Predict, classify, regress and multi-inference logs are decoded (models.serving.prediction_log) into
 the same columns the engines give, go through the same post-processing steps
 (transforms.graph.postprocessors) and become the same rows (transforms.records.rows) as a job
 scoring the model itself. A log that cannot be decoded or post-processed is a dead letter
@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import apache_beam as beam
 import numpy as np
 
-from models.prediction_log import outputs_from_log
+from models.serving.prediction_log import outputs_from_log
 from transforms.records.chunk import DEFAULT_CHUNK_SIZE, ModelResult, RecordChunk
 from transforms.records.dead_letters import DEAD_LETTER_TAG, POSTPROCESS, WithDeadLetters
 from transforms.records.rows import rows_block, rows_from_block

@@ -1,7 +1,7 @@
 """The columns a model contributes to a prediction row, for sinks with a schema (BigQuery, Parquet). Pure.
 
 An output's dtype and per-record shape come from the model's SignatureDef, through its method's
-rule (models.serving_results), after its post-processing: the steps run on all-zero outputs built
+rule (models.serving.results), after its post-processing: the steps run on all-zero outputs built
 from those dtypes and shapes, so classify/regress/keep steps and user functions are covered
 without a model call. They run twice, with every unknown dimension 1 and then 2; a dimension
 that differs is variable (None) (if only the first run succeeds, every dimension is taken as

@@ -36,7 +36,7 @@ from typing import Any, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 from tensorflow.core.example import example_pb2
 
-from models.feature_spec import RAW, Feature
+from models.serving.feature_spec import RAW, Feature
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -11,7 +11,7 @@ from typing import Dict, Mapping, NamedTuple, Optional, Sequence
 
 import orjson
 
-from models.feature_spec import Feature
+from models.serving.feature_spec import Feature
 from transforms.sources.instances import as_conversion_error, instance_to_example
 
 EXAMPLE, JSON = "example", "json"

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 
-from models.feature_spec import Feature
+from models.serving.feature_spec import Feature
 from transforms.records.dead_letters import dead_letter
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.sources.messages import (EXAMPLE, MessageError, epoch_seconds_of, message_id_of,

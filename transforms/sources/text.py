@@ -15,7 +15,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from models.feature_spec import Feature
+from models.serving.feature_spec import Feature
 from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, RecordChunk
 from transforms.records.dead_letters import CONVERT, dead_letter
 from transforms.runtime.accounting import AccountedDoFn

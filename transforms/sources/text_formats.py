@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Uni
 
 import orjson
 
-from models.feature_spec import RAW, Feature
+from models.serving.feature_spec import RAW, Feature
 from transforms.sources.instances import ConversionError
 
 JSONL, CSV, TFRECORD = "jsonl", "csv", "tfrecord"

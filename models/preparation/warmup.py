@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorflow.core.example import example_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from models.signature_methods import CLASSIFY, PREDICT, REGRESS, check_method, input_key
+from models.preparation.signature_methods import CLASSIFY, PREDICT, REGRESS, check_method, input_key
 
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit

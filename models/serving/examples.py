@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from tensorflow.core.example import example_pb2
 
-from models.feature_spec import RAW, Feature, flatten_default
-from models.preprocess_spec import IMAGE
+from models.serving.feature_spec import RAW, Feature, FeatureSpec, flatten_default
+from models.serving.preprocess_spec import IMAGE
 
 _KIND_BY_DTYPE = {"float32": "float_list", "int64": "int64_list", "string": "bytes_list"}
 
@@ -209,3 +209,32 @@ def dense_batch(rows: Sequence[Mapping[str, Any]], spec: Sequence[Feature]) -> D
         batch[f.name] = np.asarray(
             [flatten_default(v) for v in values], dtype=dtype).reshape((len(rows),) + f.shape)
     return batch
+
+
+def parse_features(spec: FeatureSpec) -> Dict[str, object]:
+    """The parse config of a spec: FixedLenFeature per feature, VarLenFeature for varlen ones
+    (the parse the serving signatures models.prepare writes run)."""
+    import tensorflow as tf
+
+    features = {}
+    for f in spec:
+        dtype = tf.string if f.dtype == "string" else tf.as_dtype(f.dtype)
+        features[f.name] = tf.io.VarLenFeature(dtype) if f.varlen else \
+            tf.io.FixedLenFeature(list(f.stored_shape), dtype, default_value=f.default)
+    return features
+
+
+def parse_error(serialized: bytes, spec: FeatureSpec) -> Optional[str]:
+    """TensorFlow's own verdict on one record: its parse error message, or None when it parses.
+
+    Python's protobuf is more lenient than TensorFlow's Example parser on some malformed bytes
+    (unknown fields, group wire types); when the model fails on a record that passed
+    validate_example, this tells a decode failure from a model failure.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.io.parse_example(tf.constant([serialized]), parse_features(spec))
+    except (tf.errors.InvalidArgumentError, UnicodeDecodeError, ValueError) as e:
+        return " ".join(getattr(e, "message", str(e)).split())
+    return None

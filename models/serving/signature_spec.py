@@ -10,8 +10,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from models.contract import serving_meta_graph
-from models.feature_spec import Feature, FeatureSpec, FeatureSpecError, make_spec, storage_dtype_for
+from models.serving.contract import serving_meta_graph
+from models.serving.feature_spec import Feature, FeatureSpec, FeatureSpecError, make_spec, storage_dtype_for
 
 _PARSE_OPS = ("ParseExampleV2", "ParseExample")
 _FUNCTION_ATTRS = ("f", "then_branch", "else_branch", "body", "cond")

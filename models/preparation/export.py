@@ -6,7 +6,7 @@ found to give a SavedModel that both tf.saved_model.load and tfx-bsl's TF1 sessi
 restore (docs/ARCHITECTURE.md, "Export"). The dense signature stays as `serving_dense`.
 
 The serving signature is parse (the feature spec) -> signature_body: in-graph preprocessing of
-raw features (models.preprocessing), the model, the method's outputs (models.signature_methods),
+raw features (models.preparation.preprocessing), the model, the method's outputs (models.preparation.signature_methods),
 and passthrough features copied to outputs of the same name. Verification calls the same body
 eagerly on golden values as its reference.
 """
@@ -20,9 +20,10 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
-from models import layout
-from models.feature_spec import (
+from models.serving import layout
+from models.serving.feature_spec import (
     RAW, SPEC_FILE, Feature, FeatureSpec, FeatureSpecError, make_spec, spec_to_json, storage_dtype_for)
+from models.serving.examples import parse_features
 
 EXAMPLES_INPUT = "examples"
 DENSE_SIGNATURE = "serving_dense"
@@ -109,30 +110,6 @@ def derive_spec(inputs: Mapping[str, tf.TensorSpec]) -> FeatureSpec:
     return make_spec(features)
 
 
-def parse_features(spec: FeatureSpec) -> Dict[str, object]:
-    """The parse config of a spec: FixedLenFeature per feature, VarLenFeature for varlen ones."""
-    features = {}
-    for f in spec:
-        dtype = tf.string if f.dtype == "string" else tf.as_dtype(f.dtype)
-        features[f.name] = tf.io.VarLenFeature(dtype) if f.varlen else \
-            tf.io.FixedLenFeature(list(f.stored_shape), dtype, default_value=f.default)
-    return features
-
-
-def parse_error(serialized: bytes, spec: FeatureSpec) -> Optional[str]:
-    """TensorFlow's own verdict on one record: its parse error message, or None when it parses.
-
-    Python's protobuf is more lenient than TensorFlow's Example parser on some malformed bytes
-    (unknown fields, group wire types); when the model fails on a record that passed
-    validate_example, this tells a decode failure from a model failure.
-    """
-    try:
-        tf.io.parse_example(tf.constant([serialized]), parse_features(spec))
-    except (tf.errors.InvalidArgumentError, UnicodeDecodeError, ValueError) as e:
-        return " ".join(getattr(e, "message", str(e)).split())
-    return None
-
-
 def parse_to_dense(examples: tf.Tensor, spec: FeatureSpec) -> Dict[str, tf.Tensor]:
     """The graph side of the spec: parse serialized examples, cast to the model input dtypes."""
     varlen = [f.name for f in spec if f.varlen]
@@ -157,11 +134,11 @@ def signature_body(model: SourceModel, spec: FeatureSpec, preprocessor: Optional
                    method: str = "predict", class_labels: Optional[Sequence[str]] = None) -> Body:
     """Parsed features {name: [batch, ...]} -> the serving signature's outputs.
 
-    preprocessor (models.preprocessing.Preprocessor) turns the spec's raw features into the model
+    preprocessor (models.preparation.preprocessing.Preprocessor) turns the spec's raw features into the model
     inputs they feed; passthrough features are copied to outputs of their own name, as parsed:
     shape [batch, *feature shape], or [batch, 1] for a feature of shape [].
     """
-    from models.signature_methods import method_outputs
+    from models.preparation.signature_methods import method_outputs
 
     missing = sorted(set(model.inputs) - {f.model_input for f in spec})
     if missing:

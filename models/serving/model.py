@@ -7,11 +7,11 @@ from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from models import layout
-from models.contract import contract_problems, serving_meta_graph, tf1_loader_problems
-from models.feature_spec import SPEC_FILE, FeatureSpec, load_spec_file, spec_from_json
-from models.serving_results import method_output_specs
-from models.signature_spec import spec_from_signature
+from models.serving import layout
+from models.serving.contract import contract_problems, serving_meta_graph, tf1_loader_problems
+from models.serving.feature_spec import SPEC_FILE, FeatureSpec, load_spec_file, spec_from_json
+from models.serving.results import method_output_specs
+from models.serving.signature_spec import spec_from_signature
 
 DEFAULT_MODEL_NAME = "model"
 

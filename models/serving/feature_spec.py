@@ -10,7 +10,7 @@ import json
 import math
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from models.preprocess_spec import IMAGE, Preprocess, PreprocessSpecError, preprocess_from_json
+from models.serving.preprocess_spec import IMAGE, Preprocess, PreprocessSpecError, preprocess_from_json
 
 # tf.Example stores three kinds of lists; every feature is stored as one of them.
 STORAGE_DTYPES = ("float32", "int64", "string")
@@ -40,7 +40,7 @@ class Feature:
     encoding "raw" stores the whole tensor as one bytes value (tf.io.decode_raw of model_dtype,
     reshaped to shape): the compact way to ship images and other dense numeric blocks.
 
-    preprocess (models.preprocess_spec), when set, says the feature holds one raw value (encoded
+    preprocess (models.serving.preprocess_spec), when set, says the feature holds one raw value (encoded
     image bytes or text, dtype string, shape []) that preprocessing inside the signature turns
     into the model input preprocess.input. passthrough says the signature copies the feature's
     parsed value to an output of the same name (it need not be a model input).

@@ -4,9 +4,9 @@ Golden examples are generated from the feature spec; the reference is the in-mem
 on the same values as dense tensors. The export is run through tfx-bsl's own model handler (its TF1
 session loader and its PredictionLog building) and through tf.saved_model.load.
 
-For raw inputs (encoded images, text; models.preprocessing) the golden values are real PNG/JPEG
+For raw inputs (encoded images, text; models.preparation.preprocessing) the golden values are real PNG/JPEG
 bytes and sentences over the vocabulary shipped in the export's assets, and the reference applies
-the same preprocessing eagerly before calling the model (models.export.signature_body), so the
+the same preprocessing eagerly before calling the model (models.preparation.export.signature_body), so the
 check covers the export's parsing, its assets and lookup-table initialization in both loaders,
 classify/regress outputs and passthrough features. TF Serving warmup requests, when the export
 has them, are replayed through the signature they name.
@@ -18,8 +18,8 @@ from typing import Dict, List, Mapping, Optional
 import numpy as np
 import tensorflow as tf
 
-from models import examples as ex
-from models.feature_spec import FeatureSpec
+from models.serving import examples as ex
+from models.serving.feature_spec import FeatureSpec
 
 RELATIVE_TOLERANCE = 1e-6
 
@@ -50,7 +50,7 @@ def run_tf2(export_dir: str, serialized: List[bytes], signature: str = "serving_
 def run_tfx_bsl(export_dir: str, serialized: List[bytes], signature: str = "serving_default"
                 ) -> Dict[str, np.ndarray]:
     """Runs the batch through tfx-bsl's in-process model handler, as RunInference would."""
-    from models.tfx_bsl_call import TfxBslBatchCall
+    from models.serving.tfx_bsl_call import TfxBslBatchCall
 
     return TfxBslBatchCall(export_dir, signature)(serialized)
 
@@ -80,7 +80,7 @@ def compare_outputs(reference: Mapping[str, np.ndarray], actual: Mapping[str, np
 def verify_export(export_dir: str, spec: FeatureSpec, reference_call, count: int = 8,
                   seed: int = 0) -> VerificationResult:
     """reference_call maps dense inputs {name: array} to {output: tensor} (the in-memory model)."""
-    from models.preprocessing import read_vocabularies
+    from models.preparation.preprocessing import read_vocabularies
 
     try:
         vocabularies = read_vocabularies(export_dir, spec)
@@ -108,7 +108,7 @@ def verify_export(export_dir: str, spec: FeatureSpec, reference_call, count: int
 
 def warmup_problems(export_dir: str) -> List[str]:
     """TF Serving warmup requests must each run through the signature they name."""
-    from models import warmup
+    from models.preparation import warmup
 
     try:
         for log, outputs in zip(warmup.read_warmup(export_dir), warmup.replay(export_dir)):

@@ -3,9 +3,9 @@
 Serialized examples -> {output: array [n, ...]}: the handler tfx-bsl's RunInference runs (its TF1
 session loader, inference and PredictionLog building), decoded back to columns. The "tfx-bsl"
 engine of the pipelines (transforms.scoring.engines) and export verification use it. Outputs
-that break the method's rules (models.serving_results) raise with the real reason. With
+that break the method's rules (models.serving.results) raise with the real reason. With
 keep_logs, tfx-bsl's own PredictionLogs (predict, classify or regress) come back too, as one more
-column (models.prediction_log.PREDICTION_LOG), for PredictionLog output.
+column (models.serving.prediction_log.PREDICTION_LOG), for PredictionLog output.
 """
 
 from typing import Dict, Optional, Sequence
@@ -13,8 +13,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from tfx_bsl.public.proto import model_spec_pb2
 
-from models.prediction_log import PREDICTION_LOG, log_column, outputs_from_log
-from models.serving_results import OutputBatchError, method_columns
+from models.serving.prediction_log import PREDICTION_LOG, log_column, outputs_from_log
+from models.serving.results import OutputBatchError, method_columns
 
 
 def inference_spec(model_path: str, signature: str) -> model_spec_pb2.InferenceSpecType:
@@ -49,7 +49,7 @@ class TfxBslBatchCall:
 
     def _real_reason(self, records) -> Optional[Exception]:
         """Why tfx-bsl refused the signature's outputs, checked on the raw outputs by the rules of
-        models.serving_results: tfx-bsl's own message can be lost (its classify checks format a
+        models.serving.results: tfx-bsl's own message can be lost (its classify checks format a
         shape tuple with %, raising "not all arguments converted during string formatting")."""
         outputs = self._handler._run_inference(records, records, self._model)  # pylint: disable=protected-access
         try:

@@ -6,7 +6,7 @@ same ops and cannot drift. models.prepare options map onto this module:
     --image_input pixels=image --image_scale unit     model input `pixels` from feature `image`
     --text_input tokens=text --vocab vocab.txt        model input `tokens` from feature `text`
 
-The feature spec records each as a `preprocess` entry (models.preprocess_spec, which also states
+The feature spec records each as a `preprocess` entry (models.serving.preprocess_spec, which also states
 the scaling and the token ids: pad 0, out-of-vocabulary 1, vocabulary words from 2). Vocabularies
 are validated, rewritten one word per line and shipped as SavedModel assets (assets/vocab_<input>.txt),
 so an export is self-contained; their lookup tables are tracked by the export, and both loaders
@@ -22,8 +22,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import tensorflow as tf
 
-from models.feature_spec import Feature, FeatureSpec, FeatureSpecError, make_spec
-from models.preprocess_spec import (
+from models.serving.feature_spec import Feature, FeatureSpec, FeatureSpecError, make_spec
+from models.serving.preprocess_spec import (
     FIRST_WORD_ID, IMAGE, OOV_ID, PAD_ID, SCALES, ImageInput, PreprocessSpecError, TextInput)
 
 Pairs = Union[None, Mapping[str, str], Sequence[str]]

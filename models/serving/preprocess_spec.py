@@ -13,7 +13,7 @@ value (dtype string, shape []) and reaches the model through in-graph preprocess
   PAD_ID or truncated to length. Ids: PAD_ID 0, OOV_ID 1 for a word not in the vocabulary, the
   word on line i (0-based) FIRST_WORD_ID + i: Keras TextVectorization's numbering.
 
-No TensorFlow here: models.preprocessing holds the graph side.
+No TensorFlow here: models.preparation.preprocessing holds the graph side.
 """
 
 import dataclasses
@@ -29,7 +29,7 @@ _INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "
 
 
 class PreprocessSpecError(ValueError):
-    """A preprocessing entry that cannot be built (see models.feature_spec.FeatureSpecError)."""
+    """A preprocessing entry that cannot be built (see models.serving.feature_spec.FeatureSpecError)."""
 
 
 @dataclasses.dataclass(frozen=True)
