@@ -131,6 +131,13 @@ def read_bigquery_rows(client, table: str) -> Rows:
 
 
 def read_bigquery_dead(client, table: str) -> List[dict]:
+    """The errors table's dead letters; a job without dead letters may not create the table."""
+    from google.api_core import exceptions
+
+    try:
+        client.get_table(table.replace(":", "."))
+    except exceptions.NotFound:
+        return []
     return [{"key": r["key"], "stage": r["stage"], "model": r["model"]}
             for r in client.query(f"SELECT * FROM `{table.replace(':', '.')}`").result()]
 
