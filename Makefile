@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-gpu bench-stream bench-soak install clean bigquery-install bigquery-local pubsub-local
+.PHONY: demo test test-matrix bench bench-gpu bench-stream bench-soak install clean bigquery-install bigquery-local pubsub-local
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# the whole conformance matrix (tests/matrix): every source x model shape x sink, the matrix_full
+# cells too (`make test` runs its fast slice only)
+test-matrix: $(STAMP)
+	$(PY) -m pytest -q tests/matrix -m "matrix_full or not matrix_full"
 
 bench: $(STAMP)
 	$(PY) -m bench.run
