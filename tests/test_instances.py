@@ -252,3 +252,20 @@ def test_cell_values_of_list_capable_features(text, feature, expected):
 def test_bad_list_cells_are_conversion_errors(text, feature, message):
     with pytest.raises(ConversionError, match=re.escape(message)):
         cell_value(text, feature)
+
+
+@pytest.mark.parametrize("cell, stored", [
+    ('{"b64": "/5Q="}', b"\xff\x94"),  # bytes that are not UTF-8, as JSON Lines writes them
+    ('{"b64": "/5Q=", "note": 1}', b'{"b64": "/5Q=", "note": 1}'),  # any other object is text
+    ("{not json", b"{not json"),
+])
+def test_a_csv_string_cell_takes_bytes_as_a_b64_object_as_json_lines_does(cell, stored):
+    spec = (Feature("s", "string"),)
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([["s"], [cell]])
+    ((_, instance, _),) = list(iter_csv(out.getvalue().encode().splitlines(keepends=True), spec))
+    example = parse_example(instance_to_example(instance, spec))
+    assert example.features.feature["s"].bytes_list.value == [stored]
+    if stored == b"\xff\x94":
+        (_, from_json, _), = list(iter_jsonl([json.dumps({"s": {"b64": "/5Q="}}).encode() + b"\n"]))
+        assert parse_example(instance_to_example(from_json, spec)) == example

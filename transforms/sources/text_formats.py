@@ -79,13 +79,16 @@ def cell_value(text: str, feature: Optional[Feature]) -> Any:
     """A CSV cell as the value the spec's feature expects; raises ConversionError.
 
     A feature with several values (a shape, or varlen) takes a JSON list, as JSON Lines does, and
-    so may a numeric one-value feature ("[3]"); a string feature of shape [] keeps its text as is."""
+    so may a numeric one-value feature ("[3]"); a string feature of shape [] keeps its text as is,
+    unless the cell is {"b64": ...}: bytes that are not UTF-8, as JSON Lines writes them."""
     if text == "":
         return None
     if feature is None:
         return text
     if feature.encoding == RAW:
         return _json_or_fail(text, feature)
+    if feature.dtype == "string" and _is_b64_object(text):
+        return orjson.loads(text)
     values = _json_list_cell(text, feature)
     if values is not None:
         return values
@@ -94,6 +97,17 @@ def cell_value(text: str, feature: Optional[Feature]) -> Any:
     if feature.dtype == "string":
         return text
     return _number_cell(text, feature)
+
+
+def _is_b64_object(text: str) -> bool:
+    """Whether a cell is exactly a JSON {"b64": "<text>"} object."""
+    if not text.lstrip().startswith("{"):
+        return False
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str)
 
 
 def _json_list_cell(text: str, feature: Feature) -> Optional[list]:
