@@ -11,7 +11,7 @@ import pytest
 
 from models.serving.examples import make_example
 from models.serving.model import ServingModel
-from models.serving.results import PREDICT
+from models.serving.methods import PREDICT
 from pipelines import batch_infer
 from pipelines.options import OptionsError
 from tests.helpers import read_jsonl
@@ -21,7 +21,7 @@ from transforms.sinks.output_columns import output_columns
 from transforms.sinks.parquet import chunk_table, parquet_schema
 
 
-def signature_model(name, output_specs, method=PREDICT):
+def signature_model(name, output_specs, method=PREDICT.method_name):
     """A ServingModel as load_serving_model makes it, with just the signature's outputs."""
     return ServingModel(name=name, path=f"/models/{name}/1", signature="serving_default", feature_spec=None,
                         spec_source="signature", outputs=tuple(n for n, _, _ in output_specs), method=method,

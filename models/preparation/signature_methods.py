@@ -21,11 +21,11 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
-PREDICT, CLASSIFY, REGRESS = "predict", "classify", "regress"
+from models.serving import methods
+
+# the --method names: the short names of models.serving.methods' Method objects
+PREDICT, CLASSIFY, REGRESS = (m.name for m in methods.METHODS)
 METHODS = (PREDICT, CLASSIFY, REGRESS)
-METHOD_NAMES = {PREDICT: tf.saved_model.PREDICT_METHOD_NAME,
-                CLASSIFY: tf.saved_model.CLASSIFY_METHOD_NAME,
-                REGRESS: tf.saved_model.REGRESS_METHOD_NAME}
 SCORES_OUTPUT = tf.saved_model.CLASSIFY_OUTPUT_SCORES  # "scores"
 
 
@@ -41,7 +41,7 @@ def check_method(method: str) -> str:
 
 def input_key(method: str) -> str:
     """The serving signature's one input: `inputs` for classify/regress (their APIs' key)."""
-    return "examples" if check_method(method) == PREDICT else tf.saved_model.CLASSIFY_INPUTS
+    return methods.method_named(check_method(method)).input_key
 
 
 def _single_output(outputs: Mapping[str, tf.Tensor], preferred: str, method: str) -> tf.Tensor:
@@ -97,7 +97,7 @@ def set_method_name(export_dir: str, signature: str, method: str) -> None:
         saved_model.ParseFromString(f.read())
     for meta_graph in saved_model.meta_graphs:
         if signature in meta_graph.signature_def:
-            meta_graph.signature_def[signature].method_name = METHOD_NAMES[check_method(method)]
+            meta_graph.signature_def[signature].method_name = methods.method_named(check_method(method)).method_name
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(saved_model.SerializeToString(deterministic=True))
     if tf.io.gfile.exists(os.path.join(export_dir, "fingerprint.pb")):

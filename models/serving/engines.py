@@ -22,9 +22,8 @@ from typing import Callable, Dict, Mapping, Protocol, Sequence
 import numpy as np
 
 from models.serving.contract import serving_meta_graph
-from models.serving.prediction_log import PREDICTION_LOG, log_column, predict_log
-from models.serving.results import (CLASSES, CLASSIFY, OUTPUTS, REGRESS, SCORES, classify_log, method_columns,
-                                    regress_log)
+from models.serving.methods import signature_method
+from models.serving.prediction_log import PREDICTION_LOG, log_column
 
 
 def _string_tensor(records: Sequence[bytes]):
@@ -57,21 +56,11 @@ class _SignatureColumns:
     _keep_logs: bool
 
     def _columns(self, serialized: Sequence[bytes], outputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        arrays = method_columns(self.method, outputs, len(serialized))
-        if self._keep_logs:
-            arrays[PREDICTION_LOG] = self._logs(serialized, arrays)
+        method = signature_method(self.method)
+        arrays = method.columns(outputs, len(serialized))
+        if self._keep_logs:  # the PredictionLogs tfx-bsl writes for the method, from the columns
+            arrays[PREDICTION_LOG] = log_column(method.logs(serialized, arrays, self.signature, self.input_name))
         return arrays
-
-    def _logs(self, serialized: Sequence[bytes], columns: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The PredictionLogs tfx-bsl writes for this signature's method, from the columns."""
-        if self.method == CLASSIFY:
-            logs = [classify_log(r, columns[CLASSES][i], columns[SCORES][i]) for i, r in enumerate(serialized)]
-        elif self.method == REGRESS:
-            logs = [regress_log(r, columns[OUTPUTS][i]) for i, r in enumerate(serialized)]
-        else:
-            logs = [predict_log(r, {n: v[i] for n, v in columns.items()}, self.signature, self.input_name)
-                    for i, r in enumerate(serialized)]
-        return log_column(logs)
 
 
 class FastSignatureCall(_SignatureColumns):

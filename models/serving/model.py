@@ -10,7 +10,7 @@ import tensorflow as tf
 from models.serving import layout
 from models.serving.contract import contract_problems, serving_meta_graph, tf1_loader_problems
 from models.serving.feature_spec import SPEC_FILE, FeatureSpec, load_spec_file, spec_from_json
-from models.serving.results import method_output_specs
+from models.serving.methods import signature_method
 from models.serving.signature_spec import spec_from_signature
 
 DEFAULT_MODEL_NAME = "model"
@@ -40,7 +40,7 @@ class ServingModel:
         classify signature with scores only also has classes). A model made without output specs
         gives its output names, with dtype and shape None."""
         specs = self.output_specs or tuple((name, None, None) for name in self.outputs)
-        return method_output_specs(self.method, specs)
+        return signature_method(self.method).output_specs(specs)
 
     @property
     def version_name(self) -> str:

@@ -11,17 +11,15 @@ Both engines give the same columns for the same model, one rule per method:
   [n, 1] output becomes [n].
 
 The logs: classify_log and regress_log build the PredictionLogs tfx-bsl writes for these
-methods, byte for byte, from the columns.
+methods, byte for byte, from the columns. models.serving.methods holds one Method object per
+method over these rules.
 """
 
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 from tensorflow_serving.apis import prediction_log_pb2
 
-PREDICT = "tensorflow/serving/predict"
-CLASSIFY = "tensorflow/serving/classify"
-REGRESS = "tensorflow/serving/regress"
 CLASSES, SCORES, OUTPUTS = "classes", "scores", "outputs"
 
 
@@ -87,31 +85,7 @@ def regress_columns(outputs: Mapping[str, np.ndarray], n: int) -> Dict[str, np.n
     return {OUTPUTS: value.reshape(n)}
 
 
-def method_columns(method: str, outputs: Mapping[str, np.ndarray], n: int) -> Dict[str, np.ndarray]:
-    """The columns rows are built from, by the rule of the signature's method (module doc)."""
-    if method == CLASSIFY:
-        return classify_columns(outputs, n)
-    if method == REGRESS:
-        return regress_columns(outputs, n)
-    return predict_columns(outputs, n)
-
-
 Spec = Tuple[str, Optional[str], Optional[Tuple[int, ...]]]  # (name, dtype name, shape with the batch axis)
-
-
-def method_output_specs(method: str, specs: Sequence[Spec]) -> Tuple[Spec, ...]:
-    """The specs of the columns method_columns makes from outputs of these specs (a signature's,
-    -1 for an unknown size, None for an unknown rank): classify gives classes and scores of k
-    values, regress one float per record, predict the outputs as they are. A signature its method's
-    rule refuses keeps its own specs (its batches fail with the reason)."""
-    names = {name: shape for name, _, shape in specs}
-    if method == CLASSIFY and (CLASSES in names or SCORES in names):
-        shapes = [names.get(SCORES), names.get(CLASSES)]
-        k = next((shape[1] for shape in shapes if shape is not None and len(shape) == 2), -1)
-        return (CLASSES, "string", (-1, k)), (SCORES, "float32", (-1, k))
-    if method == REGRESS and OUTPUTS in names:
-        return ((OUTPUTS, "float32", (-1,)),)
-    return tuple(specs)
 
 
 def classify_log(serialized: bytes, classes: np.ndarray, scores: np.ndarray) -> prediction_log_pb2.PredictionLog:

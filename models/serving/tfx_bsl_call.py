@@ -14,7 +14,8 @@ import numpy as np
 from tfx_bsl.public.proto import model_spec_pb2
 
 from models.serving.prediction_log import PREDICTION_LOG, log_column, outputs_from_log
-from models.serving.results import OutputBatchError, method_columns
+from models.serving.methods import signature_method
+from models.serving.results import OutputBatchError
 
 
 def inference_spec(model_path: str, signature: str) -> model_spec_pb2.InferenceSpecType:
@@ -53,7 +54,7 @@ class TfxBslBatchCall:
         shape tuple with %, raising "not all arguments converted during string formatting")."""
         outputs = self._handler._run_inference(records, records, self._model)  # pylint: disable=protected-access
         try:
-            method_columns(self._method, outputs, len(records))
+            signature_method(self._method).columns(outputs, len(records))
         except ValueError as e:
             return e
         return None
