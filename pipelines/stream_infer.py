@@ -41,7 +41,7 @@ from models.serving.model import ModelContractError
 from models.tf_console import console_logging
 from pipelines.bigquery_io import activate_emulators
 from pipelines.dataflow import is_dry_run, normalize_dry_run_argv, prepare_runner_options, report_dry_run
-from pipelines.flags import unknown_flag_problems
+from pipelines.flags import foreign_flags, unknown_flag_problems
 from pipelines.gpu_options import DataflowJobOptions, gpu_settings
 from pipelines.job import StreamJob, stream_job_from_options
 from pipelines.options import BatchInferOptions, OptionsError, StreamInferOptions, print_options_help
@@ -122,11 +122,28 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
              job.errors_table, DEAD_LETTER_SCHEMA, job.bigquery_write_method, job.project))
 
 
+# batch_infer's flags a stream reads too (print_help names them); any other would do nothing
+SHARED_WITH_BATCH = ("--model", "--graph", "--chain", "--allow_outside_paths", "--engine", "--signature",
+                     "--feature_spec", "--passthrough", "--with_source", "--max_batch_size", "--output_table",
+                     "--errors_table", "--bigquery_write_method", "--bigquery_emulator",
+                     "--bigquery_emulator_grpc", "--storage_emulator", "--verbose")
+
+
+def batch_flag_problem(argv: Sequence[str]) -> Optional[str]:
+    """Why batch_infer flags a stream would ignore (--output_format, --key_feature, ...) are refused."""
+    ignored = [f for f in foreign_flags(argv, BatchInferOptions) if f not in SHARED_WITH_BATCH]
+    if not ignored:
+        return None
+    return (f"{', '.join(ignored)} are batch_infer flags; a stream reads Pub/Sub (--key_attribute names "
+            "the key) and writes --output_topic / --output_table rows and --errors_topic / --errors_table")
+
+
 def stream_options(argv: Sequence[str]) -> PipelineOptions:
-    """The stream's options, in streaming mode. Raises OptionsError on misspelt flags."""
-    unknown = unknown_flag_problems(argv)
-    if unknown:
-        raise OptionsError("; ".join(unknown))
+    """The stream's options, in streaming mode. Raises OptionsError on misspelt flags and on
+    batch_infer flags the stream would ignore."""
+    problems = unknown_flag_problems(argv) or [p for p in [batch_flag_problem(argv)] if p]
+    if problems:
+        raise OptionsError("; ".join(problems))
     options = PipelineOptions(argv)
     options.view_as(StandardOptions).streaming = True
     return options

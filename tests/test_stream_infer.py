@@ -149,6 +149,10 @@ def test_example_payloads_through_a_graph_keyed_by_message_id(pubsub_emulator, g
       "--payload_format", "xml"], "--payload_format 'xml'"),
     (["--input_topic", "projects/p/topics/t", "--model", "m", "--output_topic", "o", "--errors_topic", "e",
       "--input", "x.tfrecord"], "batch_infer flags"),
+    (["--input_topic", "projects/p/topics/t", "--model", "m", "--output_topic", "o", "--errors_topic", "e",
+      "--output_format", "parquet"], "--output_format are batch_infer flags"),  # it would write JSON rows
+    (["--input_topic", "projects/p/topics/t", "--model", "m", "--output_topic", "o", "--errors_topic", "e",
+      "--key_feature", "id", "--num_shards", "2"], "--key_feature, --num_shards are batch_infer flags"),
 ])
 def test_flag_mistakes_are_reported(flags, message, capsys):
     assert stream_infer.main(flags) == 2
