@@ -202,12 +202,24 @@ def launch_problem(job: BatchJob, options: PipelineOptions) -> Optional[str]:
     if problem or is_dry_run(options):
         return problem
     problems = output_path_problems([job.output, job.errors, job.manifest])
+    try:
+        problems += prefix_problems(job, options.view_as(BatchInferOptions).overwrite)
+    except OSError as e:  # Beam's BeamIOError: a remote prefix that cannot be listed (no access)
+        problems.append(f"cannot list {job.output or job.errors} to check for other outputs there: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+    return "; ".join(p for p in problems if p) or None
+
+
+def prefix_problems(job: BatchJob, overwrite: bool) -> List[Optional[str]]:
+    """Prefixes whose writing would delete other files, and (without --overwrite) a prefix that
+    holds another run's outputs."""
     output, errors = file_prefixes(job)
-    problems += output_paths.overlapping_prefix_problems([(output, file_suffix(job)), (errors, ".jsonl")])
-    if not options.view_as(BatchInferOptions).overwrite:
+    problems: List[Optional[str]] = output_paths.overlapping_prefix_problems(
+        [(output, file_suffix(job)), (errors, ".jsonl")])
+    if not overwrite:
         problems.append(output_paths.earlier_outputs_problem(
             output or errors, output_paths.existing_outputs(output, errors, job.manifest)))
-    return "; ".join(p for p in problems if p) or None
+    return problems
 
 
 def file_prefixes(job: BatchJob) -> Tuple[Optional[str], Optional[str]]:

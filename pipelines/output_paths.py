@@ -84,9 +84,11 @@ def _matching(prefix: str, wildcards: str) -> List[str]:
 
 
 def shard_files(prefix: str, suffix: Optional[str] = None) -> List[str]:
-    """The shard files at a prefix (of any suffix when suffix is None), sorted."""
+    """The shard files at a prefix (of any suffix when suffix is None), sorted; never a directory
+    (one named like a shard is nobody's output, and --overwrite must not remove what it holds)."""
     regex = shard_regex(prefix, suffix)
-    return sorted(p for p in _matching(prefix, "-*-of-*") if regex.match(p))
+    return sorted(p for p in _matching(prefix, "-*-of-*")
+                  if regex.match(p) and (is_remote(p) or os.path.isfile(p)))
 
 
 def temp_dirs(prefix: str) -> List[str]:
@@ -119,8 +121,8 @@ def earlier_outputs_problem(prefix: Optional[str], found: Sequence[str]) -> Opti
     """Why a job is refused at a prefix holding another run's outputs (found), or None."""
     if not found:
         return None
-    return (f"{prefix} holds another run's outputs ({_shown(found)}); give --overwrite to replace them (the files its manifest lists and every shard "
-            "of the prefix are removed first), or another --output")
+    return (f"{prefix} holds another run's outputs ({_shown(found)}); give --overwrite to replace them "
+            "(the files its manifest lists and every shard of the prefix are removed first), or another --output")
 
 
 def files_listed_in(manifest: Optional[str]) -> List[str]:

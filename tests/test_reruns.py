@@ -62,7 +62,8 @@ def test_a_rerun_with_fewer_shards_is_refused_then_overwrites_exactly(penguin_mo
     assert batch_infer.main(job_args(path, penguin_model[0], out, "--num_shards", "1", "--overwrite")) == 0
     outputs = manifest_of(out)["outputs"]
     assert sorted(glob.glob(out + "-*.jsonl")) == [out + "-00000-of-00001.jsonl"]
-    assert sorted(glob.glob(outputs["predictions"])) == outputs["files"]["predictions"] == [out + "-00000-of-00001.jsonl"]
+    assert sorted(glob.glob(outputs["predictions"])) == outputs["files"]["predictions"] == [
+        out + "-00000-of-00001.jsonl"]
     assert sorted(glob.glob(outputs["dead_letters"])) == outputs["files"]["dead_letters"]
     rows = read_jsonl(outputs["predictions"])
     assert len(rows) == len(values) and sorted(r["key"] for r in rows) == sorted(v["id"] for v in values)
@@ -129,6 +130,23 @@ def test_overwrite_removes_only_shards_its_manifest_lists(penguin_model, penguin
         json.dump(record, f)
     assert batch_infer.main(job_args(path, penguin_model[0], out, "--overwrite")) == 0
     assert not any(os.path.exists(p) for p in old_dead) and victim.read_text() == "not a shard"
+
+
+def test_overwrite_removes_an_unreadable_manifest_and_the_shards(tmp_path):
+    """Without a pipeline: a manifest that is not JSON lists nothing, but is itself removed, with
+    every shard of both prefixes (of any suffix); other files stay."""
+    out, errors = str(tmp_path / "pred"), str(tmp_path / "pred.errors")
+    shards = [out + "-00000-of-00002.parquet", out + "-00001-of-00002.parquet", errors + "-00000-of-00001.jsonl"]
+    others = [str(tmp_path / "pred-00000-of-00002.parquet.txt.d" / "x"), str(tmp_path / "notes.txt")]
+    for path in shards + others + [out + ".manifest.json"]:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("{not json")
+    found = output_paths.existing_outputs(out, errors, out + ".manifest.json")
+    assert found == sorted(shards + [out + ".manifest.json"])
+    assert f"{out} holds another run's outputs (4 files: " in output_paths.earlier_outputs_problem(out, found)
+    assert output_paths.remove_earlier_outputs(out, errors, out + ".manifest.json") == found
+    assert not any(os.path.exists(p) for p in found) and all(os.path.exists(p) for p in others)
 
 
 def test_a_killed_runs_temporary_directory_is_removed_by_the_next_run(penguin_model, write_tfrecords, tmp_path):
