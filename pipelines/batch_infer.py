@@ -234,14 +234,22 @@ def file_suffix(job: BatchJob) -> str:
 
 
 def clear_outputs(job: BatchJob, overwrite: bool) -> None:
-    """Before anything is written: with --overwrite, the earlier run's files at the prefixes; and
-    the temporary directories killed or failed runs left there (said on stderr)."""
+    """Before anything is written, with --overwrite: the earlier run's files at the prefixes (said
+    on stderr)."""
     output, errors = file_prefixes(job)
     if overwrite:
         removed = output_paths.remove_earlier_outputs(output, errors, job.manifest if output else None)
         if removed:
             print(f"--overwrite: removed {len(removed):,} file(s) of an earlier run at {output}", file=sys.stderr)
-    left = output_paths.remove_temp_dirs([output, errors])
+
+
+def remove_leftover_temp_dirs(job: BatchJob) -> None:
+    """The temporary directories that killed or failed runs left at the job's prefixes (said on
+    stderr); a prefix that cannot be listed is left to the launch checks to report."""
+    try:
+        left = output_paths.remove_temp_dirs(file_prefixes(job))
+    except OSError:  # Beam's BeamIOError: no access to a remote prefix; launch_problem says so
+        return
     if left:
         print(f"removed {len(left):,} temporary director{'ies' if len(left) != 1 else 'y'} that an "
               f"earlier run left: {', '.join(left)}", file=sys.stderr)
@@ -269,6 +277,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
                                offline=is_dry_run(options), workers=scoring_workers(options, runner))
         for warning in prepare_runner_options(options, worker_paths(job)):
             print(f"warning: {warning}", file=sys.stderr)
+        if not is_dry_run(options):  # first: what a killed run left may be what fills the disk
+            remove_leftover_temp_dirs(job)
         problem = launch_problem(job, options)
         if problem:
             raise OptionsError(problem)

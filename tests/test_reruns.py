@@ -171,6 +171,10 @@ def test_a_killed_runs_temporary_directory_is_removed_by_the_next_run(penguin_mo
     assert left, "the run finished before it could be killed while writing"
     assert all(os.path.isdir(d) for d in left)
     small = write_tfrecords("small.tfrecord", [make_example(v).SerializeToString() for v in values[:50]])
+    # a refused launch removes them too: a full disk is refused, and they may be what fills it
+    (out_dir / "pred.manifest.json").write_text("{}")
+    assert batch_infer.main(job_args(small, penguin_model[0], out)) == 2
+    assert glob.glob(str(out_dir / "beam-temp-*")) == []
     assert batch_infer.main(job_args(small, penguin_model[0], out, "--overwrite")) == 0
     assert glob.glob(str(out_dir / "beam-temp-*")) == []
     assert len(read_jsonl(manifest_of(out)["outputs"]["predictions"])) == 50
