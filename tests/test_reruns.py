@@ -264,3 +264,16 @@ def test_a_gs_model_in_an_offline_dry_run_is_refused_in_one_line(offline, pengui
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "clf=gs://my-bucket/models/clf" in err and "give a local copy" in err
+
+
+def test_duplicate_keys_of_json_lines_are_counted(penguin_model, tmp_path):
+    """JSON Lines records are keyed by their reader (the id field), not by the scoring step."""
+    values = penguin_values(120)
+    for i, v in enumerate(values):
+        v["id"] = f"j{i % 100}"  # the last 20 repeat the first 20
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(v) + "\n" for v in values))
+    out = str(tmp_path / "out" / "pred")
+    _, counters = batch_infer.run(job_args(str(path), penguin_model[0], out, "--max_batch_size", "16"))
+    assert counters["duplicate_keys"] == len(values) - len({v["id"] for v in values}) == 20
+    assert manifest_of(out)["counts"]["duplicate_keys"] == 20
