@@ -21,13 +21,14 @@ if __name__ == "__main__":  # before TensorFlow loads, so its start-up lines sta
 
 
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+import yaml
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions,
                                                   WorkerOptions)
 
-from models.serving.model import ModelContractError
+from models.serving.model import ModelContractError, parse_model_arg
 from models.tf_console import console_logging
 from pipelines import manifest
 from pipelines.bigquery_io import activate_emulators
@@ -38,18 +39,21 @@ from pipelines.inputs import read_chunks
 from pipelines.job import BatchJob, job_from_options
 from pipelines.options import BatchInferOptions, OptionsError, StreamInferOptions, print_options_help
 from pipelines.input_sample import job_sample_problem
+from pipelines import output_paths
 from pipelines.output_paths import output_path_problems
 from pipelines.runners import LocalRunner, is_local, keep_main_session, local_runner, pinned_runner, runner_name
 from transforms.graph.model import GraphError
 from transforms.runtime import metrics
-from transforms.runtime.accounting import (MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, MODELS_LOADED,
-                                          SCORING_PROCESSES, UNREADABLE_BYTES, UNREADABLE_REGIONS, counter_table)
+from transforms.runtime.accounting import (DUPLICATE_KEYS, MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX,
+                                          MODELS_LOADED, SCORING_PROCESSES, UNREADABLE_BYTES, UNREADABLE_REGIONS,
+                                          counter_table)
+from transforms.runtime.duplicate_keys import CountDuplicateKeys
 from transforms.scoring.beam import ScoreChunks
 from transforms.scoring.engines import batch_calls
 from transforms.sinks.base import WriteToSink
 from transforms.sinks.bigquery_schema import SchemaError
 from transforms.sinks.errors import WriteDeadLetters
-from transforms.sources.files import NoInputFilesError
+from transforms.sources.files import NoInputFilesError, is_remote
 
 
 def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
@@ -60,6 +64,8 @@ def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
     scored, unscored = chunks | "Score" >> ScoreChunks(
         job.graph, job.scoring_key_feature, job.gpu, keep_logs=sink.keeps_logs)
     unwritten = scored | f"Write[{sink.name}]" >> WriteToSink(sink, job.graph, job.sink_config)
+    if job.key_feature:  # keys from the data may repeat; position keys cannot
+        scored | "CountDuplicateKeys" >> CountDuplicateKeys()  # pylint: disable=expression-not-assigned
     settings = job.bigquery
     ((unreadable, unscored, unwritten)
      | "AllDeadLetters" >> beam.Flatten()
@@ -94,20 +100,23 @@ def inference_note(found: dict) -> str:
 
 
 def summarize(job: BatchJob, counters: dict, seconds: float, runner: str = "", processes: int = 0,
-              distributions: Optional[dict] = None) -> str:
+              distributions: Optional[dict] = None, written: Optional[dict] = None) -> str:
+    """The end-of-run summary (written: the files the run wrote, output_paths.written_outputs)."""
+    written = written or {}
     read = counters.get(metrics.RECORDS_READ, 0)
-    written = counters.get(metrics.PREDICTIONS_WRITTEN, 0)
+    predicted = counters.get(metrics.PREDICTIONS_WRITTEN, 0)
     dead = sum(v for k, v in counters.items() if k.startswith(metrics.DEAD_LETTER_PREFIX))
     models = ["models:"] + [f"  {line}" for line in job.graph.describe().splitlines()] + [
         f"  {name}: outputs {counters.get(MODEL_OUTPUTS_PREFIX + name, 0):,}, "
         f"dead letters {counters.get(MODEL_DEAD_LETTERS_PREFIX + name, 0):,}"
         + inference_note(manifest.inference_metrics(distributions or {}, name)) for name in job.graph.names]
     return "\n".join(models + [
-        f"predictions:  {job.predictions_at}",
-        f"dead letters: {job.bigquery.errors_table or f'{job.errors}-*.jsonl'}",
+        f"predictions:  {written.get('predictions') or job.predictions_at}",
+        f"dead letters: {job.bigquery.errors_table or written.get('dead_letters') or f'{job.errors}-*.jsonl'}",
         f"manifest:     {job.manifest or 'none (give --manifest PATH)'}",
         f"records in {read + counters.get(metrics.DEAD_LETTER_PREFIX + 'read', 0):,}; "
-        f"predictions out {written:,}; dead letters {dead:,}" + unreadable_note(counters),
+        f"predictions out {predicted:,}; dead letters {dead:,}" + unreadable_note(counters)
+        + (f"; duplicate keys {counters.get(DUPLICATE_KEYS, 0):,}" if job.key_feature else ""),
         f"wall time {seconds:.1f} s; {read / max(seconds, 1e-9):,.0f} records/s end to end",
         f"runner {runner or 'unknown'}; scored in {processes} worker process{'es' if processes != 1 else ''}"
         f"{'; chunks redistributed' if job.redistribute else ''}",
@@ -180,18 +189,70 @@ def parsed_options(argv: List[str], demo_when_bare: bool) -> PipelineOptions:
         from pipelines.local import demo
 
         print(f"No --input/--model/--output given: running the embedded demo\n  {' '.join(demo.demo_args())}")
-        argv = argv + demo.demo_args()
+        argv = argv + demo.demo_args() + ["--overwrite"]  # each demo run replaces the last one's outputs
     return PipelineOptions(argv)
 
 
 def launch_problem(job: BatchJob, options: PipelineOptions) -> Optional[str]:
     """What the launcher can see would go wrong: sampled records none of which would be scored,
-    outputs that cannot be written (not checked in a dry run, which writes nothing)."""
+    outputs that cannot be written, prefixes whose writing would delete other files, a prefix
+    holding another run's outputs without --overwrite (not checked in a dry run, which writes
+    nothing)."""
     problem = job_sample_problem(job)
     if problem or is_dry_run(options):
         return problem
     problems = output_path_problems([job.output, job.errors, job.manifest])
-    return "; ".join(problems) if problems else None
+    try:
+        problems += prefix_problems(job, options.view_as(BatchInferOptions).overwrite)
+    except OSError as e:  # Beam's BeamIOError: a remote prefix that cannot be listed (no access)
+        problems.append(f"cannot list {job.output or job.errors} to check for other outputs there: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+    return "; ".join(p for p in problems if p) or None
+
+
+def prefix_problems(job: BatchJob, overwrite: bool) -> List[Optional[str]]:
+    """Prefixes whose writing would delete other files, and (without --overwrite) a prefix that
+    holds another run's outputs."""
+    output, errors = file_prefixes(job)
+    problems: List[Optional[str]] = output_paths.overlapping_prefix_problems(
+        [(output, file_suffix(job)), (errors, ".jsonl")])
+    if not overwrite:
+        problems.append(output_paths.earlier_outputs_problem(
+            output or errors, output_paths.existing_outputs(output, errors, job.manifest)))
+    return problems
+
+
+def file_prefixes(job: BatchJob) -> Tuple[Optional[str], Optional[str]]:
+    """The prefixes of the job's prediction and dead-letter files (None: a table instead)."""
+    return job.output, (None if job.bigquery.errors_table else job.errors)
+
+
+def file_suffix(job: BatchJob) -> str:
+    """The suffix of the job's prediction files (.jsonl, .parquet, .tfrecord.gz, ...)."""
+    location = job.sink.location(job.sink_config)
+    return location[len(f"{job.output}-*"):] if job.output and location.startswith(f"{job.output}-*") else ""
+
+
+def clear_outputs(job: BatchJob, overwrite: bool) -> None:
+    """Before anything is written, with --overwrite: the earlier run's files at the prefixes (said
+    on stderr)."""
+    output, errors = file_prefixes(job)
+    if overwrite:
+        removed = output_paths.remove_earlier_outputs(output, errors, job.manifest if output else None)
+        if removed:
+            print(f"--overwrite: removed {len(removed):,} file(s) of an earlier run at {output}", file=sys.stderr)
+
+
+def remove_leftover_temp_dirs(job: BatchJob) -> None:
+    """The temporary directories that killed or failed runs left at the job's prefixes (said on
+    stderr); a prefix that cannot be listed is left to the launch checks to report."""
+    try:
+        left = output_paths.remove_temp_dirs(file_prefixes(job))
+    except OSError:  # Beam's BeamIOError: no access to a remote prefix; launch_problem says so
+        return
+    if left:
+        print(f"removed {len(left):,} temporary director{'ies' if len(left) != 1 else 'y'} that an "
+              f"earlier run left: {', '.join(left)}", file=sys.stderr)
 
 
 def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
@@ -208,12 +269,16 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
     warn_about_unsafe_runner_modes(options)
     cloud = options.view_as(GoogleCloudOptions)
     runner = local_runner(options, streaming=False)
+    if is_dry_run(options) and (problem := remote_model_problem(opts)):
+        raise OptionsError(problem)
     redirected = activate_emulators(opts, cloud.project, runner)
     try:
         job = job_from_options(opts, cloud, gpu_settings(options), bool(options.view_as(DataflowJobOptions).gpu),
                                offline=is_dry_run(options), workers=scoring_workers(options, runner))
         for warning in prepare_runner_options(options, worker_paths(job)):
             print(f"warning: {warning}", file=sys.stderr)
+        if not is_dry_run(options):  # first: what a killed run left may be what fills the disk
+            remove_leftover_temp_dirs(job)
         problem = launch_problem(job, options)
         if problem:
             raise OptionsError(problem)
@@ -223,6 +288,31 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
             from pipelines.local import bigquery_emulator
 
             bigquery_emulator.restore()
+
+
+def model_paths(opts: BatchInferOptions) -> List[Tuple[str, str]]:
+    """(name, path) of each model the flags name: --model arguments, or a graph file's models
+    (a graph file that cannot be read names none here; its loader says why)."""
+    if not opts.graph:
+        return [parse_model_arg(arg) for arg in opts.model or []]
+    try:
+        with open(opts.graph) as f:
+            config = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):  # the graph loader reports it in its own words
+        return []
+    models = config.get("models") if isinstance(config, dict) else None
+    return [(str(m.get("name")), str(m["path"])) for m in (models if isinstance(models, list) else [])
+            if isinstance(m, dict) and m.get("path")]
+
+
+def remote_model_problem(opts: BatchInferOptions) -> Optional[str]:
+    """Why an offline --dry_run cannot check these models: it reads every SavedModel at launch,
+    and one on gs:// (or another remote store) is out of reach. None when all are local."""
+    remote = [f"{name}={path}" for name, path in model_paths(opts) if is_remote(path)]
+    if not remote:
+        return None
+    return (f"{', '.join(remote)}: an offline --dry_run reads each model at launch and cannot reach "
+            "a remote one; give a local copy of it (gsutil cp -r ...), as --model NAME=LOCAL_DIR")
 
 
 def scoring_workers(options: PipelineOptions, runner: Optional[LocalRunner]) -> Optional[int]:
@@ -249,7 +339,12 @@ class RunRecord:
         self.models = manifest.model_entries(job.graph)
         self.options = options.get_all_options(drop_default=True, retain_unknown_options=True)
 
-    def write(self, counters, error=None, processes=None, distributions=None) -> None:
+    def written(self) -> dict:
+        """The files the run wrote at its prefixes (output_paths.written_outputs)."""
+        output, errors = file_prefixes(self.job)
+        return output_paths.written_outputs(output, file_suffix(self.job), errors)
+
+    def write(self, counters, error=None, processes=None, distributions=None, written=None) -> None:
         """Raises ManifestWriteError when the run cannot be put on record."""
         if not self.job.manifest:
             return
@@ -257,14 +352,28 @@ class RunRecord:
                     "models_loaded": counters.get(MODELS_LOADED)}
         manifest.write_manifest(self.job.manifest, manifest.batch_manifest(
             self.job, self.options, self.inputs, self.models, self.started_at, counters, run_info, error=error,
-            distributions=distributions))
+            distributions=distributions, written=self.written() if written is None else written))
 
     def failed(self, error: BaseException) -> None:
-        """The job raised: on record with its error, which stays the one raised."""
+        """The job raised: its temporary directories removed, on record with its error, which
+        stays the one raised."""
         try:
+            output_paths.remove_temp_dirs(file_prefixes(self.job))
             self.write({}, error)
-        except manifest.ManifestWriteError as unwritten:
+        except (manifest.ManifestWriteError, OSError) as unwritten:  # Beam's BeamIOError is an OSError
             error.add_note(str(unwritten))
+
+
+def run_to_the_end(p: beam.Pipeline, record: "RunRecord"):
+    """Runs the pipeline and waits for it; a failure is put on record (record.failed) and raised."""
+    metrics.PROGRESS.reset()
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as e:  # whatever failed the run: put on record, then raised as it was
+        record.failed(e)
+        raise
+    return result
 
 
 def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[beam.Pipeline],
@@ -280,21 +389,19 @@ def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[be
     if is_local(options):  # a model its engine cannot load fails here, not in a worker; loaded once
         batch_calls(job.graph, job.sink.keeps_logs)
     record = RunRecord(job, options, runner.describe() if runner is not None else runner_name(options))
-    metrics.PROGRESS.reset()
-    try:
-        result = p.run()
-        result.wait_until_finish()
-    except Exception as e:
-        record.failed(e)
-        raise
+    clear_outputs(job, options.view_as(BatchInferOptions).overwrite)
+    result = run_to_the_end(p, record)
     counters = metrics.query_counters(result)
     distributions = metrics.query_distributions(result)
     processes = len(metrics.query_string_sets(result).get(SCORING_PROCESSES, ()))
+    written = record.written()
     if test_pipeline is None and is_local(options):
-        print(summarize(job, counters, time.monotonic() - record.started, record.ran_on, processes, distributions))
+        print(summarize(job, counters, time.monotonic() - record.started, record.ran_on, processes, distributions,
+                        written))
     problem = error_budget_problem(counters, job.max_dead_letter_fraction)
     failed = ErrorBudgetExceeded(problem) if problem else None
-    record.write(counters, failed, processes=processes, distributions=distributions)  # ManifestWriteError: not on record
+    record.write(counters, failed, processes=processes, distributions=distributions,
+                 written=written)  # ManifestWriteError: not on record
     if failed:
         raise failed
     return result, counters

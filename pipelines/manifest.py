@@ -19,9 +19,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from models.serving.fingerprint import saved_model_fingerprint
 from transforms.runtime import metrics
-from transforms.runtime.accounting import (BATCH_LATENCY_US, BATCH_SIZE, LOAD_LATENCY_MS, MODEL_BYTES,
-                                          MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, UNREADABLE_BYTES,
-                                          UNREADABLE_REGIONS, model_metric_name)
+from transforms.runtime.accounting import (BATCH_LATENCY_US, BATCH_SIZE, DUPLICATE_KEYS, LOAD_LATENCY_MS,
+                                          MODEL_BYTES, MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX,
+                                          UNREADABLE_BYTES, UNREADABLE_REGIONS, model_metric_name)
 
 MANIFEST_SUFFIX = ".manifest.json"
 REDACTED = "<redacted>"
@@ -118,6 +118,7 @@ def stage_counts(counters: Mapping[str, int], model_names: Sequence[str]) -> Dic
                  or MODEL_DEAD_LETTERS_PREFIX + name in counters}
     if per_model:
         counts["per_model"] = per_model
+    counts["duplicate_keys"] = counters.get(DUPLICATE_KEYS, 0)  # 0 by construction for position keys
     return counts
 
 
@@ -187,18 +188,27 @@ def inference_metrics(distributions: Mapping[str, Mapping[str, float]], model: s
     return found
 
 
+def output_entry(job, written: Mapping[str, Any]) -> Dict[str, Any]:
+    """Where a batch run's results went: patterns that match exactly its files (or tables), the
+    prefixes, and the files themselves (what --overwrite of a later run removes)."""
+    errors_prefix = None if job.bigquery.errors_table else job.errors
+    return {"predictions": written.get("predictions") or job.predictions_at,
+            "dead_letters": job.bigquery.errors_table or written.get("dead_letters") or f"{job.errors}-*.jsonl",
+            "format": job.sink.name, "prefix": job.output, "errors_prefix": errors_prefix,
+            "files": dict(written.get("files") or {})}
+
+
 def batch_manifest(job, options: Mapping[str, Any], inputs: List[Dict[str, Any]],
                    models: List[Dict[str, Any]], started_at: str, counters: Mapping[str, int],
                    run: Optional[Mapping[str, Any]] = None, error: Optional[BaseException] = None,
-                   distributions: Optional[Mapping[str, Mapping[str, float]]] = None) -> Dict[str, Any]:
+                   distributions: Optional[Mapping[str, Mapping[str, float]]] = None,
+                   written: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The manifest of a pipelines.batch_infer run (job: its BatchJob; run: the runner it ran on,
     whether chunks were redistributed, how many worker processes scored; distributions: the
-    run's, for each model's inference metrics)."""
+    run's, for each model's inference metrics; written: the files it wrote,
+    pipelines.output_paths.written_outputs)."""
     if distributions:
         models = [dict(m, inference=inference_metrics(distributions, m["name"])) for m in models]
-    outputs = {"predictions": job.predictions_at,
-               "dead_letters": job.bigquery.errors_table or f"{job.errors}-*.jsonl",
-               "format": job.sink.name}
     manifest = {
         "manifest_version": 1,
         "job": "pipelines.batch_infer",
@@ -208,7 +218,7 @@ def batch_manifest(job, options: Mapping[str, Any], inputs: List[Dict[str, Any]]
         "inputs": {"format": job.input_format, ("patterns" if job.inputs else "bigquery"): inputs,
                    "key_feature": job.key_feature, "with_source": job.with_source},
         "models": models,
-        "outputs": outputs,
+        "outputs": output_entry(job, written or {}),
         "run": dict(run or {}),
         "counts": stage_counts(counters, job.graph.names),
         "options": redact_options(options),

@@ -73,6 +73,9 @@ def _add_output_args(parser) -> None:
                         help="comma-separated input features copied to each row under 'inputs'")
     parser.add_argument("--output", help="output prefix; files are PREFIX-SSSSS-of-NNNNN.<ext>")
     parser.add_argument("--errors", help="dead-letter prefix (default: OUTPUT.errors)")
+    parser.add_argument("--overwrite", action="store_true", default=False,
+                        help="replace another run's outputs at --output (its manifest's files, every "
+                             "PREFIX-SSSSS-of-NNNNN shard, the manifest); without it such a prefix is refused")
     parser.add_argument("--output_format", default=DEFAULT_OUTPUT_FORMAT,
                         help=f"one of {', '.join(OUTPUT_FORMATS)}: prediction rows as JSON Lines or "
                              "Parquet (a column per model; schema from the signatures), PredictionLogs "

@@ -52,7 +52,7 @@ def test_a_job_with_garbage_records_prints_no_tensorflow_lines_unless_verbose(pe
     noisy = [line for line in quiet.stderr.splitlines() if any(m in line for m in NOISE_MARKS)]
     assert not noisy, quiet.stderr
     assert "garbage" not in quiet.stderr
-    verbose = run_command(*args, "--verbose")
+    verbose = run_command(*args, "--verbose", "--overwrite")  # a rerun into the same prefix replaces the first
     assert verbose.returncode == 0, verbose.stderr
     # this machine's TensorFlow prints start-up lines (there is no GPU here): --verbose shows them
     assert any(m in verbose.stderr for m in NOISE_MARKS), verbose.stderr

@@ -36,6 +36,7 @@ MODEL_REFRESH_FAILURES = "model_refresh_failures"  # new versions refused (the c
 MODEL_REFRESH_MS = "model_refresh_milli_secs"  # a distribution: new version found -> ready to serve
 PUBLISH_TO_RESULT_MS = "publish_to_result_latency_milli_secs"  # streams: Pub/Sub publish -> scored
 MODEL_BYTES = "model_byte_size"  # a distribution: the size on disk of each model loaded
+DUPLICATE_KEYS = "duplicate_keys"  # records whose key another record of the job has (transforms.runtime.duplicate_keys)
 
 
 # What the counters whose names do not say it count, printed beside them (metrics.format_counters)
@@ -48,6 +49,7 @@ COUNTER_NOTES = {
     UNREADABLE_BYTES: "bytes those regions skipped, where known",
     MODEL_REFRESHES: "new model versions swapped into the stream",
     MODEL_REFRESH_FAILURES: "new model versions refused; the current one served on",
+    DUPLICATE_KEYS: "records whose key an earlier record already had",
 }
 
 
@@ -151,6 +153,10 @@ class Accounting:
                 metrics.distribution(MODEL_REFRESH_MS).update(int(event.seconds * 1e3))
             else:
                 metrics.counter(MODEL_REFRESH_FAILURES).inc()
+
+    def duplicate_keys(self, n: int) -> None:
+        """n records carry a key that another record of the job carries too."""
+        metrics.counter(DUPLICATE_KEYS).inc(n)
 
     def stream_batch(self, n: int) -> None:
         metrics.distribution(metrics.STREAM_BATCH_SIZE).update(n)
