@@ -123,7 +123,8 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
 
 
 # batch_infer's flags a stream reads too (print_help names them); any other would do nothing
-SHARED_WITH_BATCH = ("--model", "--graph", "--chain", "--allow_outside_paths", "--engine", "--signature",
+SHARED_WITH_BATCH = ("--model", "--graph", "--chain", "--allow_outside_paths", "--allow_graph_functions",
+                     "--engine", "--signature",
                      "--feature_spec", "--passthrough", "--with_source", "--max_batch_size", "--output_table",
                      "--errors_table", "--bigquery_write_method", "--bigquery_emulator",
                      "--bigquery_emulator_grpc", "--storage_emulator", "--verbose")
