@@ -42,6 +42,7 @@ from pipelines.output_paths import output_path_problems
 from pipelines.runners import LocalRunner, is_local, keep_main_session, local_runner, pinned_runner, runner_name
 from transforms.graph.model import GraphError
 from transforms.runtime import metrics
+from transforms.runtime.redaction import with_redacted_console
 from transforms.runtime.accounting import (MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX, MODELS_LOADED,
                                           SCORING_PROCESSES, UNREADABLE_BYTES, UNREADABLE_REGIONS, counter_table)
 from transforms.scoring.beam import ScoreChunks
@@ -300,6 +301,7 @@ def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[be
     return result, counters
 
 
+@with_redacted_console  # secrets in paths and URLs stay off the console and the logs
 def main(argv: Optional[Sequence[str]] = None) -> int:
     console_logging(sys.argv[1:] if argv is None else argv)
     try:
