@@ -27,6 +27,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("text, secret, kept", [
     ("http://user:hunter2@127.0.0.1:9050/bigquery/v2", "hunter2", "http://user:"),
     ("redis://:pw-only-9@cache:6379/0", "pw-only-9", "@cache:6379"),
+    # what httplib2 logs (through Beam's retry) for --bigquery_emulator http://admin:hunter2@127.0.0.1:9
+    ("httplib2.error.ServerNotFoundError: Unable to find the server at admin:hunter2@127.0.0.1", "hunter2",
+     "the server at admin:"),
     ("https://acct.blob.core.windows.net/c/x.tfrecord?sv=2024&sig=AbC%2Fs3cret%3D&se=2027", "AbC%2Fs3cret%3D",
      "sv=2024"),
     ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0S2V5PQ==;EndpointSuffix=x",
@@ -52,7 +55,8 @@ def test_each_kind_of_secret_is_hidden_and_the_rest_kept(text, secret, kept):
 @pytest.mark.parametrize("text", [
     "gs://bucket/data/part-*.tfrecord.gz", "key_feature=id", "monkey=george", "keyword=/models/kw",
     "tokenizer=/models/tok", "five=models/five", "https://user@example.com/data", "feature 'x' has 2 values",
-    "penguin-0-00001", "a.csv:12", "http://127.0.0.1:9050", "{\"key\": \"row-3\"}",
+    "penguin-0-00001", "a.csv:12", "http://127.0.0.1:9050", "{\"key\": \"row-3\"}", "git@github.com:o/r.git",
+    "user@example.com wrote at 10:30", "File \"x.py\", line 3, in <module>\n    @decorated",
 ])
 def test_what_only_looks_like_a_secret_is_kept(text):
     assert redact_text(text) == text

@@ -1,6 +1,7 @@
 """Secrets hidden wherever a run writes text: manifests, dead letters, logs and the console. Pure.
 
-A secret is the password of a URL (`scheme://user:PASSWORD@host`) and the value of any
+A secret is the password of a URL (`scheme://user:PASSWORD@host`, or `user:PASSWORD@host` as
+HTTP clients print a netloc) and the value of any
 `NAME=VALUE` or `"NAME": "VALUE"` part whose name says it holds one (password, token, secret,
 sig, key, AccountKey, X-Amz-Signature, api_key, ...), wherever it sits: a URL's query
 (`?sig=...`), a connection string (`;AccountKey=...`), a `--model NAME=PATH` argument (whose PATH
@@ -28,7 +29,8 @@ REDACTED = "<redacted>"
 _SECRET_PARTS = {"password", "passwd", "pwd", "secret", "token", "sig", "signature", "credential",
                  "credentials", "apikey", "accountkey", "auth", "authorization", "sas"}
 _KEY_QUALIFIERS = {"api", "access", "private", "secret", "account", "shared", "client", "sas"}  # api_key, ...
-_URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@/\s]+@")
+# USER:PASSWORD@ of a URL, or of a bare netloc as HTTP clients print it ("server at admin:pw@host")
+_URL_PASSWORD = re.compile(r"([^\s/:@'\"<>()\[\]]*:)[^@/\s'\"<>]+@")
 # NAME=VALUE inside a value: a connection string part, a URL query parameter, a label, NAME=PATH
 _NAMED_VALUE = re.compile(r"(?<![\w.-])([A-Za-z][\w.-]*)=([^;&,\s]+)")
 # "NAME": "VALUE" (JSON, a dict's repr inside an error message)
