@@ -70,6 +70,35 @@ def test_a_file_url_inside_the_folder_is_a_path_like_the_rest(graph_home, tmp_pa
     assert trusted.nodes[0].postprocess[0].labels == ("no", "yes")
 
 
+LABEL_CHECKS = textwrap.dedent("""
+    import sys
+    from transforms.graph.file import load_graph_file
+    from transforms.graph.model import GraphError
+    for graph, trusted in ((sys.argv[1], False), (sys.argv[2], True)):
+        try:
+            load_graph_file(graph, allow_outside_paths=trusted)
+            print("READ")
+        except GraphError as e:
+            print("REFUSED", e)
+""")
+
+
+def test_special_files_are_never_read_as_labels_trusted_or_not(graph_home, tmp_path):
+    """A FIFO inside the folder, /dev/zero with --allow_outside_paths: refused, never opened (in a
+    subprocess under a timeout: opening either would block for ever)."""
+    os.mkfifo(graph_home / "labels.pipe")
+    pipe = write_graph(graph_home, classify_five("labels.pipe"))
+    (tmp_path / "trusted").mkdir()
+    shutil.copytree(graph_home / "models", tmp_path / "trusted" / "models")
+    zero = write_graph(tmp_path / "trusted", classify_five("/dev/zero"))
+    done = subprocess.run([sys.executable, "-c", LABEL_CHECKS, pipe, zero], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"))
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("READ", "REFUSED"))]
+    assert len(lines) == 2, done.stdout + done.stderr[-2000:]
+    assert "labels: path 'labels.pipe' is a special file" in lines[0]
+    assert "labels: path '/dev/zero' is a special file" in lines[1]
+
+
 def test_a_model_path_given_as_a_file_url_out_of_the_folder_is_refused(graph_models, graph_home):
     graph = write_graph(graph_home, {"models": [{"name": "far", "path": f"file://{graph_models['ten'][0]}"}]})
     with pytest.raises(GraphError, match="model 'far': path 'file://.*' leads outside"):

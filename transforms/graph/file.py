@@ -53,6 +53,9 @@ def _resolve(path: str, base_dir: str, confine: bool = False) -> str:
         home = os.path.realpath(base_dir)
         if _SCHEME.match(local) or os.path.commonpath([os.path.realpath(resolved), home]) != home:
             raise GraphError(f"path {path!r} leads outside the graph file's directory {home}; {OUTSIDE_HINT}")
+    if os.path.exists(resolved) and not (os.path.isfile(resolved) or os.path.isdir(resolved)):
+        raise GraphError(f"path {path!r} is a special file (a FIFO or a device: {os.path.realpath(resolved)}), "
+                         "never read")
     return resolved
 
 
