@@ -48,6 +48,7 @@ from transforms.runtime.accounting import (DUPLICATE_KEYS, MODEL_DEAD_LETTERS_PR
                                           MODELS_LOADED, SCORING_PROCESSES, UNREADABLE_BYTES, UNREADABLE_REGIONS,
                                           counter_table)
 from transforms.runtime.duplicate_keys import CountDuplicateKeys
+from transforms.runtime.redaction import with_redacted_console
 from transforms.scoring.beam import ScoreChunks
 from transforms.scoring.engines import batch_calls
 from transforms.sinks.base import WriteToSink
@@ -407,6 +408,7 @@ def _run_job(job: BatchJob, options: PipelineOptions, test_pipeline: Optional[be
     return result, counters
 
 
+@with_redacted_console  # secrets in paths and URLs stay off the console and the logs
 def main(argv: Optional[Sequence[str]] = None) -> int:
     console_logging(sys.argv[1:] if argv is None else argv)
     try:

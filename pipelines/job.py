@@ -35,7 +35,8 @@ def graph_from_options(opts: BatchInferOptions) -> ModelGraph:
     """The models to run: --graph FILE, or --model (one or several, in parallel or --chain)."""
     passthrough = [p.strip() for p in (opts.passthrough or "").split(",") if p.strip()]
     if opts.graph:
-        graph = load_graph_file(opts.graph, opts.engine, opts.signature, opts.allow_outside_paths)
+        graph = load_graph_file(opts.graph, opts.engine, opts.signature, opts.allow_outside_paths,
+                                opts.allow_graph_functions)
         if passthrough:
             graph = dataclasses.replace(graph, passthrough=tuple(passthrough))
         return graph

@@ -11,7 +11,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -22,16 +21,9 @@ from transforms.runtime import metrics
 from transforms.runtime.accounting import (BATCH_LATENCY_US, BATCH_SIZE, DUPLICATE_KEYS, LOAD_LATENCY_MS,
                                           MODEL_BYTES, MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX,
                                           UNREADABLE_BYTES, UNREADABLE_REGIONS, model_metric_name)
+from transforms.runtime.redaction import REDACTED, is_secret_name, redact_options, redact_text, redact_values  # noqa: F401
 
 MANIFEST_SUFFIX = ".manifest.json"
-REDACTED = "<redacted>"
-# Words that make a name (an option, a key=value pair, a URL query parameter) name a secret
-_SECRET_PARTS = {"password", "passwd", "pwd", "secret", "token", "sig", "signature", "credential",
-                 "credentials", "apikey", "accountkey", "auth", "authorization", "sas"}
-_KEY_QUALIFIERS = {"api", "access", "private", "secret", "account", "shared", "client", "sas"}  # api_key, ...
-_URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^@/\s]+@")
-# NAME=VALUE inside a value: a connection string part, a URL query parameter, a label
-_NAMED_VALUE = re.compile(r"(?<![\w.-])([A-Za-z][\w.-]*)=([^;&,\s]+)")
 PACKAGES = ("apache-beam", "tensorflow", "tfx-bsl", "tf-beam-inference")
 
 
@@ -41,39 +33,6 @@ def manifest_path(output_prefix: str) -> str:
 
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether a name says its value is a secret: password, token, sig, api_key, AccountKey,
-    X-Goog-Signature, ... (words split at any non-letter and at camel case)."""
-    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
-    parts = [p for p in re.split(r"[^a-z0-9]+", words) if p]
-    if _SECRET_PARTS & set(parts):
-        return True
-    return any(p == "key" and i > 0 and parts[i - 1] in _KEY_QUALIFIERS for i, p in enumerate(parts))
-
-
-def redact_text(text: str) -> str:
-    """A value with the secrets inside it hidden: passwords in URLs, and NAME=VALUE parts whose
-    name is secret-looking (';AccountKey=...', '?sig=...', 'api-token=...')."""
-    text = _URL_PASSWORD.sub(r"\1" + REDACTED + "@", text)
-    return _NAMED_VALUE.sub(lambda m: f"{m.group(1)}={REDACTED}" if is_secret_name(m.group(1)) else m.group(0), text)
-
-
-def redact_options(options: Mapping[str, Any]) -> Dict[str, Any]:
-    """Options as given, with secrets hidden: the whole value of a secret-looking option name,
-    and secret-looking parts of any other value (redact_text)."""
-    def clean(name: str, value: Any) -> Any:
-        if is_secret_name(name) and value not in (None, False, ""):
-            return REDACTED
-        if isinstance(value, str):
-            return redact_text(value)
-        if isinstance(value, list):
-            return [clean(name, v) for v in value]
-        if isinstance(value, dict):
-            return {k: REDACTED if is_secret_name(str(k)) else clean(name, v) for k, v in value.items()}
-        return value
-    return {name: clean(name, value) for name, value in sorted(options.items())}
 
 
 def input_listing(patterns: Sequence[str]) -> List[Dict[str, Any]]:
@@ -139,8 +98,9 @@ class ManifestWriteError(OSError):
 def write_manifest(path: str, manifest: Mapping[str, Any]) -> None:
     """Writes the manifest whole or not at all: locally to a temporary file beside it, then renamed
     over it (a full disk leaves the previous manifest, never a truncated one); object stores
-    (gs://) make an object visible only once it is complete. Raises ManifestWriteError."""
-    data = json.dumps(manifest, indent=2, sort_keys=False, default=str).encode("utf-8") + b"\n"
+    (gs://) make an object visible only once it is complete. Secrets in any of its values are
+    hidden (transforms.runtime.redaction). Raises ManifestWriteError."""
+    data = json.dumps(redact_values(manifest), indent=2, sort_keys=False, default=str).encode("utf-8") + b"\n"
     try:
         if FileSystems.get_scheme(path) not in (None, "file"):
             with FileSystems.create(path, mime_type="application/json") as f:

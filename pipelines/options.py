@@ -59,6 +59,11 @@ def _add_model_args(parser) -> None:
     parser.add_argument("--allow_outside_paths", action="store_true", default=False,
                         help="--graph: let the graph file name models and files outside its own "
                              "directory (a graph file is code: trust it first)")
+    parser.add_argument("--allow_graph_functions", action="store_true", default=False,
+                        help="--graph: let the graph file's `function:` steps import and run any "
+                             "callable they name (any installed module's: a shell command too). "
+                             "Without it only classify, regress and keep run. Only for a graph "
+                             "file you trust like your own code")
     parser.add_argument("--engine", default=DEFAULT_ENGINE, help=f"one of {', '.join(ENGINES)}")
     parser.add_argument("--signature", default="serving_default", help="signature to run")
     parser.add_argument("--feature_spec", action="append", default=None,

@@ -48,6 +48,7 @@ from pipelines.options import BatchInferOptions, OptionsError, StreamInferOption
 from pipelines.runners import keep_main_session, local_runner, pinned_runner, runner_name
 from transforms.graph.model import GraphError, record_spec
 from transforms.runtime import metrics
+from transforms.runtime.redaction import with_redacted_console
 from transforms.runtime.accounting import counter_table
 from transforms.scoring.engines import batch_calls
 from transforms.scoring.stream import ScoreMessages
@@ -123,7 +124,8 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
 
 
 # batch_infer's flags a stream reads too (print_help names them); any other would do nothing
-SHARED_WITH_BATCH = ("--model", "--graph", "--chain", "--allow_outside_paths", "--engine", "--signature",
+SHARED_WITH_BATCH = ("--model", "--graph", "--chain", "--allow_outside_paths", "--allow_graph_functions",
+                     "--engine", "--signature",
                      "--feature_spec", "--passthrough", "--with_source", "--max_batch_size", "--output_table",
                      "--errors_table", "--bigquery_write_method", "--bigquery_emulator",
                      "--bigquery_emulator_grpc", "--storage_emulator", "--verbose")
@@ -270,6 +272,7 @@ def print_help() -> None:
                        "--runner DataflowRunner, --dry_run builds the job without submitting it.")
 
 
+@with_redacted_console  # secrets in paths and URLs stay off the console and the logs
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:

@@ -33,6 +33,7 @@ from pipelines.inputs import input_format_of, listed_inputs
 from pipelines.options import OptionsError, field_list
 from pipelines.runners import keep_main_session, pinned_runner
 from transforms.runtime import metrics
+from transforms.runtime.redaction import with_redacted_console
 from transforms.sources.text import InstanceOptions, ReadKeyedInstances
 from transforms.sinks.files import WriteJsonLines
 from transforms.sources.text_formats import CSV, JSONL
@@ -107,6 +108,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False):
     return metrics.query_counters(result)
 
 
+@with_redacted_console  # secrets in paths and URLs stay off the console and the logs
 def main(argv: Optional[Sequence[str]] = None) -> int:
     console_logging(sys.argv[1:] if argv is None else argv)
     try:

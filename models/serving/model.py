@@ -73,7 +73,9 @@ def load_serving_model(path: str, name: str = DEFAULT_MODEL_NAME, signature: str
     """The model at path (a version or base directory), checked; spec_file (a feature spec JSON)
     replaces the spec read from the model (assets.extra/feature_spec.json or the parse op)."""
     try:
-        version_dir = layout.resolve_version_dir(path)
+        version_dir = layout.resolve_version_dir(path)  # links out of it, special files: refused unread
+    except layout.UnsafeModelError as e:
+        raise ModelContractError(f"model {name!r}: {e}") from e
     except layout.ModelNotFoundError as e:
         raise ModelContractError(str(e)) from e
     problems = contract_problems(version_dir, signature, tf1_loader=False)

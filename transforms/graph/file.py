@@ -2,7 +2,7 @@
 
     models:
       - name: five                  # the row field holding this model's outputs
-        path: models/five           # relative to this file, or absolute, or gs://
+        path: models/five           # relative to this file (inside its directory, unless trusted)
         signature: serving_default  # optional (default: the job's --signature)
         engine: fast                # optional (default: the job's --engine)
       - name: ten
@@ -17,9 +17,13 @@
     passthrough: [id]               # input features copied to each row under "inputs"
 
 A model without `inputs` reads the records; models that do not feed each other run in parallel.
+A graph file is kept to its directory (paths out of it, file:// and gs:// ones included, need
+allow_outside_paths) and to the project's post-processing steps (`function:` steps need
+allow_functions: they import and run what they name).
 """
 
 import os
+import re
 from typing import Any, List, Mapping
 
 import yaml
@@ -31,21 +35,27 @@ from transforms.graph.postprocessors import Keep, PostprocessError, step_from_co
 
 TOP_LEVEL_KEYS = {"models", "passthrough"}
 MODEL_KEYS = {"name", "path", "signature", "engine", "inputs", "postprocess", "keep"}
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+OUTSIDE_HINT = ("a graph file is code you run (it names models, files and functions): give "
+                "--allow_outside_paths if you trust it")
 
 
 def _resolve(path: str, base_dir: str, confine: bool = False) -> str:
-    """The path relative to the graph file's directory (absolute and remote ones as given). With
-    confine, a local path that leads outside that directory (../.., /etc, a symlink out) is refused:
-    a graph file names files to read and code to run, so one from elsewhere is kept to its folder."""
-    if "://" in path:
-        return path
-    resolved = path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
+    """The path relative to the graph file's directory (absolute and remote ones as given; file://
+    ones are local paths like the rest). With confine, a path that leads outside that directory
+    (../.., /etc, a symlink out, file:///etc, gs://...) is refused: a graph file names files to read
+    and code to run, so one from elsewhere is kept to its folder."""
+    local = path[len("file://"):] if path[:len("file://")].lower() == "file://" else path
+    if _SCHEME.match(local) and not confine:
+        return local
+    resolved = local if os.path.isabs(local) else os.path.normpath(os.path.join(base_dir, local))
     if confine:
-        real, home = os.path.realpath(resolved), os.path.realpath(base_dir)
-        if os.path.commonpath([real, home]) != home:
-            raise GraphError(f"path {path!r} leads outside the graph file's directory {home}; a graph file is "
-                             "code you run (it names models, files and functions): give "
-                             "--allow_outside_paths if you trust it")
+        home = os.path.realpath(base_dir)
+        if _SCHEME.match(local) or os.path.commonpath([os.path.realpath(resolved), home]) != home:
+            raise GraphError(f"path {path!r} leads outside the graph file's directory {home}; {OUTSIDE_HINT}")
+    if os.path.exists(resolved) and not (os.path.isfile(resolved) or os.path.isdir(resolved)):
+        raise GraphError(f"path {path!r} is a special file (a FIFO or a device: {os.path.realpath(resolved)}), "
+                         "never read")
     return resolved
 
 
@@ -67,7 +77,8 @@ def _bridges(name: str, inputs: Any, models: Mapping[str, ServingModel]) -> List
     return bridges
 
 
-def _steps(name: str, entry: Mapping[str, Any], base_dir: str, confine: bool = False) -> tuple:
+def _steps(name: str, entry: Mapping[str, Any], base_dir: str, confine: bool = False,
+           allow_functions: bool = True) -> tuple:
     configs = entry.get("postprocess") or []
     if not isinstance(configs, list):
         raise GraphError(f"model {name!r}: postprocess is a list of steps")
@@ -82,7 +93,7 @@ def _steps(name: str, entry: Mapping[str, Any], base_dir: str, confine: bool = F
                     raise GraphError(f"model {name!r}: labels: {e}") from e
                 config = {"classify": {**config["classify"], "labels": labels}}
         try:
-            steps.append(step_from_config(config))
+            steps.append(step_from_config(config, allow_functions))
         except (PostprocessError, OSError) as e:
             raise GraphError(f"model {name!r}: {e}") from e
     if entry.get("keep") is not None:
@@ -94,9 +105,11 @@ def _steps(name: str, entry: Mapping[str, Any], base_dir: str, confine: bool = F
 
 
 def graph_from_config(config: Any, base_dir: str = ".", engine: str = DEFAULT_ENGINE,
-                      signature: str = "serving_default", confine: bool = False) -> ModelGraph:
+                      signature: str = "serving_default", confine: bool = False,
+                      allow_functions: bool = True) -> ModelGraph:
     """A checked ModelGraph from the parsed YAML; raises GraphError or ModelContractError.
-    confine: local paths must stay inside base_dir (see _resolve)."""
+    confine: paths must stay inside base_dir (see _resolve); allow_functions: `function:` steps
+    may name any importable callable (else they are refused, nothing imported)."""
     if not isinstance(config, Mapping) or not isinstance(config.get("models"), list) or not config["models"]:
         raise GraphError("a graph file holds 'models': a list of {name, path, ...}")
     unknown = set(config) - TOP_LEVEL_KEYS
@@ -125,7 +138,7 @@ def graph_from_config(config: Any, base_dir: str = ".", engine: str = DEFAULT_EN
         name = str(entry["name"])
         nodes.append(GraphNode(models[name], str(entry.get("engine", engine)),
                                tuple(_bridges(name, entry.get("inputs"), models)),
-                               _steps(name, entry, base_dir, confine)))
+                               _steps(name, entry, base_dir, confine, allow_functions)))
     passthrough = config.get("passthrough") or []
     if isinstance(passthrough, str) or not all(isinstance(p, str) for p in passthrough):
         raise GraphError("passthrough is a list of feature names")
@@ -133,10 +146,11 @@ def graph_from_config(config: Any, base_dir: str = ".", engine: str = DEFAULT_EN
 
 
 def load_graph_file(path: str, engine: str = DEFAULT_ENGINE, signature: str = "serving_default",
-                    allow_outside_paths: bool = False) -> ModelGraph:
-    """The graph of a YAML file. Its local paths must stay in the file's directory unless
-    allow_outside_paths: the file is trusted like code (its `function:` steps import and run
-    modules)."""
+                    allow_outside_paths: bool = False, allow_functions: bool = False) -> ModelGraph:
+    """The graph of a YAML file. Its paths (file:// and gs:// ones too) must stay in the file's
+    directory unless allow_outside_paths, and its post-processing steps are the project's own
+    (postprocessors.STEPS) unless allow_functions lets `function:` steps import and run any
+    callable they name: a graph file given those is trusted like code."""
     try:
         with open(path) as f:
             config = yaml.safe_load(f)
@@ -145,4 +159,4 @@ def load_graph_file(path: str, engine: str = DEFAULT_ENGINE, signature: str = "s
     except yaml.YAMLError as e:
         raise GraphError(f"graph file {path} is not valid YAML: {e}") from e
     return graph_from_config(config, os.path.dirname(os.path.abspath(path)), engine, signature,
-                             confine=not allow_outside_paths)
+                             confine=not allow_outside_paths, allow_functions=allow_functions)

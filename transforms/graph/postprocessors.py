@@ -288,10 +288,12 @@ class CallFunction:
 
 
 STEPS = {"classify": Classify, "regress": Regress, "keep": Keep, "function": CallFunction}
+FUNCTION_FLAG = "--allow_graph_functions"
 
 
-def step_from_config(config: Mapping[str, Any]):
-    """One graph-file step, e.g. {"classify": {"output": "probs", "top_k": 3}} or {"keep": ["label"]}."""
+def step_from_config(config: Mapping[str, Any], allow_functions: bool = True):
+    """One graph-file step, e.g. {"classify": {"output": "probs", "top_k": 3}} or {"keep": ["label"]}.
+    Without allow_functions a `function:` step is refused before anything is imported."""
     if not isinstance(config, Mapping) or len(config) != 1:
         raise PostprocessError(f"a post-processing step is one of {sorted(STEPS)} with its options, "
                                f"got {config!r}")
@@ -301,18 +303,30 @@ def step_from_config(config: Mapping[str, Any]):
     if kind == "keep":
         return Keep(options)
     if kind == "function":
-        if isinstance(options, str):
-            return CallFunction(options)
-        options = dict(options or {})
-        unknown = set(options) - {"name", "args"}
-        if unknown or "name" not in options:
-            raise PostprocessError(f"function: give 'name' (package.module:function) and optional "
-                                   f"'args', got {sorted(options)}")
-        return CallFunction(options["name"], options.get("args"))
+        return _function_step(options, allow_functions)
     try:
         return STEPS[kind](**dict(options or {}))
     except TypeError as e:
         raise PostprocessError(f"{kind}: {e}") from e
+
+
+def _function_step(options: Any, allow_functions: bool) -> CallFunction:
+    """A graph file's `function:` step (a reference, or {name, args}); refused, before anything is
+    imported, without allow_functions."""
+    if not allow_functions:
+        raise PostprocessError(
+            f"function step {repr(options)[:200]} refused: it would import and run whatever the graph file "
+            f"names (any installed module's callable, a shell command through pydoc:pipepager); "
+            f"the steps without {FUNCTION_FLAG} are {sorted(set(STEPS) - {'function'})}. Give "
+            f"{FUNCTION_FLAG} only for a graph file you trust like your own code")
+    if isinstance(options, str):
+        return CallFunction(options)
+    options = dict(options or {})
+    unknown = set(options) - {"name", "args"}
+    if unknown or "name" not in options:
+        raise PostprocessError(f"function: give 'name' (package.module:function) and optional "
+                               f"'args', got {sorted(options)}")
+    return CallFunction(options["name"], options.get("args"))
 
 
 def check_steps(steps: Sequence[Any], specs: Specs) -> None:

@@ -17,6 +17,7 @@ import base64
 from typing import Any, Dict, Mapping, NamedTuple, Optional
 
 from models.serving.errors import clean_message, error_text  # noqa: F401  (error_text re-exported)
+from transforms.runtime.redaction import redact_text, redact_values
 
 DEAD_LETTER_TAG = "dead_letters"
 
@@ -38,7 +39,8 @@ class WithDeadLetters(NamedTuple):
 def dead_letter(stage: str, error: Any, key: Optional[str] = None, raw: Optional[bytes] = None,
                 source: Optional[Mapping[str, Any]] = None, model: Optional[str] = None,
                 error_type: Optional[str] = None) -> Dict[str, Any]:
-    """A JSON-ready dead-letter row (FIELDS above); error is an exception or a message."""
+    """A JSON-ready dead-letter row (FIELDS above); error is an exception or a message. Secrets in
+    the error and the source (a path's ?sig=, a URL's password) are hidden."""
     if stage not in STAGES:
         raise ValueError(f"unknown dead-letter stage {stage!r}")
     if isinstance(error, BaseException):
@@ -49,9 +51,9 @@ def dead_letter(stage: str, error: Any, key: Optional[str] = None, raw: Optional
         "key": key,
         "stage": stage,
         "error_type": error_type,
-        "error": message[:MAX_MESSAGE_CHARS],
+        "error": redact_text(message[:2 * MAX_MESSAGE_CHARS])[:MAX_MESSAGE_CHARS],
         "input_base64": base64.b64encode(raw).decode("ascii") if raw is not None else None,
-        "source": dict(source) if source is not None else None,
+        "source": redact_values(dict(source)) if source is not None else None,
         "model": model,
     }
 
