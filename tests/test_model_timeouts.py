@@ -27,11 +27,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HANG_CAP_S = 60.0
 
 
-def hanging_export(export_dir: str) -> str:
+def hanging_export(export_dir: str, started_marker: str = "") -> str:
     """A TF2 SavedModel: x float32[1], hang float32[1] -> y = 2x, after sleeping max(hang) seconds
-    (a tf.data sleep, so a hung call waits without spinning a core; capped at HANG_CAP_S)."""
+    (a tf.data sleep, so a hung call waits without spinning a core; capped at HANG_CAP_S). With
+    started_marker, a call about to sleep first writes that file (tests see the hang begin)."""
     import tensorflow as tf
     from tensorflow.python.data.experimental.ops.testing import sleep  # tf.data's own test sleep
+
+    def sleeping(seconds):
+        marked = tf.cond(seconds > 0, lambda: tf.io.write_file(started_marker, "hanging") if started_marker
+                         else tf.no_op(), tf.no_op)
+        with tf.control_dependencies([marked]):
+            pause = tf.data.Dataset.range(1).apply(sleep(tf.cast(seconds * 1e6, tf.int64)))
+            return pause.reduce(tf.constant(0, tf.int64), lambda total, item: total + item)
 
     class Hanging(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
@@ -39,14 +47,19 @@ def hanging_export(export_dir: str) -> str:
             parsed = tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([1], tf.float32),
                                                       "hang": tf.io.FixedLenFeature([1], tf.float32)})
             seconds = tf.clip_by_value(tf.reduce_max(tf.concat([parsed["hang"][:, 0], [0.0]], 0)), 0.0, HANG_CAP_S)
-            pause = tf.data.Dataset.range(1).apply(sleep(tf.cast(seconds * 1e6, tf.int64)))
-            slept = pause.reduce(tf.constant(0, tf.int64), lambda total, item: total + item)
-            with tf.control_dependencies([slept]):
+            with tf.control_dependencies([sleeping(seconds)]):
                 return {"y": 2.0 * parsed["x"]}
 
     module = Hanging()
     tf.saved_model.save(module, export_dir, signatures={"serving_default": module.serve})
     return export_dir
+
+
+def wait_for_file(path: str, process, limit_s: float = 120) -> None:
+    deadline = time.monotonic() + limit_s
+    while not os.path.exists(path) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert os.path.exists(path), f"the model call never began to hang ({process.poll()})"
 
 
 def record(x: float, hang: float = 0.0) -> bytes:
@@ -66,6 +79,13 @@ def graph_and_call(hanging_model):
 
     graph = parallel_graph([load_serving_model(hanging_model, name="slow")], "fast")
     return graph, load_batch_call("fast", hanging_model, "serving_default")
+
+
+@pytest.fixture
+def marked_model(tmp_path):
+    """(the hanging model, the file its call writes as it begins to hang)."""
+    marker = str(tmp_path / "hang.started")
+    return hanging_export(str(tmp_path / "marked" / "1"), marker), marker
 
 
 def wait_until_no_call_hangs(limit_s: float = HANG_CAP_S + 10) -> float:
@@ -255,7 +275,7 @@ def stream_job(emulator, model_dir, subscription, log):
 
 
 def test_a_stream_stopped_during_a_hung_call_exits_within_its_drain_time_and_hands_the_message_back(
-        pubsub_emulator, hanging_model, tmp_path):
+        pubsub_emulator, marked_model, tmp_path):
     from google.cloud import pubsub_v1
 
     from pipelines.local.pubsub_acks import DRAIN_S
@@ -266,10 +286,10 @@ def test_a_stream_stopped_during_a_hung_call_exits_within_its_drain_time_and_han
     pubsub_v1.PublisherClient().create_topic(name=requests)
     pubsub_v1.SubscriberClient().create_subscription(name=subscription, topic=requests, ack_deadline_seconds=60)
     log = open(tmp_path / "job.log", "w+")
-    job = stream_job(emulator, hanging_model, subscription, log)
+    job = stream_job(emulator, marked_model[0], subscription, log)
     try:
         (hung_id,) = publish(requests, [record(1.0, hang=HANG_CAP_S)])
-        time.sleep(5.0)  # pulled within 50 ms, its batch closed after 50 ms: the model call hangs now
+        wait_for_file(marked_model[1], job)
         job.send_signal(signal.SIGINT)
         started = time.monotonic()
         job.wait(timeout=DRAIN_S + 30)
@@ -284,3 +304,28 @@ def test_a_stream_stopped_during_a_hung_call_exits_within_its_drain_time_and_han
     assert "1 handed back for redelivery" in text and "Traceback" not in text, text[-3000:]
     assert [m.message_id for m in emulator.pull(subscription, timeout_s=5)] == [hung_id]  # redelivered
     assert all(emulator.pull(emulator.subscription(topic), timeout_s=1) == [] for topic in job.outputs)
+
+
+def test_ctrl_c_during_a_hung_call_ends_a_batch_job_at_once(marked_model, tmp_path):
+    from tests.helpers import write_tfrecord_file
+
+    model_dir, marker = marked_model
+    path = write_tfrecord_file(str(tmp_path / "in.tfrecord"),
+                               [record(i, hang=HANG_CAP_S if i == 3 else 0.0) for i in range(10)])
+    log = open(tmp_path / "job.log", "w+")
+    job = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.batch_infer", "--input", path, "--model", model_dir,
+         "--output", str(tmp_path / "out"), "--model_timeout_s", "300"],
+        cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_file(marker, job)
+        job.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        job.wait(timeout=HANG_CAP_S + 30)
+        took = time.monotonic() - started
+    finally:
+        if job.poll() is None:
+            job.kill()
+    log.seek(0)
+    print(f"batch job: Ctrl-C during a {HANG_CAP_S:g} s hung call, exited {job.returncode} after {took:.1f} s")
+    assert job.returncode != 0 and took < 15, log.read()[-3000:]
