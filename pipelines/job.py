@@ -22,6 +22,7 @@ from transforms.runtime.gpu import GPU_BATCH, GpuSettings
 from transforms.scoring.refresh import RefreshSettings
 from models.serving.engines import DEFAULT_ENGINE
 from transforms.scoring.output_ranks import with_output_ranks
+from transforms.scoring.timeouts import DEFAULT_MODEL_TIMEOUT_S
 from transforms.sinks.base import Sink, SinkConfig
 from transforms.sinks.bigquery import STORAGE_WRITE_API, STREAMING_INSERTS
 from transforms.sinks.examples import parse_output_features
@@ -70,6 +71,7 @@ class BatchJob:
     redistribute: bool = False  # chunks spread over the workers after reading
     max_dead_letter_fraction: float = 0.5  # the error budget (pipelines.batch_infer.error_budget_problem)
     listed_inputs: Optional[List[str]] = None  # the files the launcher listed (None: not listed)
+    model_timeout_s: float = DEFAULT_MODEL_TIMEOUT_S  # the longest a model call may take (0: no limit)
 
     @property
     def scoring_key_feature(self) -> Optional[str]:
@@ -127,7 +129,7 @@ def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions
                    output_compression=opts.output_compression,
                    manifest=opts.manifest or (manifest.manifest_path(opts.output) if opts.output else None),
                    redistribute=redistribute, max_dead_letter_fraction=opts.max_dead_letter_fraction,
-                   listed_inputs=listed)
+                   listed_inputs=listed, model_timeout_s=opts.model_timeout_s)
     return checked_job(job, gpu_batches)
 
 
@@ -168,6 +170,7 @@ class StreamJob:
     gpu: GpuSettings = GpuSettings()
     ack_when_answered: bool = False  # local runs: at-least-once (pipelines/local/pubsub_acks.py)
     refresh: RefreshSettings = RefreshSettings()  # how new model versions are found (none: as launched)
+    model_timeout_s: float = DEFAULT_MODEL_TIMEOUT_S  # the longest a model call may take (0: no limit)
 
 
 def stream_job_from_options(stream: StreamInferOptions, shared: BatchInferOptions, project: Optional[str],
@@ -193,4 +196,5 @@ def stream_job_from_options(stream: StreamInferOptions, shared: BatchInferOption
         max_payload_bytes=stream.max_payload_bytes, max_batch_size=shared.max_batch_size or default_batch,
         max_batch_latency_s=stream.max_batch_latency_ms / 1000.0, with_source=shared.with_source,
         bigquery_write_method=method, project=project, gpu=gpu,
-        refresh=RefreshSettings(stream.model_refresh_s, stream.model_refresh_topic))
+        refresh=RefreshSettings(stream.model_refresh_s, stream.model_refresh_topic),
+        model_timeout_s=shared.model_timeout_s)

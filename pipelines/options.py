@@ -13,6 +13,7 @@ from transforms.sinks.registry import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, sin
 from transforms.sources.bigquery import DIRECT_READ, READ_METHODS
 from transforms.sources.messages import PAYLOAD_FORMATS
 from transforms.sources.text_formats import INPUT_FORMATS
+from transforms.scoring.timeouts import DEFAULT_MODEL_TIMEOUT_S
 
 
 class OptionsError(ValueError):
@@ -69,6 +70,11 @@ def _add_model_args(parser) -> None:
     parser.add_argument("--feature_spec", action="append", default=None,
                         help="[NAME=]FILE: a feature spec JSON replacing the one read from the model "
                              "(FILE alone: every --model); repeatable")
+    parser.add_argument("--model_timeout_s", type=float, default=DEFAULT_MODEL_TIMEOUT_S,
+                        help="the longest one model call (a batch) may take; past it the call is abandoned, "
+                             "the model reloaded and the batch halved, so a record that always hangs becomes "
+                             f"an infer dead letter (default {DEFAULT_MODEL_TIMEOUT_S:g}: room for a GPU "
+                             "model's first call; 0: no limit)")
 
 
 def _add_output_args(parser) -> None:
@@ -178,6 +184,8 @@ def model_flag_problems(opts: BatchInferOptions) -> list:
         value = getattr(opts, flag)
         if value is not None and value < 1:
             problems.append(f"--{flag} must be a positive integer")
+    if not opts.model_timeout_s >= 0:  # NaN too
+        problems.append(f"--model_timeout_s {opts.model_timeout_s:g} must be 0 (no limit) or a number of seconds")
     return problems
 
 

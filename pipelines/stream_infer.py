@@ -94,7 +94,7 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
                   | "Score" >> ScoreMessages(
                       job.graph, record_spec(job.graph), job.payload_format, job.key_attribute,
                       job.max_payload_bytes, job.max_batch_size, job.max_batch_latency_s, job.with_source,
-                      gpu=job.gpu, refresh=job.refresh))
+                      gpu=job.gpu, refresh=job.refresh, model_timeout_s=job.model_timeout_s))
     if job.output_topic:
         (rows
          | "ToPredictionMessages" >> beam.Map(lambda pred: _as_pubsub_message(prediction_message(*pred)))
@@ -125,8 +125,8 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
 
 # batch_infer's flags a stream reads too (print_help names them); any other would do nothing
 SHARED_WITH_BATCH = ("--model", "--graph", "--chain", "--allow_outside_paths", "--allow_graph_functions",
-                     "--engine", "--signature",
-                     "--feature_spec", "--passthrough", "--with_source", "--max_batch_size", "--output_table",
+                     "--engine", "--signature", "--feature_spec", "--model_timeout_s", "--passthrough",
+                     "--with_source", "--max_batch_size", "--output_table",
                      "--errors_table", "--bigquery_write_method", "--bigquery_emulator",
                      "--bigquery_emulator_grpc", "--storage_emulator", "--verbose")
 
@@ -268,7 +268,7 @@ def print_help() -> None:
     print_options_help("python -m pipelines.stream_infer", __doc__,
                        [(StreamInferOptions, None), (DataflowJobOptions, "Dataflow")],
                        "From batch_infer: --model/--graph/--chain, --engine, --signature, --passthrough, --with_source,\n"
-                       "--max_batch_size, --output_table/--errors_table. Standard Beam options pass through; with\n"
+                       "--max_batch_size, --model_timeout_s, --output_table/--errors_table. Standard Beam options pass through; with\n"
                        "--runner DataflowRunner, --dry_run builds the job without submitting it.")
 
 

@@ -7,7 +7,10 @@ ack id is recorded here, and its lease extended while it is in flight), (2) publ
 dead letters with PublishThenAckFn, which acknowledges a message once the message that answers it
 is confirmed by Pub/Sub, and (3) on a clean stop drains: no new pulls, the messages in hand are
 scored, published and acknowledged, then the job is cancelled. A message still unanswered when
-the drain times out is handed back (its ack deadline set to 0) for prompt redelivery.
+the drain times out is handed back (its ack deadline set to 0) for prompt redelivery; a model call
+still running then (a hung model, under --model_timeout_s) is no longer waited for
+(transforms.scoring.timeouts.stop_waiting), so the stop ends within its drain time and nothing of
+that batch is answered after its messages were handed back.
 
 So after kill -9 a restart on the same subscription gets every message that was not answered
 (some answered ones may come again: rows carry `message_id` so consumers can drop repeats); after
@@ -15,6 +18,7 @@ a clean stop nothing is lost and nothing repeated. Dataflow acknowledges on its 
 does not use this module. Local runs only: it is process state, as the local runner is in-process.
 """
 
+import logging
 import threading
 import time
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -167,15 +171,54 @@ class AckAnsweredFn(beam.DoFn):
         IN_FLIGHT.answered([element.message_id])
 
 
-def drain(result, timeout_s: float = 30.0, poll_s: float = 0.05) -> Tuple[int, int]:
+class _NotAbandoned(logging.Filter):
+    """Drops log records of a ScoringAbandoned (Beam logs the exception that ends a bundle)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = record.exc_info[0] if record.exc_info else type(record.msg)
+        return not (isinstance(kind, type) and issubclass(kind, _abandoned()))
+
+
+def _abandoned():
+    from transforms.scoring.timeouts import ScoringAbandoned
+
+    return ScoringAbandoned
+
+
+def quiet_abandoned_bundles() -> None:
+    """A stop gives up the runner's bundle that waits on a hung model call (ScoringAbandoned ends
+    its thread): neither Beam's log of it nor the thread's end prints a traceback. Idempotent."""
+    beam_log = logging.getLogger("apache_beam.runners.common")
+    if not any(isinstance(f, _NotAbandoned) for f in beam_log.filters):
+        beam_log.addFilter(_NotAbandoned())
+    previous = threading.excepthook
+    if getattr(previous, "quiet_abandoned", False):
+        return
+
+    def hook(args):
+        if not issubclass(args.exc_type, _abandoned()):
+            previous(args)
+    hook.quiet_abandoned = True
+    threading.excepthook = hook
+
+
+DRAIN_S = 30.0  # the longest a clean stop waits for the messages in hand to be answered
+
+
+def drain(result, timeout_s: float = DRAIN_S, poll_s: float = 0.05) -> Tuple[int, int]:
     """A clean stop: pulls stop, the messages in hand are answered and acknowledged (up to
-    timeout_s), the rest handed back; then the job is cancelled. Returns (answered while
-    draining, handed back)."""
+    timeout_s), the rest handed back and any model call still running abandoned; then the job is
+    cancelled. Returns (answered while draining, handed back)."""
+    from transforms.scoring.timeouts import resume_waiting, stop_waiting
+
+    quiet_abandoned_bundles()
     before = IN_FLIGHT.count()
     IN_FLIGHT.draining.set()
     deadline = time.monotonic() + timeout_s
     while IN_FLIGHT.count() and time.monotonic() < deadline:
         time.sleep(poll_s)
+    stop_waiting()  # before the hand-back: nothing handed back is answered afterwards
     handed_back = IN_FLIGHT.hand_back()
-    result.cancel()
+    result.cancel()  # prompt: the runner's thread does not wait on a hung model call any more
+    resume_waiting()  # for a later job in this process
     return before - handed_back, handed_back

@@ -26,9 +26,10 @@ from transforms.records.dead_letters import DEAD_LETTER_TAG, WithDeadLetters
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.runtime.gpu import GpuSettings
 from models.serving.engines import DEFAULT_ENGINE
-from transforms.scoring.engines import BatchCall, take_load_times
+from transforms.scoring.engines import BatchCall, reload_batch_call, serving_call, take_load_times
 from transforms.scoring.executor import READ_KEYS, chunk_keys, score_chunk
 from transforms.scoring.providers import FixedModels, Models
+from transforms.scoring.timeouts import DEFAULT_MODEL_TIMEOUT_S, time_limited
 from transforms.sinks.format import FormatRows
 
 CallLog = List[Tuple[str, int, float, bool]]
@@ -46,6 +47,14 @@ def timed(model: str, call: BatchCall, log: CallLog) -> BatchCall:
         log.append((model, len(records), time.perf_counter() - start, True))
         return outputs
     return run
+
+
+def limited_call(node, call: BatchCall, timeout_s: Optional[float], keep_logs: bool = False) -> BatchCall:
+    """A graph node's call under --model_timeout_s (transforms.scoring.timeouts): the copy serving
+    now, reloaded by the node's engine after a call past the limit."""
+    def reload(stale: BatchCall) -> BatchCall:
+        return reload_batch_call(stale, node.engine, node.model.path, node.model.signature, keep_logs)
+    return time_limited(serving_call(call), timeout_s, node.name, reload)
 
 
 def as_graph(model: Union[ServingModel, ModelGraph], engine: Optional[str] = None) -> ModelGraph:
@@ -66,16 +75,20 @@ class ScoreChunksFn(AccountedDoFn):
     and TensorFlow releases the GIL, so the model and the Python around it overlap (a second
     helper thread measured no faster on 2 cores). At most two chunks are in flight. Streams use
     pipelined=False, so a batch is not held to the bundle's end. dead_letter_element(row,
-    sources): what the dead-letter output carries for a row (default: the row).
+    sources): what the dead-letter output carries for a row (default: the row). model_timeout_s:
+    the longest a model call may take (`limited_call`; None or 0: no limit).
     """
 
     def __init__(self, graph: ModelGraph, key_feature: Optional[str] = None,
                  gpu: Optional[GpuSettings] = None, keep_logs: bool = False, pipelined: bool = True,
-                 models=None, dead_letter_element: Optional[Callable[[Dict[str, Any], Any], Any]] = None):
+                 models=None, dead_letter_element: Optional[Callable[[Dict[str, Any], Any], Any]] = None,
+                 model_timeout_s: Optional[float] = DEFAULT_MODEL_TIMEOUT_S):
         self._graph = graph
         self._key_feature = key_feature
         self._gpu = gpu or GpuSettings()
         self._models = models or FixedModels(graph, keep_logs)
+        self._keep_logs = keep_logs  # what a reload after a timeout loads
+        self._model_timeout_s = model_timeout_s
         self._pipelined = pipelined
         self._dead_letter_element = dead_letter_element
         self._executor = None
@@ -94,7 +107,9 @@ class ScoreChunksFn(AccountedDoFn):
         (touches no metrics)."""
         graph, calls, versions = models or self._models.current()
         log: CallLog = []
-        timed_calls = {name: timed(name, call, log) for name, call in calls.items()}
+        timeout_s, keep_logs = self._model_timeout_s, self._keep_logs
+        timed_calls = {n.name: timed(n.name, limited_call(n, calls[n.name], timeout_s, keep_logs), log)
+                       for n in graph.nodes}
         scored = score_chunk(graph, timed_calls, chunk, self._key_feature, keys)
         return (scored._replace(versions=versions) if versions else scored), log
 
@@ -158,12 +173,12 @@ class ScoreChunksFn(AccountedDoFn):
 @beam.typehints.with_input_types(RecordChunk)
 def ScoreChunks(chunks, graph: ModelGraph, key_feature: Optional[str] = None,
                 gpu: Optional[GpuSettings] = None, keep_logs: bool = False, pipelined: bool = True,
-                models=None, dead_letter_element=None):
+                models=None, dead_letter_element=None, model_timeout_s: Optional[float] = DEFAULT_MODEL_TIMEOUT_S):
     """RecordChunks -> WithDeadLetters(ScoredChunks, dead letters at decode, validate, convert,
     infer, postprocess). models: a provider (transforms.scoring.providers; default: the graph
-    as launched)."""
+    as launched); model_timeout_s: the longest a model call may take (None or 0: no limit)."""
     result = chunks | "+".join(graph.names) >> beam.ParDo(ScoreChunksFn(
-        graph, key_feature, gpu, keep_logs, pipelined, models, dead_letter_element)
+        graph, key_feature, gpu, keep_logs, pipelined, models, dead_letter_element, model_timeout_s)
     ).with_outputs(DEAD_LETTER_TAG, main="scored")
     return WithDeadLetters(result.scored, result[DEAD_LETTER_TAG])
 

@@ -4,10 +4,14 @@ load_batch_call shares one instance per (engine, model, signature, keep_logs) be
 thread and DoFn of the process and records each load's time (take_load_times, reported by the
 scoring step); batch_calls gives a graph's calls, each on its node's engine, naming the model
 and engine when one cannot load; release_batch_call forgets a version no step serves any more.
+reload_batch_call loads a model again in place of a copy whose call was abandoned past
+--model_timeout_s (transforms.scoring.timeouts), and serving_call gives whoever still holds the
+abandoned copy (a model provider) the fresh one.
 """
 
 import threading
 import time
+import weakref
 from typing import Any, Callable, Dict, List, Tuple
 
 from models.serving.engines import ENGINES, BatchCall
@@ -16,6 +20,7 @@ from models.serving.model import ModelContractError
 _CACHE: Dict[Tuple[Any, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()
 _UNREPORTED_LOADS: List[Tuple[Tuple[Any, ...], float]] = []  # (cache key, seconds) of each load made
+_REPLACED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # abandoned copy -> the copy in its place
 
 
 def shared_model(key: Tuple[Any, ...], load: Callable[[], Any]) -> Any:
@@ -33,6 +38,41 @@ def release_batch_call(engine: str, path: str, signature: str, keep_logs: bool =
     (a refreshed stream's old version), so its memory can go."""
     with _CACHE_LOCK:
         _CACHE.pop((engine, path, signature, keep_logs), None)
+
+
+def _replacement(call: Any) -> Any:
+    """The copy loaded in place of call, or None (also for calls that cannot be weakly referenced)."""
+    try:
+        return _REPLACED.get(call)
+    except TypeError:  # not weakly referenceable (a test's partial, say): never replaced
+        return None
+
+
+def serving_call(call: BatchCall) -> BatchCall:
+    """The copy serving in place of call: call itself, or the latest reload of it (reload_batch_call)."""
+    with _CACHE_LOCK:
+        while (fresh := _replacement(call)) is not None:
+            call = fresh
+        return call
+
+
+def reload_batch_call(stale: BatchCall, engine: str, path: str, signature: str, keep_logs: bool = False
+                      ) -> BatchCall:
+    """Loads (engine, path, signature) again in place of `stale`, a copy whose call was abandoned:
+    the process-wide cache and serving_call(stale) give the fresh copy from now on. A copy reloaded
+    already (by another thread) is not loaded twice. Returns the copy now serving."""
+    if _replacement(stale) is not None:
+        return serving_call(stale)
+    started = time.perf_counter()
+    fresh = ENGINES[engine](path, signature, keep_logs=keep_logs)
+    key = (engine, path, signature, keep_logs)
+    with _CACHE_LOCK:
+        if _replacement(stale) is None:
+            _REPLACED[stale] = fresh
+            if _CACHE.get(key) is stale:
+                _CACHE[key] = fresh
+            _UNREPORTED_LOADS.append((key, time.perf_counter() - started))
+    return serving_call(stale)
 
 
 def take_load_times() -> List[Tuple[str, float]]:

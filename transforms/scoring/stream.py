@@ -29,6 +29,7 @@ from transforms.runtime.gpu import GpuSettings
 from transforms.scoring.beam import ScoreChunks
 from transforms.scoring.providers import model_provider
 from transforms.scoring.refresh import RefreshSettings
+from transforms.scoring.timeouts import DEFAULT_MODEL_TIMEOUT_S
 from transforms.sinks.format import FormatChunkFn, format_chunks, format_rows
 from transforms.sources.messages import EXAMPLE, StreamRecord
 from transforms.sources.pubsub import BatchRecords, DeadLetter, MessagesToRecordsFn
@@ -112,11 +113,14 @@ class ScoreMessages(beam.PTransform):
                  key_attribute: Optional[str] = None, max_payload_bytes: Optional[int] = None,
                  max_batch_size: int = 256, max_batch_latency_s: float = 0.1, with_source: bool = False,
                  clock: Callable[[], float] = time.time, gpu: Optional[GpuSettings] = None,
-                 refresh: RefreshSettings = RefreshSettings()):
+                 refresh: RefreshSettings = RefreshSettings(),
+                 model_timeout_s: Optional[float] = DEFAULT_MODEL_TIMEOUT_S):
         """clock: what GroupIntoBatches sets its processing-time timers from (tests: a fake);
         gpu: applied on workers before the models load; refresh: how new model versions are
-        found (transforms.scoring.refresh; default: never)."""
+        found (transforms.scoring.refresh; default: never); model_timeout_s: the longest a model
+        call may take (transforms.scoring.timeouts; None or 0: no limit)."""
         super().__init__()
+        self._model_timeout_s = model_timeout_s
         self._refresh = refresh
         self._gpu = gpu
         self._graph = graph
@@ -134,7 +138,7 @@ class ScoreMessages(beam.PTransform):
                   | "ToChunks" >> beam.ParDo(MessagesToChunkFn()))
         scored, unscored = chunks | f"ScoreBatches[{'+'.join(self._graph.names)}]" >> ScoreChunks(
             self._graph, gpu=self._gpu, pipelined=False, models=model_provider(self._graph, refresh=self._refresh),
-            dead_letter_element=message_dead_letter)
+            dead_letter_element=message_dead_letter, model_timeout_s=self._model_timeout_s)
         predictions, unformatted = format_chunks(
             scored, "ToPredictions", FormatMessagesFn(self._graph, self._with_source))
         dead = (records[DEAD_LETTER_TAG], unscored, unformatted) | "DeadLetters" >> beam.Flatten()
