@@ -11,12 +11,14 @@ than --max_batch_bytes of them, no dead letter more than 64 KiB of its input.
 import base64
 import gzip
 import hashlib
+import math
 import os
 import subprocess
 import sys
 import tracemalloc
 
 import pytest
+from tensorflow.core.example import example_pb2
 
 from models.serving.examples import make_example
 from tests.helpers import read_jsonl
@@ -24,6 +26,9 @@ from tests.test_batch_infer import penguin_values
 from transforms.records.dead_letters import FIELDS, MAX_INPUT_BYTES, InputHead, dead_letter
 from transforms.sources.framing import (IMPLAUSIBLE_LENGTH, RECORD_TOO_LARGE, TRUNCATED_RECORD, Corruption, Record,
                                         encode_record, masked_crc32c, read_records)
+from transforms.sources.instances import instance_to_example
+from transforms.sources.text_formats import LineProblem, bounded_lines, iter_csv, iter_jsonl
+from transforms.sources.text import iter_file_instances
 from transforms.sources.tfrecord import iter_chunks, open_records_stream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,6 +177,122 @@ def test_empty_and_header_only_gzip_files_are_zero_records_or_one_corruption(tmp
     items = list(iter_chunks(str(path), 1024))
     assert [item.kind for item in items] == kinds
     assert all(item.fatal for item in items)
+
+
+# --- text: bounded lines, undecodable CSV lines, NaN -------------------------------------------
+
+
+def test_a_line_over_the_limit_is_a_line_problem_holding_its_head_and_the_next_lines_are_read():
+    class Pieces:
+        def __init__(self, data):
+            self._data, self._pos = data, 0
+
+        def read(self, size):
+            piece = self._data[self._pos:self._pos + min(size, 1000)]
+            self._pos += len(piece)
+            return piece
+
+    long_line = b"x" * 5000
+    lines = list(bounded_lines(Pieces(b"a\n" + long_line + b"\nb\nlast"), max_bytes=2000))
+    assert lines[0] == b"a\n" and lines[2:] == [b"b\n", b"last"]
+    assert isinstance(lines[1], LineProblem) and lines[1].size == len(long_line)
+    assert lines[1].head == long_line[:MAX_INPUT_BYTES]
+
+
+def test_a_gzip_jsonl_bomb_line_is_one_decode_dead_letter_with_bounded_memory(tmp_path):
+    """A 256 MiB line of spaces in a 0.3 MB .jsonl.gz between two good lines."""
+    spaces = gzip.compress(b" " * MIB, 9)
+    members = [gzip.compress(b'{"id": "a"}\n')] + [spaces] * 256 + [gzip.compress(b'\n{"id": "b"}\n')]
+    path = write_members(tmp_path / "bomb.jsonl.gz", members)
+    tracemalloc.start()
+    items = list(iter_file_instances(path, "jsonl", ()))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert [(n, getattr(i, "stage", None)) for n, i, _ in items] == [(1, None), (2, "decode"), (3, None)]
+    assert "over the reader's line limit" in str(items[1][1]) and items[1][2].size == 256 * MIB
+    assert peak < 160 * MIB, f"peak {peak / MIB:.0f} MiB of Python allocations"
+
+
+def test_each_undecodable_csv_line_is_its_own_dead_letter_with_its_bytes_and_no_line_is_lost():
+    lines = [b"id,x\n"] + [f"r{i},{i}\n".encode() for i in range(2, 12)]
+    bad = {12: b"r12,\xff\xfe\n", 13: b"r13,\xc3\x28\n", 14: b"\xe9t\xe9,1\n"}
+    lines += [bad[n] for n in (12, 13, 14)] + [f"r{i},{i}\n".encode() for i in range(15, 2000)]
+    items = list(iter_csv(lines, ()))
+    dead = [(n, item.stage, raw) for n, item, raw in items if not isinstance(item, dict)]
+    assert dead == [(n, "decode", bad[n].rstrip(b"\n")) for n in (12, 13, 14)]
+    assert all("not UTF-8" in str(item) for _, item, _ in items if not isinstance(item, dict))
+    rows = [item for _, item, _ in items if isinstance(item, dict)]
+    assert [r["id"] for r in rows] == [f"r{i}" for i in list(range(2, 12)) + list(range(15, 2000))]
+    assert len(items) == len(lines) - 1  # every line after the header: a row or a dead letter
+
+
+def test_undecodable_csv_lines_of_a_file_are_dead_letters_keyed_by_their_own_line(tmp_path, penguin_model):
+    from models.serving.model import load_serving_model
+    from transforms.sources.text import InstanceOptions, keyed_examples
+
+    spec = tuple(load_serving_model(penguin_model[0]).feature_spec)
+    rows = [f'p{i},"[40, 18, 190, 3700]",{i % 3}\n'.encode() for i in range(2, 20)]
+    rows[10:13] = [b'p12,"[40, 18, 190, 3700]",\xff\n', b'p13\xfe,"[1, 2, 3, 4]",1\n', b'\xc3\x28,"[1]",2\n']
+    path = tmp_path / "a.csv"
+    path.write_bytes(b"id,measurements,island\n" + b"".join(rows))
+    items = list(keyed_examples(str(path), "a.csv", "csv", InstanceOptions(spec)))
+    dead = {key: example for _, key, example, _ in items if isinstance(example, dict)}
+    assert sorted(dead) == ["a.csv:12", "a.csv:13", "a.csv:14"]
+    for number, row in zip((12, 13, 14), rows[10:13]):
+        letter = dead[f"a.csv:{number}"]
+        assert letter["stage"] == "decode" and base64.b64decode(letter["input_base64"]) == row.rstrip(b"\n")
+        assert letter["source"] == {"file": str(path), "line": number}
+    assert len(items) == len(rows)  # every line: an example or a dead letter
+
+
+def test_sniffing_the_head_of_a_gzip_bomb_inflates_only_a_piece(tmp_path):
+    from transforms.sources.sniff import read_head
+
+    path = write_members(tmp_path / "zeros.jsonl.gz", [ZEROS_MEMBER] * 1500)
+    tracemalloc.start()
+    head = read_head(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert head and set(head) == {0}
+    assert peak < 64 * MIB, f"peak {peak / MIB:.0f} MiB of Python allocations"
+
+
+def test_an_undecodable_line_inside_a_quoted_field_spoils_only_its_row():
+    lines = [b"id,note\n", b'a,"one\n', b'tw\xff"\n', b'b,fine\n']
+    items = list(iter_csv(lines, ()))
+    assert [(n, getattr(i, "stage", None)) for n, i, _ in items] == [(2, "decode"), (4, None)]
+    assert items[0][2] == b'a,"one\ntw\xff"' and "line 3" in str(items[0][1])
+
+
+def float_values(record, name):
+    example = example_pb2.Example.FromString(record)
+    return list(example.features.feature[name].float_list.value)
+
+
+def test_nan_and_infinities_pass_from_json_as_literals_and_as_text():
+    from models.serving.feature_spec import Feature
+
+    spec = (Feature("f", "float32", (3,)),)
+    lines = [b'{"f": [NaN, Infinity, -Infinity]}\n', b'{"f": ["NaN", "Infinity", "-Infinity"]}\n',
+             b'{"f": ["nan", "inf", "-inf"]}\n', b'{"f": [NaN, 1, "x"]}\n', b'{"f": NaN]}\n']
+    items = list(iter_jsonl(lines))
+    converted = [instance_to_example(item, spec) for _, item, _ in items[:3]]
+    for record in converted:
+        values = float_values(record, "f")
+        assert math.isnan(values[0]) and values[1] == math.inf and values[2] == -math.inf
+    with pytest.raises(ValueError, match="'x' is not a number"):
+        instance_to_example(items[3][1], spec)
+    assert items[4][1].stage == "decode"  # still not JSON: NaN does not excuse the rest
+
+
+def test_nan_and_infinities_pass_from_csv_lists_and_cells():
+    from models.serving.feature_spec import Feature
+
+    spec = (Feature("f", "float32", (2,)), Feature("g", "float32", ()))
+    items = list(iter_csv([b"f,g\n", b'"[NaN, -Infinity]",inf\n'], spec))
+    record = instance_to_example(items[0][1], spec)
+    f, g = float_values(record, "f"), float_values(record, "g")
+    assert math.isnan(f[0]) and f[1] == -math.inf and g == [math.inf]
 
 
 # --- whole jobs: peak RSS next to a clean job of the same size ----------------------------------
