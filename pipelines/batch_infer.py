@@ -61,8 +61,7 @@ def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
         job.graph, job.scoring_key_feature, job.gpu, keep_logs=sink.keeps_logs)
     unwritten = scored | f"Write[{sink.name}]" >> WriteToSink(sink, job.graph, job.sink_config)
     settings = job.bigquery
-    ((unreadable, unscored, unwritten)
-     | "AllDeadLetters" >> beam.Flatten()
+    ((unreadable, unscored, unwritten)  # not flattened: each stage's are written as they come
      | "WriteDeadLetters" >> WriteDeadLetters(job.errors, settings.errors_table, settings.write_method,
                                               settings.project, settings.temp_location))
 
