@@ -109,6 +109,21 @@ def test_a_record_over_the_cap_is_skipped_unread_and_reading_goes_on(tmp_path):
     assert [i.index for i in items] == [0, 1, 2, 3]  # conservation: every record is one item
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_iter_chunks_hands_over_a_record_over_the_cap_as_one_corruption_and_reads_on(tmp_path, gz):
+    """Plain files: TensorFlow's reader, then the framing reader from the record over the cap on."""
+    good = good_records(6)
+    body = b"".join(encode_record(r) for r in good[:3]) + encode_record(os.urandom(5000)) + b"".join(
+        encode_record(r) for r in good[3:])
+    path = tmp_path / ("big.tfrecord.gz" if gz else "big.tfrecord")
+    path.write_bytes(gzip.compress(body) if gz else body)
+    items = list(iter_chunks(str(path), 2, max_record_bytes=4000))
+    records = [(first + i, r) for item in items if isinstance(item, tuple) for first, part in [item]
+               for i, r in enumerate(part)]
+    assert records == list(zip([0, 1, 2, 4, 5, 6], good))
+    assert [(c.index, c.kind, c.data.size) for c in items if isinstance(c, Corruption)] == [(3, RECORD_TOO_LARGE, 5000)]
+
+
 def test_an_over_cap_record_cut_short_is_a_truncated_record(tmp_path):
     path = tmp_path / "cut.tfrecord"
     path.write_bytes(encode_record(b"ok") + record_header(500_000) + bytes(1000))

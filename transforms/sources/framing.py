@@ -128,9 +128,9 @@ class BlockReader:
 
 
 class Run(NamedTuple):
-    """Consecutive good records: the index of the first, their header offsets and their data."""
+    """Consecutive good records: the index and header offset of the first, and their data."""
     first: int
-    offsets: List[int]
+    offset: int
     records: List[bytes]
 
 
@@ -142,8 +142,10 @@ def read_records(stream: BinaryIO, max_record_bytes: int = MAX_RECORD_BYTES
         if isinstance(item, Corruption):
             yield item
             continue
-        for i, (offset, data) in enumerate(zip(item.offsets, item.records)):
+        offset = item.offset
+        for i, data in enumerate(item.records):
             yield Record(item.first + i, offset, data)
+            offset += RECORD_OVERHEAD + len(data)
 
 
 def record_runs(stream: BinaryIO, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Union[Run, Corruption]]:
@@ -162,7 +164,7 @@ def record_runs(stream: BinaryIO, max_record_bytes: int = MAX_RECORD_BYTES) -> I
             item = Corruption(index, offset, f"compressed stream unreadable: {e}", True, kind=CORRUPT_COMPRESSION)
         if item is None:
             return
-        yield item if isinstance(item, Corruption) else Run(index, [item.offset], [item.data])
+        yield item if isinstance(item, Corruption) else Run(index, item.offset, [item.data])
         if isinstance(item, Corruption) and item.fatal:
             return
         index += 1
@@ -175,8 +177,8 @@ def _mask(crc: int) -> int:
 def _buffered_run(reader: "BlockReader", index: int, cap: int) -> Run:
     """The good records wholly in the reader's buffer from its position on; stops before anything
     else (a record cut by the buffer's end, a bad CRC, a length over the cap), which _next_item reads."""
-    buffer, pos, offsets, records = reader.buffer, reader.position, [], []
-    end, base = len(buffer), reader.offset - reader.position
+    buffer, pos, records = reader.buffer, reader.position, []
+    end, offset = len(buffer), reader.offset
     crc, header_at, crc_at = google_crc32c.value, _HEADER.unpack_from, _FOOTER.unpack_from
     while pos + 16 <= end:  # _mask inlined: this loop is the reader's whole cost
         length, length_crc = header_at(buffer, pos)
@@ -190,11 +192,10 @@ def _buffered_run(reader: "BlockReader", index: int, cap: int) -> Run:
         value = crc(data)
         if (((value >> 15) | (value << 17)) + 0xA282EAD8) & 0xFFFFFFFF != crc_at(buffer, stop)[0]:
             break
-        offsets.append(base + pos)
         records.append(data)
         pos = stop + 4
     reader.move_to(pos)
-    return Run(index, offsets, records)
+    return Run(index, offset, records)
 
 
 def _next_item(reader: BlockReader, index: int, offset: int, cap: int) -> Union[Record, Corruption, None]:
