@@ -106,13 +106,21 @@ def bounded_lines(stream: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator
         if not piece:
             break
         parts = piece.split(b"\n")
-        for part in parts[:-1]:
-            line.add(part)
+        if len(parts) > 1:
+            line.add(parts[0])  # the end of the line the pieces before began
             yield line.take(newline=True)
+            for part in parts[1:-1]:  # whole lines inside this piece: the common case, kept lean
+                yield part + b"\n" if len(part) <= max_bytes else _one_line(part, max_bytes)
         line.add(parts[-1])
     last = line.take()
     if last:
         yield last
+
+
+def _one_line(data: bytes, max_bytes: int) -> Union[bytes, LineProblem]:
+    line = _LinePieces(max_bytes)
+    line.add(data)
+    return line.take(newline=True)
 
 
 _NON_FINITE_LITERAL = re.compile(rb"NaN|Infinity")
