@@ -68,8 +68,7 @@ def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
     if job.key_feature:  # keys from the data may repeat; position keys cannot
         scored | "CountDuplicateKeys" >> CountDuplicateKeys()  # pylint: disable=expression-not-assigned
     settings = job.bigquery
-    ((unreadable, unscored, unwritten)
-     | "AllDeadLetters" >> beam.Flatten()
+    ((unreadable, unscored, unwritten)  # not flattened: each stage's are written as they come
      | "WriteDeadLetters" >> WriteDeadLetters(job.errors, settings.errors_table, settings.write_method,
                                               settings.project, settings.temp_location))
 

@@ -1,6 +1,7 @@
 """Pure tests of rows (JSON values), PredictionLog decoding and dead-letter rows."""
 
 import base64
+import hashlib
 import json
 
 import numpy as np
@@ -258,6 +259,7 @@ def test_dead_letter_from_exception():
     assert row == {
         "key": "f:1", "stage": "decode", "error_type": "ValueError", "error": "bad bytes",
         "input_base64": base64.b64encode(b"\x00\xffraw").decode("ascii"),
+        "input_size": len(b"\x00\xffraw"), "input_sha256": hashlib.sha256(b"\x00\xffraw").hexdigest(),
         "source": {"file": "f", "offset": 16}, "model": None,
     }
     assert list(row) == list(FIELDS)  # one shape, one order, on every path

@@ -6,7 +6,11 @@ Every dead letter has the same fields, in this order:
     stage        read, decode, convert, validate, infer, postprocess or write
     error_type   the exception's class name (or a name given for the failure)
     error        one line: what went wrong
-    input_base64 the raw input (the record's bytes, the JSON/CSV line, the table row as JSON)
+    input_base64 the raw input (the record's bytes, the JSON/CSV line, the table row as JSON), at
+                 most its first MAX_INPUT_BYTES (64 KiB): a dead letter never holds a whole
+                 oversized or hostile record
+    input_size   the whole input's length in bytes (more than input_base64 holds when it was cut)
+    input_sha256 the SHA-256 (hex) of the whole input, so a cut input can still be matched
     source       where the record came from: {"file", "record"}, {"file", "offset"} (a corrupt
                  region), {"file", "line"}, {"table"} or {"query"}, {"message_id"}; None only for
                  records handed to the keyed API without one
@@ -14,7 +18,8 @@ Every dead letter has the same fields, in this order:
 """
 
 import base64
-from typing import Any, Dict, Mapping, NamedTuple, Optional
+import hashlib
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Union
 
 from models.serving.errors import clean_message, error_text  # noqa: F401  (error_text re-exported)
 from transforms.runtime.redaction import redact_text, redact_values
@@ -24,9 +29,10 @@ DEAD_LETTER_TAG = "dead_letters"
 READ, DECODE, CONVERT, VALIDATE, INFER, POSTPROCESS, WRITE = (
     "read", "decode", "convert", "validate", "infer", "postprocess", "write")
 STAGES = (READ, DECODE, CONVERT, VALIDATE, INFER, POSTPROCESS, WRITE)
-FIELDS = ("key", "stage", "error_type", "error", "input_base64", "source", "model")
+FIELDS = ("key", "stage", "error_type", "error", "input_base64", "input_size", "input_sha256", "source", "model")
 
 MAX_MESSAGE_CHARS = 2000
+MAX_INPUT_BYTES = 64 << 10  # of a dead letter's input, kept in input_base64
 
 
 class WithDeadLetters(NamedTuple):
@@ -36,11 +42,31 @@ class WithDeadLetters(NamedTuple):
     dead_letters: Any
 
 
-def dead_letter(stage: str, error: Any, key: Optional[str] = None, raw: Optional[bytes] = None,
+class InputHead(NamedTuple):
+    """The first bytes of an input too large to hold whole (a record over the reader's cap, skipped
+    unread), with what is known of the whole: its length, and its SHA-256 when it was hashed."""
+    head: bytes
+    size: int
+    sha256: Optional[str] = None
+
+
+def input_fields(raw: Union[bytes, InputHead, None]) -> Dict[str, Any]:
+    """input_base64 (at most MAX_INPUT_BYTES of the input), input_size and input_sha256 of raw."""
+    if raw is None:
+        return {"input_base64": None, "input_size": None, "input_sha256": None}
+    if isinstance(raw, InputHead):
+        head, size, sha256 = raw.head[:MAX_INPUT_BYTES], raw.size, raw.sha256
+    else:
+        head, size, sha256 = raw[:MAX_INPUT_BYTES], len(raw), hashlib.sha256(raw).hexdigest()
+    return {"input_base64": base64.b64encode(head).decode("ascii"), "input_size": size, "input_sha256": sha256}
+
+
+def dead_letter(stage: str, error: Any, key: Optional[str] = None, raw: Union[bytes, InputHead, None] = None,
                 source: Optional[Mapping[str, Any]] = None, model: Optional[str] = None,
                 error_type: Optional[str] = None) -> Dict[str, Any]:
-    """A JSON-ready dead-letter row (FIELDS above); error is an exception or a message. Secrets in
-    the error and the source (a path's ?sig=, a URL's password) are hidden."""
+    """A JSON-ready dead-letter row (FIELDS above); error is an exception or a message; raw is the
+    input (bytes, of which the row keeps a bounded head) or an InputHead. Secrets in the error and
+    the source (a path's ?sig=, a URL's password) are hidden."""
     if stage not in STAGES:
         raise ValueError(f"unknown dead-letter stage {stage!r}")
     if isinstance(error, BaseException):
@@ -52,7 +78,7 @@ def dead_letter(stage: str, error: Any, key: Optional[str] = None, raw: Optional
         "stage": stage,
         "error_type": error_type,
         "error": redact_text(message[:2 * MAX_MESSAGE_CHARS])[:MAX_MESSAGE_CHARS],
-        "input_base64": base64.b64encode(raw).decode("ascii") if raw is not None else None,
+        **input_fields(raw),
         "source": redact_values(dict(source)) if source is not None else None,
         "model": model,
     }

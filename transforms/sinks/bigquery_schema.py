@@ -36,6 +36,8 @@ DEAD_LETTER_SCHEMA = {"fields": [
     {"name": "error_type", "type": "STRING", "mode": "NULLABLE"},
     {"name": "error", "type": "STRING", "mode": "NULLABLE"},
     {"name": "input_base64", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "input_size", "type": "INT64", "mode": "NULLABLE"},
+    {"name": "input_sha256", "type": "STRING", "mode": "NULLABLE"},
     SOURCE_SCHEMA,
     {"name": "model", "type": "STRING", "mode": "NULLABLE"},
 ]}

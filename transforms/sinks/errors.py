@@ -12,7 +12,7 @@ import apache_beam as beam
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.sinks.bigquery import WriteRowsToBigQuery
 from transforms.sinks.bigquery_schema import DEAD_LETTER_SCHEMA
-from transforms.sinks.files import WriteJsonLines
+from transforms.sinks.files import WriteJsonLines, WriteJsonLinesOfEach
 
 
 class LogRefusedDeadLettersFn(AccountedDoFn):
@@ -26,9 +26,15 @@ class LogRefusedDeadLettersFn(AccountedDoFn):
 def WriteDeadLetters(dead_letters, prefix: Optional[str], table: Optional[str] = None,
                      write_method: str = "FILE_LOADS", project: Optional[str] = None,
                      temp_location: Optional[str] = None):
-    """Dead-letter rows -> `table` when given (created if needed), else PREFIX-SSSSS-of-NNNNN.jsonl."""
+    """Dead-letter rows (a PCollection, or a tuple of them: every stage's) -> `table` when given
+    (created if needed), else PREFIX-SSSSS-of-NNNNN.jsonl, each stage's written as they come
+    (WriteJsonLinesOfEach)."""
     if not table:
-        return dead_letters | "ToFiles" >> WriteJsonLines(prefix)
+        if isinstance(dead_letters, beam.PCollection):
+            return dead_letters | "ToFiles" >> WriteJsonLines(prefix)
+        return tuple(dead_letters) | "ToFiles" >> WriteJsonLinesOfEach(prefix)
+    if not isinstance(dead_letters, beam.PCollection):
+        dead_letters = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
     refused = dead_letters | "ToTable" >> WriteRowsToBigQuery(
         table, DEAD_LETTER_SCHEMA, write_method, project, temp_location)
     return refused | "LogRefused" >> beam.ParDo(LogRefusedDeadLettersFn())

@@ -5,6 +5,8 @@ so the intact records just before a corrupt spot would vanish with it. This read
 16 KiB at a time and, when a piece fails, replays it byte by byte from a copy of the decompressor
 taken before it: the output stops exactly at the corrupt byte. The error is raised only when a
 read needs bytes beyond that point, so TFRecord framing above it reports the right offset.
+Memory stays bounded: a 16 KiB piece decompresses to at most about 16 MiB (deflate's ratio is at
+most 1032:1), and only what a read asks for is buffered.
 """
 
 import zlib
@@ -64,12 +66,23 @@ class GzipRecoveringReader:
             self._fill()
         if len(self._buffer) - self._pos < size and self._error is not None:
             raise self._error
-        data = bytes(self._buffer[self._pos:self._pos + size])
+        with memoryview(self._buffer) as view:  # one copy, not two
+            data = bytes(view[self._pos:self._pos + size])
         self._pos += len(data)
-        if self._pos > (1 << 20):  # drop what was read, now and then, not on every read
+        if self._pos > (1 << 20) and 2 * self._pos > len(self._buffer):  # drop what was read, now and then
             del self._buffer[:self._pos]
             self._pos = 0
         return data
+
+    def read_some(self, size: int) -> bytes:
+        """Up to size bytes: fewer at the end of the stream or just before a corrupt spot; raises
+        the stream's error only when no byte is left before it."""
+        while len(self._buffer) - self._pos < size and not self._done:
+            self._fill()
+        available = len(self._buffer) - self._pos
+        if not available and self._error is not None:
+            raise self._error
+        return self.read(min(size, available))
 
     def close(self) -> None:
         self._buffer = bytearray()

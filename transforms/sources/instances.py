@@ -3,7 +3,8 @@
 One conversion for every row-shaped source, pure and tested without a pipeline. The rules (their
 user-facing copy: docs/sources.md, "How fields and CSV cells are written"):
 
-- A field the spec names is stored with the spec's dtype. float32 takes int, float and Decimal;
+- A field the spec names is stored with the spec's dtype. float32 takes int, float and Decimal
+  (and NaN or an infinity as text: "NaN", "Infinity", "-Infinity", "nan", "inf", in any case);
   int64 takes int, bool and integral floats or Decimals; string takes str, bytes and a Vertex-style
   {"b64": "..."} object. Anything else is a ConversionError that names the field.
 - None or a missing field leaves the feature out: the spec's default fills it, and a required
@@ -108,10 +109,17 @@ def _temporal_text(value: Any) -> Any:
     return value
 
 
+# NaN and the infinities as text: what prediction rows write ("NaN", "Infinity", "-Infinity") and
+# what Python and C print ("nan", "inf"), in any case
+NON_FINITE_TEXT = frozenset(sign + name for sign in ("", "+", "-") for name in ("nan", "inf", "infinity"))
+
+
 def _to_float(value: Any) -> float:
-    """A float32 feature value; refuses what float32 cannot hold (NaN and infinities given as
-    such pass: they are values a model may be meant to see)."""
+    """A float32 feature value; refuses what float32 cannot hold (NaN and infinities pass, as
+    numbers or as NON_FINITE_TEXT: they are values a model may be meant to see)."""
     value = _temporal_text(value)
+    if isinstance(value, str) and value.strip().lower() in NON_FINITE_TEXT:
+        return float(value)
     if isinstance(value, (bool, int, float, decimal.Decimal, np.integer, np.floating)):
         try:
             number = float(value)

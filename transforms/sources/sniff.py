@@ -12,14 +12,13 @@ import csv
 import dataclasses
 import re
 import struct
+import zlib
 from typing import Optional
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from transforms.sources.framing import masked_crc32c
 from transforms.sources.text_formats import CSV, JSONL, TFRECORD
-from transforms.sources.tfrecord import is_gzip
+from transforms.sources.text import open_text_stream
 
 HEAD_BYTES = 4096  # of the uncompressed stream: enough for a TFRecord header or a first line
 
@@ -84,13 +83,27 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _readable_head(stream, size: int) -> bytes:
+    """Up to size bytes of the stream: those before a corrupt compressed spot too."""
+    read, pieces, have = getattr(stream, "read_some", stream.read), [], 0
+    try:
+        while have < size:
+            piece = read(size - have)
+            if not piece:
+                break
+            pieces.append(piece)
+            have += len(piece)
+    except (EOFError, OSError, ValueError, zlib.error):  # a broken stream: its readable head is the evidence
+        pass
+    return b"".join(pieces)
+
+
 def read_head(path: str, size: int = HEAD_BYTES) -> bytes:
     """The first size bytes of the file's uncompressed stream (gzip by .gz/.gzip as the TFRecord
     reader does, other compressions by suffix as the text readers do); b"" when it cannot be read."""
-    compression = CompressionTypes.GZIP if is_gzip(path) else CompressionTypes.AUTO
-    try:
-        with FileSystems.open(path, compression_type=compression) as f:
-            return f.read(size)
+    try:  # gzip 16 KiB at a time (Beam's reader would inflate a whole bomb to look at its head)
+        with open_text_stream(path) as f:
+            return _readable_head(f, size)
     except Exception:  # pylint: disable=broad-except  # unreadable or not the compression its name says: no evidence
         return b""
 

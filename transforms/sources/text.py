@@ -8,6 +8,7 @@ an instance is a dead letter at stage decode; one whose values do not fit is one
 both carry the line number and the line itself. Files are the unit of parallelism, as for TFRecord.
 """
 
+import contextlib
 import dataclasses
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -22,7 +23,9 @@ from transforms.runtime.accounting import AccountedDoFn
 from transforms.sources.files import check_local_patterns, read_files
 from transforms.sources.instances import (ConversionError, as_conversion_error, instance_key, instance_to_example,
                                           select_fields)
-from transforms.sources.text_formats import CSV, JSONL, InstanceError, iter_csv, iter_jsonl
+from transforms.sources.gzip_recovering import GzipRecoveringReader
+from transforms.sources.text_formats import CSV, JSONL, MAX_LINE_BYTES, InstanceError, bounded_lines, iter_csv, iter_jsonl
+from transforms.sources.tfrecord import is_gzip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +89,24 @@ def read_image_columns(instance: dict, columns: Sequence[str], base_dir: str) ->
     return loaded
 
 
-def iter_file_instances(path: str, fmt: str, spec: Sequence[Feature]):
-    """(line, instance or InstanceError, raw line) for each instance of one file."""
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
-        lines = iter(f.readline, b"")
+@contextlib.contextmanager
+def open_text_stream(path: str):
+    """The file's bytes, decompressed as its suffix says: gzip through GzipRecoveringReader, which
+    inflates 16 KiB at a time (Beam's reader inflates 16 MiB of input at once, which a gzip bomb
+    turns into 16 GB), other compressions by Beam."""
+    if is_gzip(path):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+            yield GzipRecoveringReader(raw)
+    else:
+        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
+            yield f
+
+
+def iter_file_instances(path: str, fmt: str, spec: Sequence[Feature], max_line_bytes: int = MAX_LINE_BYTES):
+    """(line, instance or InstanceError, raw line) for each instance of one file; lines over
+    max_line_bytes are decode errors holding their head, never read whole."""
+    with open_text_stream(path) as f:
+        lines = bounded_lines(f, max_line_bytes)
         yield from (iter_jsonl(lines) if fmt == JSONL else iter_csv(lines, spec))
 
 

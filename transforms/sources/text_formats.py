@@ -12,11 +12,15 @@ JSON Lines does, an empty cell is a null, and columns the spec does not name sta
 
 import csv
 import io
-from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
+import json
+import re
+import zlib
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import orjson
 
 from models.serving.feature_spec import RAW, Feature
+from transforms.records.dead_letters import MAX_INPUT_BYTES, InputHead
 from transforms.sources.instances import ConversionError
 
 JSONL, CSV, TFRECORD = "jsonl", "csv", "tfrecord"
@@ -36,7 +40,108 @@ class InstanceError(ValueError):
         self.fields = fields or {}  # what could be read of the line (a CSV row's cells)
 
 
-Item = Tuple[int, Union[Dict[str, Any], InstanceError], bytes]
+Item = Tuple[int, Union[Dict[str, Any], InstanceError], Union[bytes, InputHead]]
+
+# The longest line read into memory; a longer one is one decode dead letter holding its head.
+MAX_LINE_BYTES = 64 << 20
+_PIECE = 1 << 20  # bytes read at a time
+_STREAM_ERRORS = (EOFError, OSError, ValueError, zlib.error)  # gzip: truncated or corrupt stream
+
+
+class LineProblem(NamedTuple):
+    """A line that is not handed over whole: over the line limit (size: its length), or cut by an
+    unreadable compressed stream (size None: the rest of the file cannot be read)."""
+    head: bytes
+    size: Optional[int]
+    reason: str
+
+    @property
+    def raw(self) -> Union[bytes, InputHead]:
+        return self.head if self.size is None else InputHead(self.head, self.size)
+
+
+class _LinePieces:
+    """The pieces of the line being read: all of them up to max_bytes, then only its head."""
+
+    def __init__(self, max_bytes: int):
+        self._max_bytes = max_bytes
+        self._pieces: List[bytes] = []
+        self._size = 0
+        self._over = False
+
+    def add(self, piece: bytes) -> None:
+        self._size += len(piece)
+        if not self._over:
+            self._pieces.append(piece)
+            self._over = self._size > self._max_bytes
+        elif len(self._pieces[0]) < MAX_INPUT_BYTES:
+            self._pieces.append(piece)
+        if self._over:
+            self._pieces = [b"".join(self._pieces)[:MAX_INPUT_BYTES]]
+
+    def take(self, newline: bool = False) -> Union[bytes, LineProblem]:
+        """The line, with b"\\n" when it ended with one (or its LineProblem when over the limit:
+        its head, and its length without the line end); starts the next one."""
+        data, size, over = b"".join(self._pieces), self._size, self._over
+        self._pieces, self._size, self._over = [], 0, False
+        if over:
+            return LineProblem(data, size, f"{size:,} bytes, over the reader's line limit of {self._max_bytes:,}")
+        return data + b"\n" if newline else data
+
+
+def bounded_lines(stream: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Union[bytes, LineProblem]]:
+    """The stream's lines, each with its b"\n" (the last one may lack it), read in pieces: a line
+    over max_bytes is a LineProblem holding its first MAX_INPUT_BYTES, never held whole; a
+    compressed stream that breaks ends the lines with a LineProblem (size None)."""
+    read = getattr(stream, "read_some", stream.read)
+    line = _LinePieces(max_bytes)
+    while True:
+        try:
+            piece = read(_PIECE)
+        except _STREAM_ERRORS as e:
+            partial = line.take()
+            yield LineProblem(partial if isinstance(partial, bytes) else partial.head, None,
+                              f"the compressed stream is unreadable from here on ({e})")
+            return
+        if not piece:
+            break
+        parts = piece.split(b"\n")
+        if len(parts) > 1:
+            line.add(parts[0])  # the end of the line the pieces before began
+            yield line.take(newline=True)
+            for part in parts[1:-1]:  # whole lines inside this piece: the common case, kept lean
+                yield part + b"\n" if len(part) <= max_bytes else _one_line(part, max_bytes)
+        line.add(parts[-1])
+    last = line.take()
+    if last:
+        yield last
+
+
+def _one_line(data: bytes, max_bytes: int) -> Union[bytes, LineProblem]:
+    line = _LinePieces(max_bytes)
+    line.add(data)
+    return line.take(newline=True)
+
+
+_NON_FINITE_LITERAL = re.compile(rb"NaN|Infinity")
+
+
+def loads_json(data: Union[bytes, str]) -> Any:
+    """A JSON value, as orjson reads it; text orjson refuses only for the NaN, Infinity and
+    -Infinity literals (not JSON, but what JavaScript and Python's json write) is read by Python's
+    json. Raises orjson.JSONDecodeError."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        if not _NON_FINITE_LITERAL.search(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data):
+            raise
+        refused = e
+    try:
+        value = json.loads(data)
+        orjson.dumps(value)  # nothing orjson itself refuses (lone surrogates, huge integers) gets in
+        return value
+    except (ValueError, RecursionError, TypeError, orjson.JSONEncodeError):
+        raise refused from None
 
 
 def format_of_path(path: str) -> str:
@@ -58,13 +163,16 @@ def suffix_format(path: str) -> Optional[str]:
     return None
 
 
-def iter_jsonl(lines: Iterable[bytes]) -> Iterator[Item]:
+def iter_jsonl(lines: Iterable[Union[bytes, LineProblem]]) -> Iterator[Item]:
     for number, line in enumerate(lines, start=1):
+        if isinstance(line, LineProblem):
+            yield number, InstanceError("decode", f"line {number}: {line.reason}"), line.raw
+            continue
         raw = line.rstrip(b"\r\n")
         if not raw.strip():
             continue
         try:
-            value = orjson.loads(raw)
+            value = loads_json(raw)
         except orjson.JSONDecodeError as e:
             yield number, InstanceError("decode", f"line {number}: not valid JSON ({e})"), raw
             continue
@@ -118,7 +226,7 @@ def _json_list_cell(text: str, feature: Feature) -> Optional[list]:
     if feature.dtype != "string" and not text.lstrip().startswith("["):
         return None
     try:
-        values = orjson.loads(text)
+        values = loads_json(text)
     except orjson.JSONDecodeError:
         values = None
     if isinstance(values, list):
@@ -149,45 +257,52 @@ def _number_cell(text: str, feature: Feature) -> Any:
 
 def _json_or_fail(text: str, feature: Feature) -> Any:
     try:
-        return orjson.loads(text)
+        return loads_json(text)
     except orjson.JSONDecodeError:
         raise ConversionError(f"raw feature needs a JSON list of numbers or {{\"b64\": ...}}, got {text[:40]!r}")
 
 
-def iter_csv(lines: Iterable[bytes], spec: Sequence[Feature]) -> Iterator[Item]:
-    """Rows of a CSV file with a header; spec features are read by their dtype (cell_value)."""
+def iter_csv(lines: Iterable[Union[bytes, LineProblem]], spec: Sequence[Feature]) -> Iterator[Item]:
+    """Rows of a CSV file with a header; spec features are read by their dtype (cell_value). A
+    row with bytes that are not UTF-8, a line over the limit or a row csv cannot parse is one
+    decode dead letter, keyed by its own first line and holding its own bytes."""
     by_name = {f.name: f for f in spec}
-    # utf-8-sig: the byte-order mark spreadsheet exports put before the header is not part of it
-    text = io.TextIOWrapper(_LineStream(lines), encoding="utf-8-sig", newline="")
+    text = _RecordLines(lines)
     reader = csv.reader(text)
-    header = yield from _csv_header(reader)
+    header = yield from _csv_header(reader, text)
     if header is None:
         return
     while True:
-        start = reader.line_num + 1
+        text.start_record()
         try:
             cells = next(reader)
         except StopIteration:
             return
-        except (csv.Error, UnicodeDecodeError) as e:
-            yield start, InstanceError("decode", f"line {start}: unreadable CSV ({e})"), b""
+        except csv.Error as e:
+            yield text.first, InstanceError("decode", f"line {text.first}: unreadable CSV ({e})"), text.raw
             continue
-        if cells:  # not a blank line
-            yield _csv_row(start, header, cells, by_name)
+        if text.problem:
+            yield text.first, InstanceError("decode", f"line {text.first}: {text.problem}"), text.raw
+        elif cells:  # not a blank line
+            yield _csv_row(text.first, header, cells, by_name)
 
 
-def _csv_header(reader) -> Iterator[Item]:
+def _csv_header(reader, text: "_RecordLines") -> Iterator[Item]:
     """Yields a line-1 error for a header that cannot be used; returns the header, or None."""
+    text.start_record()
     try:
         header = next(reader)
     except StopIteration:
         return None
-    except (csv.Error, UnicodeDecodeError) as e:
-        yield 1, InstanceError("decode", f"line 1: unreadable CSV header ({e})"), b""
+    except csv.Error as e:
+        yield 1, InstanceError("decode", f"line 1: unreadable CSV header ({e})"), text.raw
+        return None
+    if text.problem:
+        yield 1, InstanceError("decode", f"line 1: unreadable CSV header ({text.problem})"), text.raw
         return None
     duplicates = sorted({name for name in header if header.count(name) > 1})
     if duplicates:
-        yield 1, InstanceError("decode", f"line 1: the header repeats columns {duplicates}"), b""
+        yield 1, InstanceError("decode", f"line 1: the header repeats columns {duplicates}"), text.raw
         return None
     return header
 
@@ -215,22 +330,64 @@ def _csv_line(cells: Sequence[str]) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-class _LineStream(io.RawIOBase):
-    """A readable byte stream over an iterable of byte lines (for csv through TextIOWrapper)."""
+class _RecordLines:
+    """A CSV file's byte lines as text for csv.reader, decoded one line at a time (so a line that
+    is not UTF-8 spoils only the row it is in) and split at a lone \\r as csv expects, noting for
+    the row being read its first line number, its bytes and the first problem of its lines (not
+    UTF-8, over the line limit, an unreadable compressed stream). Line 1 may start with a UTF-8
+    byte-order mark."""
 
-    def __init__(self, lines: Iterable[bytes]):
+    def __init__(self, lines: Iterable[Union[bytes, LineProblem]]):
         self._lines = iter(lines)
-        self._buffer = b""
+        self._pending: List[Tuple[str, Union[bytes, InputHead], Optional[str]]] = []
+        self._number = 0
+        self.start_record()
 
-    def readable(self):
-        return True
+    def start_record(self) -> None:
+        self.first = self._number + 1
+        self._raw: List[Union[bytes, InputHead]] = []
+        self.problem: Optional[str] = None
 
-    def readinto(self, target):
-        while not self._buffer:
-            try:
-                self._buffer = next(self._lines)
-            except StopIteration:
-                return 0
-        n = min(len(target), len(self._buffer))
-        target[:n], self._buffer = self._buffer[:n], self._buffer[n:]
-        return n
+    @property
+    def raw(self) -> Union[bytes, InputHead]:
+        """The row's bytes, without the final line end (a line over the limit: its head)."""
+        if len(self._raw) == 1 and isinstance(self._raw[0], InputHead):
+            return self._raw[0]
+        return b"".join(r.head if isinstance(r, InputHead) else r for r in self._raw).rstrip(b"\r\n")
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if not self._pending:
+            self._pending = _decoded_line(next(self._lines), self._number == 0)
+        text, raw, problem = self._pending.pop(0)
+        self._number += 1
+        self._raw.append(raw)
+        if problem and self.problem is None:
+            self.problem = problem if self._number == self.first else f"{problem}, in its line {self._number}"
+        return text
+
+
+def _decoded_line(line: Union[bytes, LineProblem], first: bool) -> List[Tuple[str, Union[bytes, InputHead], Optional[str]]]:
+    """(text, bytes, problem or None) of each line csv sees in one line of bytes: the line, or its
+    parts where it holds a lone \\r (csv, as a file opened with newline="", ends lines there)."""
+    if isinstance(line, LineProblem):
+        return [("\n", line.raw, line.reason)]
+    try:
+        text, problem = line.decode("utf-8-sig" if first else "utf-8"), None
+    except UnicodeDecodeError as e:
+        text, problem = line.decode("utf-8", "surrogateescape"), f"not UTF-8 ({e})"
+    if "\r" not in text or "\r" not in text.rstrip("\r\n"):
+        return [(text, line, problem)]
+    parts = list(io.StringIO(text, newline=""))
+    return [(part, part.encode("utf-8", "surrogateescape"), problem and _undecodable(part)) for part in parts]
+
+
+def _undecodable(text: str) -> Optional[str]:
+    """"not UTF-8" for text holding bytes decoded as surrogate escapes, else None."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return f"not UTF-8 ({e})"

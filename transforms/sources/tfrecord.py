@@ -9,20 +9,20 @@ them over workers, and a job may redistribute the chunks read (pipelines.inputs)
 import contextlib
 import itertools
 import os
-import struct
-from typing import Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.records.chunk import (DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, FileRecords, PositionKeys, RecordChunk,
                                      split_by_bytes)
-from transforms.records.dead_letters import READ, dead_letter
+from transforms.records.dead_letters import MAX_INPUT_BYTES, READ, InputHead, dead_letter
 from transforms.records.serialized import SerializedRecords
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.sources.files import check_local_patterns, read_files
-from transforms.sources.framing import NOT_GZIP, RECORD_OVERHEAD, Corruption, read_records
+from transforms.sources.framing import MAX_RECORD_BYTES, NOT_GZIP, RECORD_OVERHEAD, Corruption, record_runs
 from transforms.sources.gzip_recovering import GzipRecoveringReader
 
 GZIP_SUFFIXES = (".gz", ".gzip")
@@ -40,25 +40,20 @@ def open_records_stream(path: str):
         yield GzipRecoveringReader(raw) if is_gzip(path) else raw
 
 
-def uncompressed_size(path: str, expected: int) -> int:
-    """The byte length of the file's TFRecord stream: the file size, or for gzip the trailer's
-    ISIZE (the size modulo 2**32 of the last member, compared modulo 2**32)."""
-    if not is_gzip(path):
-        return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.seek(-4, os.SEEK_END)
-        isize = struct.unpack("<I", f.read(4))[0]
-    return expected if isize == expected % (1 << 32) else isize
+def file_size(path: str) -> int:
+    return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
 
 
-def iter_chunks(path: str, chunk_size: int, chunk_bytes: Optional[int] = None
+def iter_chunks(path: str, chunk_size: int, chunk_bytes: Optional[int] = None,
+                max_record_bytes: int = MAX_RECORD_BYTES
                 ) -> Iterator[Union[Tuple[int, Sequence[bytes]], Corruption]]:
     """(index of the first record, records) chunks of a file, and a Corruption per bad region.
 
     A chunk holds at most chunk_size records and, when chunk_bytes is set, at most chunk_bytes of
-    serialized input (a single larger record still makes a chunk of its own).
+    serialized input (a single larger record still makes a chunk of its own). A record over
+    max_record_bytes is a Corruption (RECORD_TOO_LARGE), never held whole.
     """
-    for item in _iter_counted_chunks(path, chunk_size):
+    for item in _iter_counted_chunks(path, chunk_size, chunk_bytes, max_record_bytes):
         if isinstance(item, Corruption) or not chunk_bytes:
             yield item
             continue
@@ -79,32 +74,38 @@ def record_iterator(path: str, compression: str):
     return _pywrap_record_io.RecordIterator(path, compression)
 
 
-def _iter_counted_chunks(path: str, chunk_size: int) -> Iterator[Union[Tuple[int, Sequence[bytes]], Corruption]]:
+def _iter_counted_chunks(path: str, chunk_size: int, chunk_bytes: Optional[int], max_record_bytes: int
+                         ) -> Iterator[Union[Tuple[int, Sequence[bytes]], Corruption]]:
     """Chunks of up to chunk_size records, and a Corruption per bad region.
 
-    The fast way is TensorFlow's record iterator: C++ framing and CRC checks, about 0.7 us of one
+    Plain files: TensorFlow's record iterator, C++ framing and CRC checks, about 0.7 us of one
     core per small record (tf.data's TFRecordDataset costs about 2 us of CPU per record, on its own
     threads, which a CPU-bound job pays for just the same). It stops at the first problem without
-    saying where, so on any error the file is read again by the framing reader, which skips what
-    was already emitted and reports each corruption precisely, reading on past a bad data CRC.
+    saying where, so on any error (or a record over the cap) the file is read again by the framing
+    reader, which skips what was already emitted and reports each corruption precisely, reading on
+    past a bad data CRC. A plain file's record is in memory only as far as the file holds it.
+    gzip files: the framing reader only, over GzipRecoveringReader. TensorFlow's gzip reader would
+    inflate a record whole before its length could be checked (a 3 MB file can hold a record of
+    3 GB); ours checks every length against max_record_bytes before reading it.
     """
     not_gzip = gzip_name_problem(path)
     if not_gzip:
         yield not_gzip
         return
-    emitted = yield from _fast_chunks(path, chunk_size)
+    emitted = 0 if is_gzip(path) else (yield from _fast_chunks(path, chunk_size, max_record_bytes))
     if emitted is not None:
-        yield from _framed_chunks(path, chunk_size, emitted)
+        yield from _framed_chunks(path, chunk_size, emitted, chunk_bytes, max_record_bytes)
 
 
-def _fast_chunks(path: str, chunk_size: int) -> Iterator[Tuple[int, Sequence[bytes]]]:
-    """Chunks read by TensorFlow's record iterator. Returns None after a clean end of the file, else
-    the number of records emitted before it stopped (the framing reader goes on from there)."""
+def _fast_chunks(path: str, chunk_size: int, max_record_bytes: int) -> Iterator[Tuple[int, Sequence[bytes]]]:
+    """Chunks of a plain file read by TensorFlow's record iterator. Returns None after a clean end
+    of the file, else the number of records emitted before it stopped or before a record over
+    max_record_bytes (the framing reader goes on from there)."""
     import tensorflow as tf
 
     emitted = consumed = 0
     try:
-        records_in_file = record_iterator(path, "GZIP" if is_gzip(path) else "")
+        records_in_file = record_iterator(path, "")
     except (tf.errors.OpError, OSError):  # a file system TensorFlow cannot read: all of it by the framing reader
         return 0
     while True:
@@ -114,39 +115,66 @@ def _fast_chunks(path: str, chunk_size: int) -> Iterator[Tuple[int, Sequence[byt
             return emitted
         if not records:
             # TensorFlow ends quietly at a partial header: only a clean end if every byte was used
-            return None if consumed == uncompressed_size(path, consumed) else emitted
+            return None if consumed == file_size(path) else emitted
         chunk = SerializedRecords(records)
+        too_large = np.flatnonzero(chunk.byte_lengths() > max_record_bytes)
+        if too_large.size:
+            if too_large[0]:
+                yield emitted, chunk.sliced(0, int(too_large[0]))
+            return emitted + int(too_large[0])
         yield emitted, chunk
         emitted += len(records)
         consumed += int(chunk.byte_lengths().sum()) + RECORD_OVERHEAD * len(records)
 
 
-def _framed_chunks(path: str, chunk_size: int, emitted: int
+def _framed_chunks(path: str, chunk_size: int, emitted: int, chunk_bytes: Optional[int], max_record_bytes: int
                    ) -> Iterator[Union[Tuple[int, Sequence[bytes]], Corruption]]:
-    """Chunks read by our framing reader, from record index emitted on, and a Corruption per bad region."""
-    records, first = [], None
+    """Chunks read by our framing reader, from record index emitted on, and a Corruption per bad
+    region; a chunk closes at chunk_size records or chunk_bytes of input, so a file of large
+    records is never held whole."""
+    pending = _PendingChunk(chunk_size, chunk_bytes)
     with open_records_stream(path) as stream:
-        for item in read_records(stream):
-            if item.index < emitted:
-                continue
+        for item in record_runs(stream, max_record_bytes):
             if isinstance(item, Corruption):
-                if records:
-                    yield first, records
-                    records = []
-                yield item
+                if item.index >= emitted:
+                    yield from pending.flush()
+                    yield item
                 continue
-            if not records:
-                first = item.index
-            records.append(item.data)
-            if len(records) >= chunk_size:
-                yield first, records
-                records = []
-    if records:
-        yield first, records
+            skip = max(0, emitted - item.first)
+            if skip < len(item.records):
+                yield from pending.add(item.first + skip, item.records[skip:])
+    yield from pending.flush()
+
+
+class _PendingChunk:
+    """Records read but not yet handed over: out in chunks of chunk_size records, or as soon as
+    they hold chunk_bytes."""
+
+    def __init__(self, chunk_size: int, chunk_bytes: Optional[int]):
+        self._chunk_size, self._chunk_bytes = chunk_size, chunk_bytes
+        self._first, self._records, self._size = 0, [], 0
+
+    def add(self, first: int, records: List[bytes]) -> Iterator[Tuple[int, SerializedRecords]]:
+        if not self._records:
+            self._first = first
+        self._records.extend(records)
+        self._size += sum(map(len, records)) if self._chunk_bytes else 0
+        while len(self._records) >= self._chunk_size:
+            chunk, self._records = self._records[:self._chunk_size], self._records[self._chunk_size:]
+            yield self._first, SerializedRecords(chunk)
+            self._first += len(chunk)
+            self._size = sum(map(len, self._records)) if self._chunk_bytes else 0
+        if self._chunk_bytes and self._size >= self._chunk_bytes:
+            yield from self.flush()
+
+    def flush(self) -> Iterator[Tuple[int, SerializedRecords]]:
+        if self._records:
+            yield self._first, SerializedRecords(self._records)
+        self._records, self._size = [], 0
 
 
 GZIP_MAGIC = b"\x1f\x8b"
-MAX_REGION_BYTES = 64 << 10  # of an unreadable region, kept in its dead letter (input_base64)
+MAX_REGION_BYTES = MAX_INPUT_BYTES  # of an unreadable region, kept in its dead letter (input_base64)
 
 
 def gzip_name_problem(path: str) -> Optional[Corruption]:
@@ -171,8 +199,7 @@ def unreadable_region(path: str, item: Corruption) -> Tuple[Optional[int], Optio
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.seek(item.offset)
         head = f.read(MAX_REGION_BYTES)
-    size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-    return size - item.offset, head
+    return file_size(path) - item.offset, head
 
 
 def corruption_dead_letter(path: str, key: str, item: Corruption) -> dict:
@@ -183,8 +210,9 @@ def corruption_dead_letter(path: str, key: str, item: Corruption) -> dict:
                            source={"file": path, "offset": item.offset}, error_type=item.kind)
     skipped, head = unreadable_region(path, item)
     size = "the rest of the file" if skipped is None else f"the rest of the file, {skipped:,} bytes,"
+    raw = head if head is None or len(head) == skipped else InputHead(head, skipped)  # its hash only when read whole
     return dead_letter(READ, f"{path} at byte {item.offset}: {item.reason}; {size} cannot be read",
-                       key=key, raw=head, error_type=item.kind,
+                       key=key, raw=raw, error_type=item.kind,
                        source={"file": path, "offset": item.offset, "bytes_skipped": skipped})
 
 
@@ -193,14 +221,15 @@ class ReadRecordChunksFn(AccountedDoFn):
     each record keyed '<name>:<index>' and sourced {"file", "record"}; a dead letter (stage read)
     per corrupt region."""
 
-    def __init__(self, chunk_size: int, chunk_bytes: Optional[int] = None):
+    def __init__(self, chunk_size: int, chunk_bytes: Optional[int] = None,
+                 max_record_bytes: int = MAX_RECORD_BYTES):
         self._chunk_size = chunk_size
         self._chunk_bytes = chunk_bytes
-
+        self._max_record_bytes = max_record_bytes
 
     def process(self, element):
         path, name = element
-        for item in iter_chunks(path, self._chunk_size, self._chunk_bytes):
+        for item in iter_chunks(path, self._chunk_size, self._chunk_bytes, self._max_record_bytes):
             if isinstance(item, Corruption):
                 row = corruption_dead_letter(path, f"{name}:{item.index}", item)
                 if item.fatal:
@@ -217,16 +246,16 @@ class ReadKeyedTFRecords(beam.PTransform):
     """Reads TFRecord files matching the patterns (gzip by extension) as RecordChunks.
 
     Returns WithDeadLetters(RecordChunks, dead letters). Patterns are matched on the workers; a
-    local pattern that matches nothing fails here, before the pipeline starts.
+    local pattern that matches nothing fails here, before the pipeline starts. A record over
+    max_record_bytes is one read dead letter (RecordTooLarge) holding its first 64 KiB.
     """
 
     def __init__(self, patterns: Iterable[str], chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES):
+                 chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES, max_record_bytes: int = MAX_RECORD_BYTES):
         super().__init__()
         self._patterns = list(patterns)
         check_local_patterns(self._patterns)
-        self._chunk_size = chunk_size
-        self._chunk_bytes = chunk_bytes
+        self._fn = ReadRecordChunksFn(chunk_size, chunk_bytes, max_record_bytes)
 
     def expand(self, pbegin):
-        return read_files(pbegin, self._patterns, "ReadRecords", ReadRecordChunksFn(self._chunk_size, self._chunk_bytes))
+        return read_files(pbegin, self._patterns, "ReadRecords", self._fn)
