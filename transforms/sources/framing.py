@@ -14,7 +14,7 @@ gzip file whose records claim gigabytes never has more than a cap's worth in mem
 import dataclasses
 import struct
 import zlib
-from typing import BinaryIO, Iterator, List, NamedTuple, Optional, Union
+from typing import BinaryIO, Iterator, List, NamedTuple, Union
 
 import google_crc32c
 
