@@ -97,6 +97,19 @@ def test_a_swap_is_logged_as_info_and_a_refusal_as_a_warning(base, caplog):
     assert logged[1][1] == "model refresh: m version 3 loaded and serving from the next batch (was 1)"
 
 
+def test_a_newest_version_with_a_link_out_is_refused_once_and_the_current_one_serves(base, tmp_path):
+    refresher = ModelRefresher(check_graph(ModelGraph((GraphNode(load_serving_model(base, "m")),))))
+    prepare_model(scaling_model(7.0), base)  # version 2, then a link out of it
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the model's")
+    os.symlink(str(outside), os.path.join(base, "2", "assets", "leak.txt"))
+    (event,) = refresher.check_once()
+    assert (event.model, event.version, event.loaded) == ("m", "2", False)
+    assert "UnsafeModelError" in event.reason and "leak.txt" in event.reason
+    assert refresher.check_once() == []  # refused once, not again on every look
+    assert refresher.versions() == {"m": "1"}
+
+
 def test_an_event_names_the_version_to_serve_older_ones_included(base):
     prepare_model(scaling_model(7.0), base)  # version 2: the highest, served at launch
     model = load_serving_model(base, "m")

@@ -81,7 +81,7 @@ class ModelRefresher:
         self._keep_logs = keep_logs
         self._clock = clock
         self._lock = threading.Lock()
-        self._refused: Dict[str, List[Tuple[str, int]]] = {}  # version dir -> its files when refused
+        self._refused: Dict[str, object] = {}  # version dir -> its files when refused; base dir -> an unsafe refusal
         self._events: List[RefreshEvent] = []
         self._thread: Optional[threading.Thread] = None
         self._start_lock = threading.Lock()
@@ -164,7 +164,11 @@ class ModelRefresher:
         for node in self.graph.nodes:
             if not node.model.base_path:
                 continue
-            newest = layout.resolve_version_dir(node.model.base_path)
+            try:
+                newest = layout.resolve_version_dir(node.model.base_path)
+            except layout.UnsafeModelError as e:  # refused once, not a traceback on every look
+                events += self._refuse_unsafe(node, e)
+                continue
             if newest == node.model.path:
                 continue
             # a refused version is tried again once its files change (a copy in progress is whole)
@@ -174,6 +178,17 @@ class ModelRefresher:
         with self._lock:
             self._events.extend(events)
         return events
+
+    def _refuse_unsafe(self, node, error: Exception) -> List[RefreshEvent]:
+        """The event of a newest version with links out or special files (none if refused already)."""
+        reason = f"{type(error).__name__}: {error}"
+        if self._refused.get(node.model.base_path) == reason:
+            return []
+        self._refused[node.model.base_path] = reason
+        version = (layout.version_names(node.model.base_path) or ["?"])[-1]
+        LOG.warning("model refresh: %s version %s refused, %s keeps serving: %s", node.name, version,
+                    node.model.version_name, reason)
+        return [RefreshEvent(node.name, version, False, 0.0, reason)]
 
     def _refresh(self, node, version_dir: str, state: Optional[List[Tuple[str, int]]] = None) -> RefreshEvent:
         started = self._clock()
