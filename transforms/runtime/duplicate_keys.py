@@ -30,9 +30,13 @@ def key_hashes(keys: Sequence[str]) -> np.ndarray:
 
 def hashes_by_bucket(hashes: np.ndarray) -> Iterator[Tuple[int, bytes]]:
     """(bucket, the bucket's hashes as bytes) for each bucket that holds any of them."""
-    buckets = (hashes % BUCKETS).astype(np.int64)
-    for bucket in np.unique(buckets).tolist():
-        yield bucket, hashes[buckets == bucket].tobytes()
+    buckets = (hashes % np.uint64(BUCKETS)).astype(np.int64)
+    order = np.argsort(buckets, kind="stable")  # one sort, not a unique and a mask per bucket
+    bounds = np.searchsorted(buckets[order], np.arange(BUCKETS + 1))
+    ordered = hashes[order]
+    for bucket in range(BUCKETS):
+        if bounds[bucket + 1] > bounds[bucket]:
+            yield bucket, ordered[bounds[bucket]:bounds[bucket + 1]].tobytes()
 
 
 def duplicates_among(parts: Iterable[bytes]) -> int:
