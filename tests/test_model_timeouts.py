@@ -62,6 +62,20 @@ def wait_for_file(path: str, process, limit_s: float = 120) -> None:
     assert os.path.exists(path), f"the model call never began to hang ({process.poll()})"
 
 
+def interrupt_when_hung(job, marker: str, limit_s: float) -> float:
+    """Ctrl-C (SIGINT) to a job once its model call hangs; the seconds it then took to exit (killed
+    after limit_s, so no test leaves it running)."""
+    try:
+        wait_for_file(marker, job)
+        job.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        job.wait(timeout=limit_s)
+        return time.monotonic() - started
+    finally:
+        if job.poll() is None:
+            job.kill()
+
+
 def record(x: float, hang: float = 0.0) -> bytes:
     return make_example({"x": [float(x)], "hang": [float(hang)]}).SerializeToString()
 
@@ -287,16 +301,8 @@ def test_a_stream_stopped_during_a_hung_call_exits_within_its_drain_time_and_han
     pubsub_v1.SubscriberClient().create_subscription(name=subscription, topic=requests, ack_deadline_seconds=60)
     log = open(tmp_path / "job.log", "w+")
     job = stream_job(emulator, marked_model[0], subscription, log)
-    try:
-        (hung_id,) = publish(requests, [record(1.0, hang=HANG_CAP_S)])
-        wait_for_file(marked_model[1], job)
-        job.send_signal(signal.SIGINT)
-        started = time.monotonic()
-        job.wait(timeout=DRAIN_S + 30)
-        took = time.monotonic() - started
-    finally:
-        if job.poll() is None:
-            job.kill()
+    (hung_id,) = publish(requests, [record(1.0, hang=HANG_CAP_S)])
+    took = interrupt_when_hung(job, marked_model[1], DRAIN_S + 30)
     log.seek(0)
     text = log.read()
     print(f"stopped during a hung call in {took:.1f} s (drain time {DRAIN_S:g} s)")
@@ -317,15 +323,7 @@ def test_ctrl_c_during_a_hung_call_ends_a_batch_job_at_once(marked_model, tmp_pa
         [sys.executable, "-m", "pipelines.batch_infer", "--input", path, "--model", model_dir,
          "--output", str(tmp_path / "out"), "--model_timeout_s", "300"],
         cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for_file(marker, job)
-        job.send_signal(signal.SIGINT)
-        started = time.monotonic()
-        job.wait(timeout=HANG_CAP_S + 30)
-        took = time.monotonic() - started
-    finally:
-        if job.poll() is None:
-            job.kill()
+    took = interrupt_when_hung(job, marker, HANG_CAP_S + 30)
     log.seek(0)
     print(f"batch job: Ctrl-C during a {HANG_CAP_S:g} s hung call, exited {job.returncode} after {took:.1f} s")
     assert job.returncode != 0 and took < 15, log.read()[-3000:]
