@@ -21,7 +21,7 @@ from transforms.runtime import metrics
 from transforms.runtime.accounting import (BATCH_LATENCY_US, BATCH_SIZE, DUPLICATE_KEYS, LOAD_LATENCY_MS,
                                           MODEL_BYTES, MODEL_DEAD_LETTERS_PREFIX, MODEL_OUTPUTS_PREFIX,
                                           UNREADABLE_BYTES, UNREADABLE_REGIONS, model_metric_name)
-from transforms.runtime.redaction import REDACTED, is_secret_name, redact_options, redact_text, redact_values  # noqa: F401
+from transforms.runtime.redaction import REDACTED, redact_options, redact_values  # noqa: F401  (REDACTED re-exported)
 
 MANIFEST_SUFFIX = ".manifest.json"
 PACKAGES = ("apache-beam", "tensorflow", "tfx-bsl", "tf-beam-inference")

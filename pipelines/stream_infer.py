@@ -28,6 +28,7 @@ import base64
 import dataclasses
 import os
 import signal
+import textwrap
 import threading
 import time
 from typing import Optional, Sequence
@@ -123,7 +124,7 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
              job.errors_table, DEAD_LETTER_SCHEMA, job.bigquery_write_method, job.project))
 
 
-# batch_infer's flags a stream reads too (print_help names them); any other would do nothing
+# batch_infer's flags a stream reads too (print_help lists them); any other would do nothing
 SHARED_WITH_BATCH = ("--model", "--graph", "--chain", "--allow_outside_paths", "--allow_graph_functions",
                      "--engine", "--signature", "--feature_spec", "--model_timeout_s", "--passthrough",
                      "--with_source", "--max_batch_size", "--output_table",
@@ -267,9 +268,9 @@ def stop(result, local: bool) -> None:
 def print_help() -> None:
     print_options_help("python -m pipelines.stream_infer", __doc__,
                        [(StreamInferOptions, None), (DataflowJobOptions, "Dataflow")],
-                       "From batch_infer: --model/--graph/--chain, --engine, --signature, --passthrough, --with_source,\n"
-                       "--max_batch_size, --model_timeout_s, --output_table/--errors_table. Standard Beam options pass through; with\n"
-                       "--runner DataflowRunner, --dry_run builds the job without submitting it.")
+                       textwrap.fill("From batch_infer: " + ", ".join(SHARED_WITH_BATCH) + ".", 100) +
+                       "\nStandard Beam options pass through; with --runner DataflowRunner, --dry_run builds the "
+                       "job without submitting it.")
 
 
 @with_redacted_console  # secrets in paths and URLs stay off the console and the logs

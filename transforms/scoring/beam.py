@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
+from models.serving.engines import DEFAULT_ENGINE
 from models.serving.fingerprint import model_files
 from models.serving.model import ServingModel
 from transforms.graph.model import ModelGraph, parallel_graph
@@ -25,7 +26,6 @@ from transforms.records.chunk import DEFAULT_CHUNK_SIZE, RecordChunk, ScoredChun
 from transforms.records.dead_letters import DEAD_LETTER_TAG, WithDeadLetters
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.runtime.gpu import GpuSettings
-from models.serving.engines import DEFAULT_ENGINE
 from transforms.scoring.engines import BatchCall, reload_batch_call, serving_call, take_load_times
 from transforms.scoring.executor import READ_KEYS, chunk_keys, score_chunk
 from transforms.scoring.providers import FixedModels, Models
