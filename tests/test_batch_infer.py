@@ -142,7 +142,7 @@ def test_demo_runs_and_accounts_for_every_record(tmp_path, monkeypatch, capsys):
     (["--output_format", "csv"], "--output_format 'csv' is not one of"),
     (["--engine", "turbo"], "--engine 'turbo' is not one of"),
     (["--min_batch_size", "0"], "--min_batch_size must be a positive integer"),
-    (["--signature", "serving_dense"], "exactly one DT_STRING input"),
+    (["--signature", "serving_dense", "--engine", "tfx-bsl"], "takes tensors"),
     (["--signature", "nope"], "no signature 'nope'"),
 ])
 def test_cli_errors_are_clear(penguin_model, write_tfrecords, tmp_path, capsys, args, message):

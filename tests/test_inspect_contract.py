@@ -169,8 +169,14 @@ def test_dense_export_fails_the_contract_because_of_its_input(dense_dir, capsys)
     assert "input 'x' is float32" in problems[0] and "DT_STRING" in problems[0]
     assert inspect_cli.main([dense_dir]) == 1
     assert "FAILS" in capsys.readouterr().out
-    with pytest.raises(ModelContractError, match="DT_STRING"):
-        load_serving_model(dense_dir)
+
+
+def test_a_dense_export_loads_with_the_feature_spec_its_inputs_give(dense_dir):
+    model = load_serving_model(dense_dir)
+    assert model.input_tensors == ("x",) and model.spec_source == "signature inputs"
+    assert [(f.name, f.dtype, f.shape, f.model_dtype, f.required) for f in model.feature_spec] == [
+        ("x", "float32", (3,), "float32", True)]
+    assert model.engine_spec == model.feature_spec
 
 
 def test_inspect_of_a_dense_export_says_what_it_takes_and_the_one_thing_to_do(dense_dir, tmp_path, capsys):

@@ -58,11 +58,13 @@ PREPARE_HINT = " (re-export with models.prepare)"
 
 
 def contract_problems(export_dir: str, signature_name: str = "serving_default", tf1_loader: bool = True,
-                      prepare_hint: bool = True) -> List[str]:
+                      prepare_hint: bool = True, tensor_inputs: bool = False) -> List[str]:
     """Everything that stops this signature from running; empty when it can. tf1_loader: include
     what stops tfx-bsl's TF1 session loader only (tf1_loader_problems); the fast engine loads with
     tf.saved_model.load, which restores what a tf.Module tracks. prepare_hint: a wrong input says
-    to re-export with models.prepare (models.inspect says it once, on a line of its own)."""
+    to re-export with models.prepare (models.inspect says it once, on a line of its own).
+    tensor_inputs: a signature that takes tensors is fine (the fast engine feeds them,
+    models.serving.dense); without it, anything but one string input is a problem, as for tfx-bsl."""
     try:
         meta_graph = serving_meta_graph(export_dir)
     except Exception as e:
@@ -70,7 +72,8 @@ def contract_problems(export_dir: str, signature_name: str = "serving_default", 
     if signature_name not in meta_graph.signature_def:
         return [f"no signature {signature_name!r}; the model has {sorted(meta_graph.signature_def)}"]
     signature = meta_graph.signature_def[signature_name]
-    problems = [p + (PREPARE_HINT if prepare_hint else "") for p in input_problems(signature_name, signature)]
+    problems = [] if tensor_inputs else [
+        p + (PREPARE_HINT if prepare_hint else "") for p in input_problems(signature_name, signature)]
     if signature.method_name not in SUPPORTED_METHODS:
         problems.append(f"signature method {signature.method_name!r} is not predict, classify or regress")
     problems += weights_problems(export_dir, meta_graph)

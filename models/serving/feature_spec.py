@@ -48,6 +48,9 @@ class Feature:
     varlen marks a variable-length feature (tf.io.VarLenFeature, a sparse or ragged parse, as TFX
     and Estimator signatures use): any number of values of its dtype, none or missing allowed.
     It has no shape, default, encoding or preprocessing.
+
+    input names the signature input the feature feeds when the signature takes tensors and the
+    records name it otherwise (default: the input of the feature's name).
     """
 
     name: str
@@ -59,6 +62,7 @@ class Feature:
     preprocess: Optional[Preprocess] = None
     passthrough: bool = False
     varlen: bool = False
+    input: Optional[str] = None  # the signature input it feeds, where not the one of its name (tensor inputs)
 
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
@@ -83,6 +87,9 @@ class Feature:
                 raise FeatureSpecError(f"feature {self.name!r}: a raw feature cannot have a default")
         if self.preprocess is not None:
             self._check_preprocess()
+        if self.input is not None and (self.preprocess is not None or not isinstance(self.input, str) or not self.input):
+            raise FeatureSpecError(f"feature {self.name!r}: input is the name of the signature input it feeds "
+                                   "(not with preprocess)")
         if self.default is not None:
             values = flatten_default(self.default)
             if len(values) != self.size:
@@ -108,7 +115,9 @@ class Feature:
     @property
     def model_input(self) -> str:
         """The model input this feature feeds (a passthrough-only feature feeds none of that name)."""
-        return self.preprocess.input if self.preprocess is not None else self.name
+        if self.preprocess is not None:
+            return self.preprocess.input
+        return self.input or self.name
 
     @property
     def size(self) -> int:
@@ -137,7 +146,7 @@ class Feature:
 
     def to_json(self) -> Dict[str, Any]:
         if self.varlen:
-            return {"name": self.name, "dtype": self.dtype, "varlen": True}
+            return {"name": self.name, "dtype": self.dtype, "varlen": True, **({"input": self.input} if self.input else {})}
         out = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
         if self.model_dtype and self.model_dtype != self.dtype:
             out["model_dtype"] = self.model_dtype
@@ -149,6 +158,8 @@ class Feature:
             out["preprocess"] = self.preprocess.to_json()
         if self.passthrough:
             out["passthrough"] = True
+        if self.input:
+            out["input"] = self.input
         return out
 
 
@@ -183,7 +194,7 @@ def feature_from_json(name: Optional[str], obj: Mapping[str, Any]) -> Feature:
     if not name:
         raise FeatureSpecError(f"feature without a name: {obj}")
     unknown = set(obj) - {"name", "dtype", "shape", "model_dtype", "default", "encoding", "preprocess",
-                          "passthrough", "varlen"}
+                          "passthrough", "varlen", "input"}
     if unknown:
         raise FeatureSpecError(f"feature {name!r}: unknown fields {sorted(unknown)}")
     dtype = obj.get("dtype")
@@ -202,7 +213,7 @@ def feature_from_json(name: Optional[str], obj: Mapping[str, Any]) -> Feature:
         raise FeatureSpecError(f"feature {name!r}: passthrough and varlen are true or false")
     return Feature(name=name, dtype=dtype, shape=tuple(obj.get("shape", ())),
                    model_dtype=model_dtype, default=obj.get("default"), encoding=encoding,
-                   preprocess=preprocess, passthrough=passthrough, varlen=varlen)
+                   preprocess=preprocess, passthrough=passthrough, varlen=varlen, input=obj.get("input"))
 
 
 def spec_from_json(obj: Any) -> FeatureSpec:
@@ -226,12 +237,12 @@ def make_spec(features: Iterable[Feature]) -> FeatureSpec:
         raise FeatureSpecError(f"duplicate features in spec: {duplicates}")
     if not features:
         raise FeatureSpecError("a feature spec needs at least one feature")
-    # a preprocessed feature feeds a model input that neither another preprocessed feature nor
+    # a preprocessed or renamed feature feeds a model input that neither another such feature nor
     # a plain feature of that name (which feeds the input of its own name) may feed
-    fed = [f.model_input for f in features if f.preprocess is not None]
+    redirected = [f for f in features if f.preprocess is not None or f.input]
+    fed = [f.model_input for f in redirected]
     clashing = sorted({n for n in fed if fed.count(n) > 1} | {
-        f.model_input for f in features if f.preprocess is not None and f.model_input != f.name
-        and f.model_input in names})
+        f.model_input for f in redirected if f.model_input != f.name and f.model_input in names})
     if clashing:
         raise FeatureSpecError(f"model inputs fed by more than one feature: {clashing}")
     return features

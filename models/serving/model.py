@@ -9,11 +9,14 @@ import tensorflow as tf
 
 from models.serving import layout
 from models.serving.contract import contract_problems, serving_meta_graph, tf1_loader_problems
+from models.serving.dense import signature_inputs, tensor_input_spec
 from models.serving.feature_spec import SPEC_FILE, FeatureSpec, load_spec_file, spec_from_json
 from models.serving.methods import signature_method
 from models.serving.signature_spec import spec_from_signature
 
 DEFAULT_MODEL_NAME = "model"
+# where a spec read from the model itself came from (ServingModel.spec_source; else a --feature_spec file)
+SPEC_SOURCES = ("feature_spec.json", "signature", "signature inputs")
 
 
 class ModelContractError(ValueError):
@@ -33,6 +36,8 @@ class ServingModel:
     output_specs: Tuple[Tuple[str, str, Optional[Tuple[int, ...]]], ...] = ()
     tf1_loader_problems: Tuple[str, ...] = ()  # why tfx-bsl's TF1 loader cannot run it (the fast engine can)
     base_path: Optional[str] = None  # the base directory it was picked from (None: given as a version dir)
+    # the signature's inputs when it takes tensors (models.serving.dense); () for serialized tf.Example
+    input_tensors: Tuple[str, ...] = ()
 
     def row_output_specs(self) -> Tuple[Tuple[str, Optional[str], Optional[Tuple[int, ...]]], ...]:
         """(name, dtype name, shape with the batch axis) of the outputs as the engines give them and
@@ -41,6 +46,17 @@ class ServingModel:
         gives its output names, with dtype and shape None."""
         specs = self.output_specs or tuple((name, None, None) for name in self.outputs)
         return signature_method(self.method).output_specs(specs)
+
+    @property
+    def spec_file(self) -> Optional[str]:
+        """The --feature_spec file the spec came from (None: read from the model itself)."""
+        return None if self.spec_source in SPEC_SOURCES else self.spec_source
+
+    @property
+    def engine_spec(self) -> Optional[FeatureSpec]:
+        """The spec an engine parses records into the signature's tensors with; None when the
+        signature takes serialized tf.Example (it parses them itself)."""
+        return self.feature_spec if self.input_tensors else None
 
     @property
     def version_name(self) -> str:
@@ -71,22 +87,27 @@ def read_feature_spec(export_dir: str, signature: str) -> Tuple[FeatureSpec, str
 def load_serving_model(path: str, name: str = DEFAULT_MODEL_NAME, signature: str = "serving_default",
                        spec_file: Optional[str] = None) -> ServingModel:
     """The model at path (a version or base directory), checked; spec_file (a feature spec JSON)
-    replaces the spec read from the model (assets.extra/feature_spec.json or the parse op)."""
+    replaces the spec read from the model (assets.extra/feature_spec.json or the parse op), or,
+    for a signature that takes tensors, overrides the features its inputs give (models.serving.dense)."""
     try:
         version_dir = layout.resolve_version_dir(path)  # links out of it, special files: refused unread
     except layout.UnsafeModelError as e:
         raise ModelContractError(f"model {name!r}: {e}") from e
     except layout.ModelNotFoundError as e:
         raise ModelContractError(str(e)) from e
-    problems = contract_problems(version_dir, signature, tf1_loader=False)
+    problems = contract_problems(version_dir, signature, tf1_loader=False, tensor_inputs=True)
     if not problems:
         problems = fixed_batch_problems(serving_meta_graph(version_dir).signature_def[signature])
     if problems:
         raise ModelContractError(
             f"model {name!r} at {version_dir} cannot run:\n  - " + "\n  - ".join(problems))
     try:
-        spec, source = (load_spec_file(spec_file), spec_file) if spec_file else \
-            read_feature_spec(version_dir, signature)
+        overrides = load_spec_file(spec_file) if spec_file else ()
+        inputs = signature_inputs(version_dir, signature, overrides)
+        if inputs:
+            spec, source = tensor_input_spec(inputs, overrides), spec_file or "signature inputs"
+        else:
+            spec, source = (overrides, spec_file) if spec_file else read_feature_spec(version_dir, signature)
     except ValueError as e:
         raise ModelContractError(f"model {name!r} at {version_dir}: {e}") from e
     meta_graph = serving_meta_graph(version_dir)
@@ -95,7 +116,8 @@ def load_serving_model(path: str, name: str = DEFAULT_MODEL_NAME, signature: str
                         spec_source=source, outputs=tuple(sorted(sig.outputs)),
                         method=sig.method_name, output_specs=output_specs(sig),
                         tf1_loader_problems=tuple(tf1_loader_problems(meta_graph, signature)),
-                        base_path=None if version_dir == path.rstrip("/") else path.rstrip("/"))
+                        base_path=None if version_dir == path.rstrip("/") else path.rstrip("/"),
+                        input_tensors=tuple(inputs))
 
 
 def fixed_batch_problems(signature_def) -> List[str]:

@@ -9,7 +9,7 @@ them (classify: classes, scores; regress: outputs; multi-inference: the same nam
 the signature, "<signature>/classes"), so that both engines give the same rows.
 """
 
-from typing import Dict, Mapping
+from typing import Dict, List, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -76,20 +76,41 @@ def outputs_from_log(log: prediction_log_pb2.PredictionLog) -> Dict[str, np.ndar
     raise UnsupportedLogError(f"PredictionLog of type {kind!r} is not supported")
 
 
-def predict_log(serialized: bytes, outputs: Mapping[str, np.ndarray], signature: str,
-                input_alias: str = "examples") -> prediction_log_pb2.PredictionLog:
-    """One example's predict log as tfx-bsl writes it; outputs hold per-example arrays (no batch
-    axis); input_alias is the signature's input name."""
+def _predict_log(signature: str, outputs: Mapping[str, np.ndarray]) -> prediction_log_pb2.PredictionLog:
+    """A predict log holding one example's outputs (per-example arrays, no batch axis)."""
     log = prediction_log_pb2.PredictionLog()
-    request = log.predict_log.request
-    request.model_spec.signature_name = signature
+    log.predict_log.request.model_spec.signature_name = signature
     log.predict_log.response.model_spec.signature_name = signature
-    tensor = request.inputs[input_alias]
-    tensor.dtype = tf.string.as_datatype_enum
-    tensor.tensor_shape.dim.add().size = 1
-    tensor.string_val.append(serialized)
     for name, value in outputs.items():
         value = np.asarray(value)
         log.predict_log.response.outputs[name].CopyFrom(
             tf.make_tensor_proto(value, shape=(1,) + value.shape))
     return log
+
+
+def predict_log(serialized: bytes, outputs: Mapping[str, np.ndarray], signature: str,
+                input_alias: str = "examples") -> prediction_log_pb2.PredictionLog:
+    """One example's predict log as tfx-bsl writes it; outputs hold per-example arrays (no batch
+    axis); input_alias is the signature's input name."""
+    log = _predict_log(signature, outputs)
+    tensor = log.predict_log.request.inputs[input_alias]
+    tensor.dtype = tf.string.as_datatype_enum
+    tensor.tensor_shape.dim.add().size = 1
+    tensor.string_val.append(serialized)
+    return log
+
+
+def tensor_predict_logs(inputs: Mapping[str, np.ndarray], columns: Mapping[str, np.ndarray], signature: str
+                        ) -> List[prediction_log_pb2.PredictionLog]:
+    """The predict log of each record of a signature that takes tensors: its request holds the
+    input tensors the record became ([1, ...] each, as TF Serving's PredictRequest), its response
+    the outputs."""
+    n = len(next(iter(columns.values()))) if columns else 0
+    logs = []
+    for i in range(n):
+        log = _predict_log(signature, {name: value[i] for name, value in columns.items()})
+        for name, value in inputs.items():
+            value = np.asarray(value[i])
+            log.predict_log.request.inputs[name].CopyFrom(tf.make_tensor_proto(value, shape=(1,) + value.shape))
+        logs.append(log)
+    return logs

@@ -3,7 +3,8 @@ use, and one check that every sink's output must pass.
 
 Readers (each returns {key: {model: {output: value}}}; a row without its key raises):
 - JSON Lines: json;  Parquet: pyarrow AND pandas (both must read it and agree);
-- PredictionLogs: tf.data + tensorflow_serving's PredictionLog (the key from the request's example);
+- PredictionLogs: tf.data + tensorflow_serving's PredictionLog (the key from the request's example,
+  or, for a signature of tensors, from the record whose values the request holds);
 - examples: tf.data + tf.train.Example (the key from the `id` feature);
 - BigQuery: the google.cloud.bigquery client;  Pub/Sub: the rows published as JSON messages.
 Dead letters: the JSON Lines dead-letter files, the errors table or the errors topic, each as
@@ -90,8 +91,22 @@ def _example_key(serialized: bytes) -> Optional[str]:
     return values[0].decode("utf-8") if values else None
 
 
-def read_prediction_logs(prefix: str, model: str) -> Rows:
-    """PredictionLogs: each log's key is the `id` of the example in its request."""
+def _tensor_request_key(request, records: List[dict]) -> Optional[str]:
+    """The key of the record whose values a request of tensors holds (a signature of tensors
+    logs its inputs, and the key is not one of them): the record of the same text and f_vec."""
+    import tensorflow as tf
+
+    text = tf.make_ndarray(request.inputs["text"]).reshape(-1)[0]
+    vec = tf.make_ndarray(request.inputs["f_vec"]).reshape(-1).tolist()
+    matches = [r[KEY] for r in records if r["text"].encode("utf-8") == text
+               and np.allclose(np.float32(r["f_vec"]), vec, rtol=0, atol=0)]
+    assert len(set(matches)) <= 1, f"two records hold the request's values: {matches}"
+    return matches[0] if matches else None
+
+
+def read_prediction_logs(prefix: str, model: str, records: List[dict]) -> Rows:
+    """PredictionLogs: each log's key is the `id` of the example in its request, or, where the
+    request holds tensors, the key of the record that holds its values."""
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
@@ -100,9 +115,11 @@ def read_prediction_logs(prefix: str, model: str) -> Rows:
         compression = "GZIP" if path.endswith(".gz") else ""
         for record in tf.data.TFRecordDataset(path, compression_type=compression):
             log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            request = next(iter(log.predict_log.request.inputs.values()))
+            inputs = log.predict_log.request.inputs
+            key = _tensor_request_key(log.predict_log.request, records) if "f_vec" in inputs else \
+                _example_key(next(iter(inputs.values())).string_val[0])
             outputs = {name: tf.make_ndarray(tensor)[0] for name, tensor in log.predict_log.response.outputs.items()}
-            rows.append({"key": _example_key(request.string_val[0]), model: outputs})
+            rows.append({"key": key, model: outputs})
     return _keyed(rows)
 
 

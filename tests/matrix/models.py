@@ -9,6 +9,11 @@ tf.saved_model.save, TF Serving's base/1 layout, assets.extra/feature_spec.json 
   (infer dead letters naming it); margin = f_scalar, scaled = f_vec * f_scalar [K].
 - head: reads h float32[K] (bridged from kinds.vec in a chain) and opt from the record:
     score = sum(h) + opt; weighted = h * opt [K].
+- tensors: a signature of tensors, not tf.Example (as a Keras model.export() has): f_scalar
+  float32[None], f_vec float32[None, K], ints int64[None, None] (records of different lengths are
+  scored in groups), text and blob string[None], opt int64[None] (its default from TENSORS_SPEC,
+  given with --feature_spec); kinds' outputs of those (vec_sum, vec, int_count, int_sum,
+  text_chars, text_echo, blob_len, opt_value).
 
 `direct_outputs` calls a model's serving signature directly (tf.saved_model.load) on serialized
 examples, one record at a time where a model may reject some: the reference the checkers use.
@@ -96,9 +101,39 @@ def export_module(version_dir: str, parse, compute, spec: dict) -> str:
     return version_dir
 
 
+TENSORS_SPEC = {"features": [{"name": "opt", "dtype": "int64", "shape": [], "default": OPT_DEFAULT}]}
+
+
+def tensor_outputs(f_scalar, f_vec, ints, text, blob, opt):
+    import tensorflow as tf
+
+    n = tf.shape(f_scalar)[:1]
+    return {"vec_sum": f_scalar + tf.reduce_sum(f_vec, axis=1), "vec": 2.0 * f_vec,
+            "int_count": tf.fill(n, tf.cast(tf.shape(ints)[1], tf.int64)), "int_sum": tf.reduce_sum(ints, axis=1),
+            "text_chars": tf.cast(tf.strings.length(text, unit="UTF8_CHAR"), tf.int64), "text_echo": text,
+            "blob_len": tf.cast(tf.strings.length(blob), tf.int64), "opt_value": opt}
+
+
+def export_tensors_module(version_dir: str) -> str:
+    """A tf.Module whose serving_default takes the records' features as tensors."""
+    import tensorflow as tf
+
+    class Served(tf.Module):
+        @tf.function(input_signature=[
+            tf.TensorSpec([None], tf.float32, name="f_scalar"), tf.TensorSpec([None, K], tf.float32, name="f_vec"),
+            tf.TensorSpec([None, None], tf.int64, name="ints"), tf.TensorSpec([None], tf.string, name="text"),
+            tf.TensorSpec([None], tf.string, name="blob"), tf.TensorSpec([None], tf.int64, name="opt")])
+        def serve(self, f_scalar, f_vec, ints, text, blob, opt):
+            return tensor_outputs(f_scalar, f_vec, ints, text, blob, opt)
+
+    module = Served()
+    tf.saved_model.save(module, version_dir, signatures={"serving_default": module.serve})
+    return version_dir
+
+
 def build_models(base: str) -> Dict[str, str]:
-    """{name: base directory} of kinds, gate and head under base (each with version 1)."""
-    built = {}
+    """{name: base directory} of kinds, gate, head and tensors under base (each with version 1)."""
+    built = {"tensors": os.path.dirname(export_tensors_module(os.path.join(base, "tensors", "1")))}
     for name, parse, compute, spec in (("kinds", parse_spec, kinds_outputs, SPEC),
                                        ("gate", parse_spec, gate_outputs, SPEC),
                                        ("head", head_parse, head_outputs, HEAD_SPEC)):
@@ -111,6 +146,20 @@ def load_signature(base_dir: str):
     import tensorflow as tf
 
     return tf.saved_model.load(os.path.join(base_dir, "1")).signatures["serving_default"]
+
+
+def direct_tensor_outputs(signature, records: List[dict]) -> List[Dict[str, np.ndarray]]:
+    """The tensors model called directly on each record's values, one record at a time."""
+    import tensorflow as tf
+
+    results = []
+    for r in records:
+        out = signature(f_scalar=tf.constant([r["f_scalar"]], tf.float32), f_vec=tf.constant([r["f_vec"]], tf.float32),
+                        ints=tf.constant([r["ints"]], tf.int64, shape=[1, len(r["ints"])]),
+                        text=tf.constant([r["text"].encode("utf-8")]), blob=tf.constant([r["blob"]]),
+                        opt=tf.constant([r.get("opt", OPT_DEFAULT)], tf.int64))
+        results.append({name: value.numpy()[0] for name, value in out.items()})
+    return results
 
 
 def direct_outputs(signature, serialized: List[bytes]) -> List[Optional[Dict[str, np.ndarray]]]:
@@ -139,14 +188,17 @@ GRAPHS = {  # graph files written beside the models (paths relative to the file,
         {"regress": {"output": "vec_sum", "round": 2}}], "keep": list(KEPT)}]},
 }
 SHAPE_MODELS = {"single": ("kinds",), "parallel": ("kinds", "gate"), "chain": ("kinds", "head"),
-                "postprocess": ("kinds",)}
+                "postprocess": ("kinds",), "dense": ("tensors",)}
 
 
 def write_graphs(base: str) -> Dict[str, str]:
-    """{shape: graph file path} for the shapes given as graph files."""
+    """{shape: graph file path} for the shapes given as graph files, and "dense": the tensors
+    model's --feature_spec file."""
     import yaml
 
-    paths = {}
+    paths = {"dense": os.path.join(base, "tensors_spec.json")}
+    with open(paths["dense"], "w") as f:
+        json.dump(TENSORS_SPEC, f)
     for shape, config in GRAPHS.items():
         paths[shape] = os.path.join(base, f"{shape}.yaml")
         with open(paths[shape], "w") as f:
@@ -178,6 +230,8 @@ def expected_outputs(shape: str, records: List[dict], signatures) -> List[Dict[s
     """Per record, {model: its outputs, or None where it rejects the record}, from direct calls."""
     from tests.matrix.records import to_example
 
+    if shape == "dense":
+        return [{"tensors": out} for out in direct_tensor_outputs(signatures["tensors"], records)]
     kinds = direct_outputs(signatures["kinds"], [to_example(r) for r in records])
     result = [{"kinds": out} for out in kinds]
     if shape == "parallel":

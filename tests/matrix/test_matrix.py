@@ -120,6 +120,8 @@ def shape_flags(shape: str, dirs: dict, graphs: dict) -> List[str]:
         return ["--model", f"kinds={dirs['kinds']}"]
     if shape == "parallel":
         return ["--model", f"kinds={dirs['kinds']}", "--model", f"gate={dirs['gate']}"]
+    if shape == "dense":
+        return ["--model", f"tensors={dirs['tensors']}", "--feature_spec", f"tensors={graphs['dense']}"]
     return ["--graph", graphs[shape]]
 
 
@@ -150,14 +152,14 @@ def argv(ctx: Context, matrix_models) -> List[str]:
 
 def read_sink(ctx: Context, expected: list):
     """(rows, dead letters) of a batch job, read back from its sink."""
-    sink, model = ctx.cell[2], "kinds"
+    sink, model = ctx.cell[2], models.SHAPE_MODELS[ctx.cell[1]][0]
     if sink == "bigquery":
         client = ctx.bigquery.client()
         return (checkers.read_bigquery_rows(client, ctx.topics["output"]),
                 checkers.read_bigquery_dead(client, ctx.topics["errors"]))
     readers = {"jsonl": lambda: checkers.read_jsonl_rows(ctx.prefix),
                "parquet": lambda: checkers.read_parquet_rows(ctx.prefix),
-               "tfrecord": lambda: checkers.read_prediction_logs(ctx.prefix, model),
+               "tfrecord": lambda: checkers.read_prediction_logs(ctx.prefix, model, ctx.records),
                "examples": lambda: checkers.read_examples(ctx.prefix, model, sorted(expected[0][model]))}
     return readers[sink](), checkers.read_jsonl_dead(ctx.prefix)
 

@@ -53,7 +53,8 @@ def limited_call(node, call: BatchCall, timeout_s: Optional[float], keep_logs: b
     """A graph node's call under --model_timeout_s (transforms.scoring.timeouts): the copy serving
     now, reloaded by the node's engine after a call past the limit."""
     def reload(stale: BatchCall) -> BatchCall:
-        return reload_batch_call(stale, node.engine, node.model.path, node.model.signature, keep_logs)
+        return reload_batch_call(stale, node.engine, node.model.path, node.model.signature, keep_logs,
+                                 node.model.engine_spec)
     return time_limited(serving_call(call), timeout_s, node.name, reload)
 
 

@@ -9,6 +9,7 @@ reload_batch_call loads a model again in place of a copy whose call was abandone
 abandoned copy (a model provider) the fresh one.
 """
 
+import json
 import threading
 import time
 import weakref
@@ -33,11 +34,20 @@ def shared_model(key: Tuple[Any, ...], load: Callable[[], Any]) -> Any:
         return _CACHE[key]
 
 
-def release_batch_call(engine: str, path: str, signature: str, keep_logs: bool = False) -> None:
+def _cache_key(engine: str, path: str, signature: str, keep_logs: bool, feature_spec) -> Tuple[Any, ...]:
+    """A model's cache key; a signature of tensors is keyed by the spec that feeds them too."""
+    if feature_spec is None:
+        return engine, path, signature, keep_logs
+    from models.serving.feature_spec import spec_to_json
+
+    return engine, path, signature, keep_logs, json.dumps(spec_to_json(feature_spec), sort_keys=True)
+
+
+def release_batch_call(engine: str, path: str, signature: str, keep_logs: bool = False, feature_spec=None) -> None:
     """Forgets the process-wide batch call of a model version that no scoring step serves any more
     (a refreshed stream's old version), so its memory can go."""
     with _CACHE_LOCK:
-        _CACHE.pop((engine, path, signature, keep_logs), None)
+        _CACHE.pop(_cache_key(engine, path, signature, keep_logs, feature_spec), None)
 
 
 def _replacement(call: Any) -> Any:
@@ -56,16 +66,16 @@ def serving_call(call: BatchCall) -> BatchCall:
         return call
 
 
-def reload_batch_call(stale: BatchCall, engine: str, path: str, signature: str, keep_logs: bool = False
-                      ) -> BatchCall:
+def reload_batch_call(stale: BatchCall, engine: str, path: str, signature: str, keep_logs: bool = False,
+                      feature_spec=None) -> BatchCall:
     """Loads (engine, path, signature) again in place of `stale`, a copy whose call was abandoned:
     the process-wide cache and serving_call(stale) give the fresh copy from now on. A copy reloaded
     already (by another thread) is not loaded twice. Returns the copy now serving."""
     if _replacement(stale) is not None:
         return serving_call(stale)
     started = time.perf_counter()
-    fresh = ENGINES[engine](path, signature, keep_logs=keep_logs)
-    key = (engine, path, signature, keep_logs)
+    fresh = ENGINES[engine](path, signature, keep_logs=keep_logs, feature_spec=feature_spec)
+    key = _cache_key(engine, path, signature, keep_logs, feature_spec)
     with _CACHE_LOCK:
         if _replacement(stale) is None:
             _REPLACED[stale] = fresh
@@ -85,12 +95,14 @@ def take_load_times() -> List[Tuple[str, float]]:
         return taken
 
 
-def load_batch_call(engine: str, path: str, signature: str, keep_logs: bool = False) -> BatchCall:
-    """The process-wide batch call of (engine, model, signature), loaded once."""
+def load_batch_call(engine: str, path: str, signature: str, keep_logs: bool = False, feature_spec=None
+                    ) -> BatchCall:
+    """The process-wide batch call of (engine, model, signature), loaded once. feature_spec: the
+    spec that feeds a signature of tensors (ServingModel.engine_spec; None for tf.Example ones)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    return shared_model((engine, path, signature, keep_logs),
-                        lambda: ENGINES[engine](path, signature, keep_logs=keep_logs))
+    return shared_model(_cache_key(engine, path, signature, keep_logs, feature_spec),
+                        lambda: ENGINES[engine](path, signature, keep_logs=keep_logs, feature_spec=feature_spec))
 
 
 class ModelLoadError(ModelContractError):
@@ -104,7 +116,7 @@ def batch_calls(graph, keep_logs: bool = False) -> Dict[str, BatchCall]:
     calls = {}
     for n in graph.nodes:
         try:
-            calls[n.name] = load_batch_call(n.engine, n.model.path, n.model.signature, keep_logs)
+            calls[n.name] = load_batch_call(n.engine, n.model.path, n.model.signature, keep_logs, n.model.engine_spec)
         except Exception as e:  # pylint: disable=broad-except  # re-raised with the model and engine named
             from models.serving.errors import error_text
 

@@ -31,7 +31,8 @@ def probed_output_specs(node: GraphNode) -> Tuple:
 
     try:
         records = golden_records(node.model.feature_spec, PROBE_EXAMPLES)
-        outputs = load_batch_call(node.engine, node.model.path, node.model.signature)(records)
+        outputs = load_batch_call(node.engine, node.model.path, node.model.signature,
+                                  feature_spec=node.model.engine_spec)(records)
     except Exception as e:  # pylint: disable=broad-except  # the schema cannot be made: say why
         raise SchemaError(f"model {node.name!r}: the signature leaves the rank of outputs {unknown} unknown, "
                           f"and calling the model on {PROBE_EXAMPLES} examples of its feature spec to find it "

@@ -194,18 +194,22 @@ class ModelRefresher:
         started = self._clock()
         version = version_dir.rstrip("/").rsplit("/", 1)[-1]
         state = model_files(version_dir) if state is None else state
+        candidate_spec = None
         try:
-            model = load_serving_model(version_dir, node.name, node.model.signature)
+            # a --feature_spec given at launch applies to every version
+            model = load_serving_model(version_dir, node.name, node.model.signature, node.model.spec_file)
+            candidate_spec = model.engine_spec
             candidate = dataclasses.replace(node, model=dataclasses.replace(model, base_path=node.model.base_path))
             graph = self.graph
             graph = dataclasses.replace(graph, nodes=tuple(candidate if n.name == node.name else n
                                                            for n in graph.nodes))
             check_graph(graph)  # bridges and post-processing still fit the new outputs
-            call = load_batch_call(node.engine, version_dir, node.model.signature, self._keep_logs)
+            call = load_batch_call(node.engine, version_dir, node.model.signature, self._keep_logs, candidate_spec)
             _golden_check(candidate, call)
         except Exception as e:  # pylint: disable=broad-except  # refused; the current version serves on
             reason = f"{type(e).__name__}: {e}".replace("\n", " ")
-            release_batch_call(node.engine, version_dir, node.model.signature, self._keep_logs)
+            release_batch_call(node.engine, version_dir, node.model.signature, self._keep_logs,
+                               candidate_spec)
             self._refused[version_dir] = state
             LOG.warning("model refresh: %s version %s at %s refused, %s keeps serving: %s", node.name, version,
                         version_dir, node.model.version_name, reason)
@@ -213,7 +217,8 @@ class ModelRefresher:
         with self._lock:
             self._graph, self._generation = graph, self._generation + 1
         # the old version's memory goes once every scoring step has moved on
-        release_batch_call(node.engine, node.model.path, node.model.signature, self._keep_logs)
+        release_batch_call(node.engine, node.model.path, node.model.signature, self._keep_logs,
+                           node.model.engine_spec)
         LOG.info("model refresh: %s version %s loaded and serving from the next batch (was %s)", node.name,
                  version, node.model.version_name)
         return RefreshEvent(node.name, version, True, self._clock() - started)
