@@ -11,7 +11,7 @@ reason it does not; notes are what does not stop it (no warmup file, say).
 
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 FAST, TFX_BSL = "fast", "tfx-bsl"
@@ -86,7 +86,7 @@ class Verdict:
     target: str
     ok: bool
     reasons: Tuple[str, ...] = ()
-    notes: Tuple[str, ...] = field(default=())
+    notes: Tuple[str, ...] = ()
 
     def text(self) -> str:
         """"OK" or "no: reason; reason", then any notes."""
