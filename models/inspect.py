@@ -14,8 +14,6 @@ if __name__ == "__main__":  # before TensorFlow loads, so its start-up lines sta
 import json
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-import tensorflow as tf
-
 from models import cli
 from models.tf_console import console_logging
 

@@ -390,4 +390,5 @@ def test_vertex_ai_refuses_custom_ops(made_up_op, work):
     old_enough = edited_copy(made_up_op, str(work / "made_up_2_15" / "1"),
                              lambda meta_graph: setattr(meta_graph.meta_info_def, "tensorflow_version", "2.15.0"))
     verdict = portability.vertex_ai_verdict(facts_of(old_enough))
-    assert not verdict.ok and verdict.reasons[0].startswith("uses op types that stock TensorFlow does not define (MadeUpOp)")
+    assert not verdict.ok
+    assert verdict.reasons[0].startswith("uses op types that stock TensorFlow does not define (MadeUpOp)")
