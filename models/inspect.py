@@ -1,6 +1,7 @@
-"""python -m models.inspect DIR: signatures, feature spec, tfx-bsl contract of a SavedModel, and which
-engines can run it (each loads it as a job would and scores golden examples). Exit 1 when the
-contract fails or an engine cannot run the model."""
+"""python -m models.inspect DIR: signatures, feature spec, tfx-bsl contract of a SavedModel, which
+engines can run it (each loads it as a job would and scores golden examples), and where else it can
+run as it is: TF Serving, BigQuery ML, Vertex AI (models.portability). --json prints the whole report
+as one JSON object. Exit 1 when the contract fails or an engine cannot run the model."""
 
 import sys
 
@@ -10,52 +11,113 @@ if __name__ == "__main__":  # before TensorFlow loads, so its start-up lines sta
     load_tensorflow_quietly(sys.argv)
 
 
-from typing import Dict, List, Optional, Sequence, Tuple
-
-import tensorflow as tf
+import json
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from models import cli
 from models.tf_console import console_logging
 
 
+def _shape(info) -> Optional[List[Optional[int]]]:
+    """The TensorInfo's shape, None for a dimension of any size; None when the rank is unknown."""
+    if info.tensor_shape.unknown_rank:
+        return None
+    return [d.size if d.size >= 0 else None for d in info.tensor_shape.dim]
+
+
 def _tensor_text(name: str, info) -> str:
-    dims = [d.size if d.size >= 0 else None for d in info.tensor_shape.dim]
-    shape = "unknown" if info.tensor_shape.unknown_rank else str(dims)
-    return f"{name}: {tf.as_dtype(info.dtype).name} {shape}"
+    from models.portability import dtype_name, tensor_kind
+
+    kind, dtype = tensor_kind(info)
+    if kind != "dense":  # a SparseTensor or RaggedTensor: its TensorInfo holds no dense shape
+        return f"{name}: {kind} {dtype_name(dtype) or 'tensor'}"
+    shape = _shape(info)
+    return f"{name}: {dtype_name(dtype)} {'unknown' if shape is None else str(shape)}"
 
 
 def _tensor_line(name: str, info) -> str:
     return f"      {_tensor_text(name, info)}"
 
 
+class Inspection(NamedTuple):
+    """A model's report as text and as one JSON-ready dict, and whether a job can run it."""
+    text: str
+    data: Dict[str, object]
+    runnable: bool
+
+
 def inspect_report(path: str, signature: str = "serving_default") -> (str, bool):
     """Returns the report text and whether a job can run the model: with at least one engine (a
     tf.Module export that only the fast engine runs is fine; the report says so)."""
+    inspection = inspect_model(path, signature)
+    return inspection.text, inspection.runnable
+
+
+def inspect_model(path: str, signature: str = "serving_default") -> Inspection:
+    """The whole report: the model is read and each engine loads it once; the portability
+    verdicts reuse what that found (models.portability)."""
+    from models import portability
     from models.serving import layout
     from models.serving.contract import contract_problems, serving_meta_graph, tf1_loader_problems
-
-    version_dir = layout.resolve_version_dir(path)
-    meta_graph = serving_meta_graph(version_dir)
-    lines = _header_lines(version_dir) + _signature_lines(meta_graph)
-    dense = _dense_inputs(meta_graph, signature)
-    if dense:
-        return "\n".join(lines + _dense_lines(version_dir, signature, dense)), False
-    lines += _feature_spec_lines(version_dir, signature) + _warmup_lines(version_dir)
-    any_engine_problems = contract_problems(version_dir, signature, tf1_loader=False)
-    lines += _contract_lines(signature, any_engine_problems + tf1_loader_problems(meta_graph, signature))
-    runs = engine_report(version_dir, signature)
-    lines.append(f"engines ({signature}), each loading the model as a job does and scoring golden examples:")
-    lines += [f"  {engine}: {verdict}" for engine, (_, verdict) in runs.items()]
-    runnable = [engine for engine, (ok, _) in runs.items() if ok]
-    if runnable and len(runnable) < len(runs):
-        lines.append(f"runs with --engine {' or '.join(runnable)} only")
-    return "\n".join(lines), bool(runnable) and not any_engine_problems
-
-
-def _header_lines(version_dir: str) -> List[str]:
     from models.serving.fingerprint import saved_model_fingerprint
 
+    version_dir = layout.resolve_version_dir(path)
     fingerprint = saved_model_fingerprint(version_dir)
+    meta_graph = serving_meta_graph(version_dir)
+    facts = portability.model_facts(path, version_dir, meta_graph, signature, fingerprint["bytes"])
+    lines = _header_lines(version_dir, fingerprint) + _signature_lines(meta_graph)
+    data = {"saved_model": version_dir, **fingerprint, "tensorflow_version": facts.tensorflow_version,
+            "signature": signature, "signatures": _signatures_data(meta_graph),
+            "warmup": {"records": facts.warmup_records, "problem": facts.warmup_problem}}
+    dense = _dense_inputs(meta_graph, signature)
+    if dense:
+        verdicts = portability.dense_engine_verdicts(dense) + portability.target_verdicts(facts)
+        problems = contract_problems(version_dir, signature, tf1_loader=False, prepare_hint=False)
+        data.update(takes="dense tensors", feature_spec=None, contract=_contract_data(signature, problems),
+                    engines={v.target: {"runs": False, "detail": "; ".join(v.reasons)} for v in verdicts[:2]},
+                    remedy=_dense_remedy(version_dir, signature), runnable=False,
+                    portability=[v.as_dict() for v in verdicts])
+        lines += portability.portability_lines(verdicts) + _dense_lines(version_dir, signature, dense)
+        return Inspection("\n".join(lines), data, False)
+    spec_lines, data["feature_spec"] = _feature_spec(version_dir, signature)
+    any_engine_problems = contract_problems(version_dir, signature, tf1_loader=False)
+    tf1_problems = tf1_loader_problems(meta_graph, signature) if signature in meta_graph.signature_def else []
+    runs = engine_report(version_dir, signature)
+    runnable = [engine for engine, (ok, _) in runs.items() if ok]
+    verdicts = (portability.engine_verdicts(runs, any_engine_problems, tf1_problems)
+                + portability.target_verdicts(facts))
+    lines += portability.portability_lines(verdicts)
+    lines += spec_lines + _warmup_lines(version_dir)
+    lines += _contract_lines(signature, any_engine_problems + tf1_problems)
+    lines.append(f"engines ({signature}), each loading the model as a job does and scoring golden examples:")
+    lines += [f"  {engine}: {verdict}" for engine, (_, verdict) in runs.items()]
+    if runnable and len(runnable) < len(runs):
+        lines.append(f"runs with --engine {' or '.join(runnable)} only")
+    ok = bool(runnable) and not any_engine_problems
+    data.update(takes="serialized tf.Example", contract=_contract_data(signature, any_engine_problems + tf1_problems),
+                engines={engine: {"runs": ran, "detail": detail} for engine, (ran, detail) in runs.items()},
+                runnable=ok, portability=[v.as_dict() for v in verdicts])
+    return Inspection("\n".join(lines), data, ok)
+
+
+def _signatures_data(meta_graph) -> Dict[str, object]:
+    def tensors(infos):
+        from models.portability import dtype_name, tensor_kind
+
+        out = {}
+        for name, info in sorted(infos.items()):
+            kind, dtype = tensor_kind(info)
+            out[name] = {"dtype": dtype_name(dtype), "shape": _shape(info) if kind == "dense" else None, "kind": kind}
+        return out
+    return {name: {"method": sig.method_name, "inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
+            for name, sig in sorted(meta_graph.signature_def.items()) if not name.startswith("__")}
+
+
+def _contract_data(signature: str, problems: List[str]) -> Dict[str, object]:
+    return {"signature": signature, "ok": not problems, "problems": list(problems)}
+
+
+def _header_lines(version_dir: str, fingerprint: Dict[str, object]) -> List[str]:
     return [f"SavedModel: {version_dir}",
             f"sha256: {fingerprint['sha256']} ({fingerprint['files']} files, {fingerprint['bytes']:,} bytes)"]
 
@@ -73,15 +135,16 @@ def _signature_lines(meta_graph) -> List[str]:
     return lines
 
 
-def _feature_spec_lines(version_dir: str, signature: str) -> List[str]:
-    from models.serving.feature_spec import describe
+def _feature_spec(version_dir: str, signature: str) -> Tuple[List[str], Dict[str, object]]:
+    """The report's feature spec lines and its JSON: {"source", "features"} or {"error"}."""
+    from models.serving.feature_spec import describe, spec_to_json
     from models.serving.model import read_feature_spec
 
     try:
         spec, source = read_feature_spec(version_dir, signature)
     except Exception as e:  # pylint: disable=broad-except  # reported, not raised: the rest still helps
-        return [f"feature spec: unavailable ({e})"]
-    return [f"feature spec (from {source}):", describe(spec)]
+        return [f"feature spec: unavailable ({e})"], {"error": str(e)}
+    return [f"feature spec (from {source}):", describe(spec)], {"source": source, "features": spec_to_json(spec)}
 
 
 def _warmup_lines(version_dir: str) -> List[str]:
@@ -167,6 +230,9 @@ def argument_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(prog="python -m models.inspect", description=__doc__)
     parser.add_argument("model_dir", help="version directory or base directory (highest version)")
     parser.add_argument("--signature", default="serving_default")
+    parser.add_argument("--json", action="store_true",
+                        help="print the whole report (signatures, feature spec, contract, engines, "
+                             "portability) as one JSON object")
     return parser
 
 
@@ -175,12 +241,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     console_logging(["--verbose"] if args.verbose else [])
     try:
-        report, ok = inspect_report(args.model_dir, args.signature)
+        inspection = inspect_model(args.model_dir, args.signature)
     except Exception as e:
         print(f"models.inspect: error: {e}", file=sys.stderr)
         return 2
-    print(report)
-    return 0 if ok else 1
+    print(json.dumps(inspection.data, indent=2) if args.json else inspection.text)
+    return 0 if inspection.runnable else 1
 
 
 if __name__ == "__main__":
