@@ -122,8 +122,9 @@ def tf_keras_multi_head_export(export_dir: str, seed: int = 3) -> str:
     tf_keras.utils.set_random_seed(seed)
     x = tf_keras.Input(shape=(4,), name="x")
     hidden = tf_keras.layers.Dense(8, activation="relu")(x)
-    model = tf_keras.Model(x, {"class_probs": tf_keras.layers.Dense(3, activation="softmax", name="class_probs")(hidden),
-                               "value": tf_keras.layers.Dense(1, name="value")(hidden)})
+    heads = {"class_probs": tf_keras.layers.Dense(3, activation="softmax", name="class_probs")(hidden),
+             "value": tf_keras.layers.Dense(1, name="value")(hidden)}
+    model = tf_keras.Model(x, heads)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve(examples):
