@@ -9,6 +9,10 @@ tf.saved_model.save, TF Serving's base/1 layout, assets.extra/feature_spec.json 
   (infer dead letters naming it); margin = f_scalar, scaled = f_vec * f_scalar [K].
 - head: reads h float32[K] (bridged from kinds.vec in a chain) and opt from the record:
     score = sum(h) + opt; weighted = h * opt [K].
+- mixed: one output of each dtype a row holds, from f_scalar, f_vec and text (total = f_scalar +
+  sum(f_vec)): label string (text + ":pos" or ":neg"), count int64, positive bool, score float32,
+  top int32 (argmax of f_vec), wide float64 (total / 3), vec float32 [K] (f_vec / 2 - 1),
+  signs bool [K] (f_vec >= 0).
 
 `direct_outputs` calls a model's serving signature directly (tf.saved_model.load) on serialized
 examples, one record at a time where a model may reject some: the reference the checkers use.
@@ -60,6 +64,18 @@ def gate_outputs(f):
     return {"margin": margin, "scaled": f["f_vec"] * margin[:, None]}
 
 
+def mixed_outputs(f):
+    import tensorflow as tf
+
+    x = f["f_vec"]
+    total = f["f_scalar"] + tf.reduce_sum(x, axis=1)
+    return {"label": tf.strings.join([f["text"], tf.where(total > 0, "pos", "neg")], separator=":"),
+            "count": tf.reduce_sum(tf.cast(x > 0, tf.int64), axis=1), "positive": total > 0,
+            "score": 0.25 * total, "top": tf.argmax(x, axis=1, output_type=tf.int32),
+            "wide": tf.cast(total, tf.float64) / 3.0, "vec": 0.5 * x - 1.0,
+            "signs": x >= 0}
+
+
 def head_outputs(f):
     import tensorflow as tf
 
@@ -97,11 +113,12 @@ def export_module(version_dir: str, parse, compute, spec: dict) -> str:
 
 
 def build_models(base: str) -> Dict[str, str]:
-    """{name: base directory} of kinds, gate and head under base (each with version 1)."""
+    """{name: base directory} of kinds, gate, head and mixed under base (each with version 1)."""
     built = {}
     for name, parse, compute, spec in (("kinds", parse_spec, kinds_outputs, SPEC),
                                        ("gate", parse_spec, gate_outputs, SPEC),
-                                       ("head", head_parse, head_outputs, HEAD_SPEC)):
+                                       ("head", head_parse, head_outputs, HEAD_SPEC),
+                                       ("mixed", parse_spec, mixed_outputs, SPEC)):
         export_module(os.path.join(base, name, "1"), parse, compute, spec)
         built[name] = os.path.join(base, name)
     return built
@@ -139,7 +156,7 @@ GRAPHS = {  # graph files written beside the models (paths relative to the file,
         {"regress": {"output": "vec_sum", "round": 2}}], "keep": list(KEPT)}]},
 }
 SHAPE_MODELS = {"single": ("kinds",), "parallel": ("kinds", "gate"), "chain": ("kinds", "head"),
-                "postprocess": ("kinds",)}
+                "postprocess": ("kinds",), "mixed": ("mixed",)}
 
 
 def write_graphs(base: str) -> Dict[str, str]:
@@ -178,6 +195,8 @@ def expected_outputs(shape: str, records: List[dict], signatures) -> List[Dict[s
     """Per record, {model: its outputs, or None where it rejects the record}, from direct calls."""
     from tests.matrix.records import to_example
 
+    if shape == "mixed":
+        return [{"mixed": out} for out in direct_outputs(signatures["mixed"], [to_example(r) for r in records])]
     kinds = direct_outputs(signatures["kinds"], [to_example(r) for r in records])
     result = [{"kinds": out} for out in kinds]
     if shape == "parallel":

@@ -15,7 +15,8 @@ import itertools
 from typing import Callable, Dict, List, Optional, Tuple
 
 SOURCES = ("tfrecord", "tfrecord_gz", "jsonl", "csv", "bigquery", "pubsub")
-SHAPES = ("single", "parallel", "chain", "postprocess")
+SHAPES = ("single", "parallel", "chain", "postprocess", "mixed")
+SINGLE_MODEL_SHAPES = ("single", "mixed")  # mixed: one model whose outputs are of every dtype
 SINKS = ("jsonl", "parquet", "tfrecord", "examples", "bigquery", "pubsub")
 FILE_SINKS = ("jsonl", "parquet", "tfrecord", "examples")
 STREAM_SOURCES = ("pubsub",)
@@ -29,7 +30,7 @@ REFUSALS: List[Rule] = [
     (lambda src, shape, sink: src in STREAM_SOURCES and sink in FILE_SINKS, "are batch_infer flags"),
     (lambda src, shape, sink: src not in STREAM_SOURCES and sink in STREAM_SINKS,
      "stream_infer flag(s), not batch_infer's"),
-    (lambda src, shape, sink: sink in ("tfrecord", "examples") and shape != "single",
+    (lambda src, shape, sink: sink in ("tfrecord", "examples") and shape not in SINGLE_MODEL_SHAPES,
      "writes one model's results per record"),
 ]
 
