@@ -42,6 +42,25 @@ def read_jsonl(pattern: str) -> List[dict]:
     return rows
 
 
+def run_batch_job(args: List[str], out: str):
+    """Runs python -m pipelines.batch_infer in-process with --output out (JSON Lines); returns
+    ({key: row}, [dead letter, ...]) read back from its files."""
+    from pipelines import batch_infer
+
+    batch_infer.run(args + ["--output", out], save_main_session=False)
+    rows = {r["key"]: r for r in read_jsonl(out + "-*.jsonl")}
+    return rows, read_jsonl(out + ".errors-*.jsonl")
+
+
+def read_prediction_logs(pattern: str) -> list:
+    """The PredictionLogs of every TFRecord file matching pattern (tf.data and the serving protos)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    return [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+            for shard in sorted(glob.glob(pattern)) for r in tf.data.TFRecordDataset(shard)]
+
+
 def wait_for_output(process, log, text: str, what: str, timeout_s: float = 120):
     """Waits until a subprocess writing to the file object log has written text; raises
     AssertionError naming what did not start (with the log's tail) if it exits or times out."""

@@ -19,7 +19,7 @@ from models.serving import layout
 from models.serving.examples import make_example
 from models.serving.feature_spec import Feature
 from pipelines import batch_infer
-from tests.helpers import read_jsonl
+from tests.helpers import read_jsonl, read_prediction_logs as read_logs, run_batch_job as run
 from tests.support.foreign_models import (batch_ignoring_export, estimator_varlen_export, expected_linear,
                                           expected_varlen, tf1_linear_export, tf2_module_export)
 
@@ -40,17 +40,6 @@ def padded_base(tmp_path_factory):
 def linear_input(write_tfrecords):
     records = [make_example({"x": x}).SerializeToString() for x in XS] + [b"\x0a\xff garbage"]
     return write_tfrecords("linear.tfrecord", records), records
-
-
-def run(args, out):
-    batch_infer.run(args + ["--output", out], save_main_session=False)
-    rows = {r["key"]: r for r in read_jsonl(out + "-*.jsonl")}
-    return rows, read_jsonl(out + ".errors-*.jsonl")
-
-
-def read_logs(pattern):
-    return [prediction_log_pb2.PredictionLog.FromString(r.numpy())
-            for shard in sorted(glob.glob(pattern)) for r in tf.data.TFRecordDataset(shard)]
 
 
 def tfx_bsl_logs(model_dir, signature, records, out):

@@ -12,7 +12,9 @@ Dead letters: the JSON Lines dead-letter files, the errors table or the errors t
 
 `check_outputs` then compares every value with the models' signatures called directly on the
 same records (tests/matrix/models.py), checks that every record's key is there, and checks count
-conservation: per model, records in = rows holding its outputs + dead letters naming it.
+conservation: per model, records in = rows holding its outputs + dead letters naming it. A bool
+output must read back as bools, except from the sinks that document them as ints
+(INT64_BOOL_SINKS).
 """
 
 import base64
@@ -25,6 +27,7 @@ import numpy as np
 from tests.matrix.records import KEY
 
 ROW_FIELDS = ("key", "inputs", "source", "model_versions", "message_id")
+INT64_BOOL_SINKS = ("examples",)  # docs/sinks.md: bools as int64_list, as BulkInferrer stores them
 Rows = Dict[str, Dict[str, Dict[str, Any]]]
 
 
@@ -185,9 +188,13 @@ def _as_bytes(value: Any) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
-def assert_same(got: Any, want: Any, what: str) -> None:
-    """got (as a sink holds it) equals want (a direct call's numpy value); bytes by content."""
+def assert_same(got: Any, want: Any, what: str, bools_as_ints: bool = False) -> None:
+    """got (as a sink holds it) equals want (a direct call's numpy value); bytes by content; a bool
+    output as bools (as 0 and 1 with bools_as_ints)."""
     want = np.asarray(want)
+    if want.dtype.kind == "b" and not bools_as_ints:
+        values = np.asarray(got, dtype=object).reshape(-1).tolist()
+        assert all(isinstance(v, (bool, np.bool_)) for v in values), f"{what}: {got!r} are not bools"
     if want.dtype.kind in "SOU":
         got_list = [_as_bytes(v) for v in np.asarray(got, dtype=object).reshape(-1)]
         assert got_list == [bytes(v) for v in want.reshape(-1)], f"{what}: {got!r} != {want!r}"
@@ -204,9 +211,10 @@ def expected_dead(records: List[dict], expected: List[dict]) -> List[tuple]:
                   for model, out in outs.items() if out is None)
 
 
-def check_outputs(rows: Rows, dead: List[dict], records: List[dict], expected: List[dict]) -> None:
+def check_outputs(rows: Rows, dead: List[dict], records: List[dict], expected: List[dict],
+                  bools_as_ints: bool = False) -> None:
     """Every key there, every output of every model equal to the direct call (no more, no fewer),
-    dead letters as expected, counts conserved."""
+    dead letters as expected, counts conserved. bools_as_ints: the sink stores bools as ints."""
     keys = [r[KEY] for r in records]
     assert sorted((d["key"], d["stage"], d["model"]) for d in dead) == expected_dead(records, expected), \
         f"dead letters: {[(d['key'], d['stage'], d['model'], d.get('error', '')[:200]) for d in dead]}"
@@ -221,7 +229,7 @@ def check_outputs(rows: Rows, dead: List[dict], records: List[dict], expected: L
                 continue
             assert set(got) == set(want), f"{key} {model}: outputs {sorted(got)} != {sorted(want)}"
             for name, value in want.items():
-                assert_same(got[name], value, f"{key} {model}.{name}")
+                assert_same(got[name], value, f"{key} {model}.{name}", bools_as_ints)
     for model in expected[0]:
         with_outputs = sum(model in rows.get(k, {}) for k in keys)
         naming = sum(d["model"] == model for d in dead)

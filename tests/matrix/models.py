@@ -14,6 +14,10 @@ tf.saved_model.save, TF Serving's base/1 layout, assets.extra/feature_spec.json 
   scored in groups), text and blob string[None], opt int64[None] (its default from TENSORS_SPEC,
   given with --feature_spec); kinds' outputs of those (vec_sum, vec, int_count, int_sum,
   text_chars, text_echo, blob_len, opt_value).
+- mixed: one output of each dtype a row holds, from f_scalar, f_vec and text (total = f_scalar +
+  sum(f_vec)): label string (text + ":pos" or ":neg"), count int64, positive bool, score float32,
+  top int32 (argmax of f_vec), wide float64 (total / 3), vec float32 [K] (f_vec / 2 - 1),
+  signs bool [K] (f_vec >= 0).
 
 `direct_outputs` calls a model's serving signature directly (tf.saved_model.load) on serialized
 examples, one record at a time where a model may reject some: the reference the checkers use.
@@ -63,6 +67,18 @@ def gate_outputs(f):
     with tf.control_dependencies([tf.debugging.assert_non_negative(f["f_scalar"], message="gate: negative")]):
         margin = tf.identity(f["f_scalar"])
     return {"margin": margin, "scaled": f["f_vec"] * margin[:, None]}
+
+
+def mixed_outputs(f):
+    import tensorflow as tf
+
+    x = f["f_vec"]
+    total = f["f_scalar"] + tf.reduce_sum(x, axis=1)
+    return {"label": tf.strings.join([f["text"], tf.where(total > 0, "pos", "neg")], separator=":"),
+            "count": tf.reduce_sum(tf.cast(x > 0, tf.int64), axis=1), "positive": total > 0,
+            "score": 0.25 * total, "top": tf.argmax(x, axis=1, output_type=tf.int32),
+            "wide": tf.cast(total, tf.float64) / 3.0, "vec": 0.5 * x - 1.0,
+            "signs": x >= 0}
 
 
 def head_outputs(f):
@@ -132,11 +148,12 @@ def export_tensors_module(version_dir: str) -> str:
 
 
 def build_models(base: str) -> Dict[str, str]:
-    """{name: base directory} of kinds, gate, head and tensors under base (each with version 1)."""
+    """{name: base directory} of kinds, gate, head, mixed and tensors under base (each with version 1)."""
     built = {"tensors": os.path.dirname(export_tensors_module(os.path.join(base, "tensors", "1")))}
     for name, parse, compute, spec in (("kinds", parse_spec, kinds_outputs, SPEC),
                                        ("gate", parse_spec, gate_outputs, SPEC),
-                                       ("head", head_parse, head_outputs, HEAD_SPEC)):
+                                       ("head", head_parse, head_outputs, HEAD_SPEC),
+                                       ("mixed", parse_spec, mixed_outputs, SPEC)):
         export_module(os.path.join(base, name, "1"), parse, compute, spec)
         built[name] = os.path.join(base, name)
     return built
@@ -188,7 +205,7 @@ GRAPHS = {  # graph files written beside the models (paths relative to the file,
         {"regress": {"output": "vec_sum", "round": 2}}], "keep": list(KEPT)}]},
 }
 SHAPE_MODELS = {"single": ("kinds",), "parallel": ("kinds", "gate"), "chain": ("kinds", "head"),
-                "postprocess": ("kinds",), "dense": ("tensors",)}
+                "postprocess": ("kinds",), "dense": ("tensors",), "mixed": ("mixed",)}
 
 
 def write_graphs(base: str) -> Dict[str, str]:
@@ -232,6 +249,8 @@ def expected_outputs(shape: str, records: List[dict], signatures) -> List[Dict[s
 
     if shape == "dense":
         return [{"tensors": out} for out in direct_tensor_outputs(signatures["tensors"], records)]
+    if shape == "mixed":
+        return [{"mixed": out} for out in direct_outputs(signatures["mixed"], [to_example(r) for r in records])]
     kinds = direct_outputs(signatures["kinds"], [to_example(r) for r in records])
     result = [{"kinds": out} for out in kinds]
     if shape == "parallel":

@@ -15,8 +15,9 @@ import itertools
 from typing import Callable, Dict, List, Optional, Tuple
 
 SOURCES = ("tfrecord", "tfrecord_gz", "jsonl", "csv", "bigquery", "pubsub")
-SHAPES = ("single", "parallel", "chain", "postprocess", "dense")
-ONE_MODEL_SHAPES = ("single", "dense")  # "dense": one model whose signature takes tensors
+SHAPES = ("single", "parallel", "chain", "postprocess", "mixed", "dense")
+# one model: mixed, whose outputs are of every dtype; dense, whose signature takes tensors
+SINGLE_MODEL_SHAPES = ("single", "mixed", "dense")
 SINKS = ("jsonl", "parquet", "tfrecord", "examples", "bigquery", "pubsub")
 FILE_SINKS = ("jsonl", "parquet", "tfrecord", "examples")
 STREAM_SOURCES = ("pubsub",)
@@ -30,7 +31,7 @@ REFUSALS: List[Rule] = [
     (lambda src, shape, sink: src in STREAM_SOURCES and sink in FILE_SINKS, "are batch_infer flags"),
     (lambda src, shape, sink: src not in STREAM_SOURCES and sink in STREAM_SINKS,
      "stream_infer flag(s), not batch_infer's"),
-    (lambda src, shape, sink: sink in ("tfrecord", "examples") and shape not in ONE_MODEL_SHAPES,
+    (lambda src, shape, sink: sink in ("tfrecord", "examples") and shape not in SINGLE_MODEL_SHAPES,
      "writes one model's results per record"),
 ]
 

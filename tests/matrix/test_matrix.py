@@ -116,12 +116,13 @@ def bigquery_table(ctx: Context) -> str:
 
 
 def shape_flags(shape: str, dirs: dict, graphs: dict) -> List[str]:
-    if shape == "single":
-        return ["--model", f"kinds={dirs['kinds']}"]
-    if shape == "parallel":
-        return ["--model", f"kinds={dirs['kinds']}", "--model", f"gate={dirs['gate']}"]
     if shape == "dense":
         return ["--model", f"tensors={dirs['tensors']}", "--feature_spec", f"tensors={graphs['dense']}"]
+    if shape in table.SINGLE_MODEL_SHAPES:
+        (name,) = models.SHAPE_MODELS[shape]
+        return ["--model", f"{name}={dirs[name]}"]
+    if shape == "parallel":
+        return ["--model", f"kinds={dirs['kinds']}", "--model", f"gate={dirs['gate']}"]
     return ["--graph", graphs[shape]]
 
 
@@ -240,7 +241,7 @@ def test_cell(cell, matrix_models, tmp_path, request, capsys):
     runner = run_stream_cell if cell[0] in table.STREAM_SOURCES else run_batch_cell
     rows, dead = runner(ctx, matrix_models)
     expected = models.expected_outputs(cell[1], ctx.records, matrix_models[2])
-    checkers.check_outputs(rows, dead, ctx.records, expected)
+    checkers.check_outputs(rows, dead, ctx.records, expected, bools_as_ints=cell[2] in checkers.INT64_BOOL_SINKS)
 
 
 def test_the_fast_slice_holds_every_source_shape_and_sink():
