@@ -59,6 +59,8 @@ def inspect_model(path: str, signature: str = "serving_default") -> Inspection:
     from models import portability
     from models.serving import layout
     from models.serving.contract import contract_problems, serving_meta_graph, tf1_loader_problems
+    from models.serving.dense import inputs_problem
+    from models.serving.engines import TFX_BSL_ENGINE
     from models.serving.fingerprint import saved_model_fingerprint
 
     version_dir = layout.resolve_version_dir(path)
@@ -69,35 +71,41 @@ def inspect_model(path: str, signature: str = "serving_default") -> Inspection:
     data = {"saved_model": version_dir, **fingerprint, "tensorflow_version": facts.tensorflow_version,
             "signature": signature, "signatures": _signatures_data(meta_graph),
             "warmup": {"records": facts.warmup_records, "problem": facts.warmup_problem}}
-    dense = _dense_inputs(meta_graph, signature)
-    if dense:
-        verdicts = portability.dense_engine_verdicts(dense) + portability.target_verdicts(facts)
-        problems = contract_problems(version_dir, signature, tf1_loader=False, prepare_hint=False)
-        data.update(takes="dense tensors", feature_spec=None, contract=_contract_data(signature, problems),
-                    engines={v.target: {"runs": False, "detail": "; ".join(v.reasons)} for v in verdicts[:2]},
-                    remedy=_dense_remedy(version_dir, signature), runnable=False,
-                    portability=[v.as_dict() for v in verdicts])
-        lines += portability.portability_lines(verdicts) + _dense_lines(version_dir, signature, dense)
-        return Inspection("\n".join(lines), data, False)
-    spec_lines, data["feature_spec"] = _feature_spec(version_dir, signature)
-    any_engine_problems = contract_problems(version_dir, signature, tf1_loader=False)
+    inputs = _tensor_inputs(version_dir, meta_graph, signature)
+    spec_lines, data["feature_spec"] = _feature_spec(version_dir, signature, inputs)
+    any_engine_problems = contract_problems(version_dir, signature, tf1_loader=False, tensor_inputs=bool(inputs))
     tf1_problems = tf1_loader_problems(meta_graph, signature) if signature in meta_graph.signature_def else []
-    runs = engine_report(version_dir, signature)
+    # what stops tfx-bsl, said once (on the contract's line): a signature of tensors, the TF1 loader
+    tfx_bsl_problems = ([inputs_problem(version_dir, signature)] if inputs else []) + tf1_problems
+    runs = engine_report(version_dir, signature, skip={TFX_BSL_ENGINE: _TAKES_TENSORS} if inputs else {})
     runnable = [engine for engine, (ok, _) in runs.items() if ok]
     verdicts = (portability.engine_verdicts(runs, any_engine_problems, tf1_problems)
                 + portability.target_verdicts(facts))
     lines += portability.portability_lines(verdicts)
     lines += spec_lines + _warmup_lines(version_dir)
-    lines += _contract_lines(signature, any_engine_problems + tf1_problems)
+    lines += _contract_lines(signature, any_engine_problems + tfx_bsl_problems)
     lines.append(f"engines ({signature}), each loading the model as a job does and scoring golden examples:")
     lines += [f"  {engine}: {verdict}" for engine, (_, verdict) in runs.items()]
     if runnable and len(runnable) < len(runs):
         lines.append(f"runs with --engine {' or '.join(runnable)} only")
     ok = bool(runnable) and not any_engine_problems
-    data.update(takes="serialized tf.Example", contract=_contract_data(signature, any_engine_problems + tf1_problems),
+    data.update(takes="tensors" if inputs else "serialized tf.Example",
+                contract=_contract_data(signature, any_engine_problems + tfx_bsl_problems),
                 engines={engine: {"runs": ran, "detail": detail} for engine, (ran, detail) in runs.items()},
                 runnable=ok, portability=[v.as_dict() for v in verdicts])
     return Inspection("\n".join(lines), data, ok)
+
+
+_TAKES_TENSORS = "refused: the signature takes tensors (the tfx-bsl contract above says why, and what to do)"
+
+
+def _tensor_inputs(version_dir: str, meta_graph, signature: str):
+    """{input: (dtype, shape)} when the signature takes tensors (models.serving.dense), else {}."""
+    from models.serving.dense import signature_inputs
+
+    if signature not in meta_graph.signature_def:
+        return {}
+    return signature_inputs(version_dir, signature)
 
 
 def _signatures_data(meta_graph) -> Dict[str, object]:
@@ -135,16 +143,30 @@ def _signature_lines(meta_graph) -> List[str]:
     return lines
 
 
-def _feature_spec(version_dir: str, signature: str) -> Tuple[List[str], Dict[str, object]]:
-    """The report's feature spec lines and its JSON: {"source", "features"} or {"error"}."""
+def _feature_spec(version_dir: str, signature: str, inputs=None) -> Tuple[List[str], Dict[str, object]]:
+    """The report's feature spec lines and its JSON: {"source", "features"} or {"error"}. A
+    signature of tensors gets the spec its inputs give (what the fast engine parses records into)."""
     from models.serving.feature_spec import describe, spec_to_json
-    from models.serving.model import read_feature_spec
 
     try:
-        spec, source = read_feature_spec(version_dir, signature)
+        spec, source = _model_spec(version_dir, signature, inputs)
     except Exception as e:  # pylint: disable=broad-except  # reported, not raised: the rest still helps
         return [f"feature spec: unavailable ({e})"], {"error": str(e)}
-    return [f"feature spec (from {source}):", describe(spec)], {"source": source, "features": spec_to_json(spec)}
+    head = f"feature spec (from {source}):"
+    if inputs:
+        head = (f"takes ({signature}): tensors, not serialized tf.Example; the fast engine parses each batch "
+                f"of records into them by this feature spec (from the signature's inputs; --feature_spec "
+                "overrides it):")
+    return [head, describe(spec)], {"source": source, "features": spec_to_json(spec)}
+
+
+def _model_spec(version_dir: str, signature: str, inputs=None):
+    from models.serving.dense import tensor_input_spec
+    from models.serving.model import read_feature_spec
+
+    if inputs:
+        return tensor_input_spec(inputs), "signature inputs"
+    return read_feature_spec(version_dir, signature)
 
 
 def _warmup_lines(version_dir: str) -> List[str]:
@@ -164,59 +186,26 @@ def _contract_lines(signature: str, problems: List[str]) -> List[str]:
             "signature reads is restored by the TF1 saver)"]
 
 
-def _dense_inputs(meta_graph, signature: str) -> List[str]:
-    """The signature's inputs ("name: dtype shape") when it takes tensors rather than one string
-    input of serialized tf.Example (a Keras model.export(), say); empty when it takes one string."""
-    from models.serving.contract import input_problems
-
-    sig = meta_graph.signature_def.get(signature)
-    if sig is None or not input_problems(signature, sig):
-        return []
-    return [_tensor_text(k, v) for k, v in sorted(sig.inputs.items())]
-
-
-def _dense_lines(version_dir: str, signature: str, inputs: List[str]) -> List[str]:
-    """What a signature of dense inputs takes, that no engine scores it as it is, and the one thing
-    to do: another signature of the model that takes tf.Example, or models.prepare."""
-    from models.serving.contract import contract_problems
-
-    problems = contract_problems(version_dir, signature, tf1_loader=False, prepare_hint=False)
-    return [f"takes ({signature}): dense tensors ({'; '.join(inputs)}), not serialized tf.Example, "
-            "so it has no feature spec",
-            *_warmup_lines(version_dir), *_contract_lines(signature, problems),
-            f"engines ({signature}): neither fast nor tfx-bsl can score it as it is (both give the model "
-            "serialized tf.Example); a job refuses it before it starts",
-            "to score it: " + _dense_remedy(version_dir, signature)]
-
-
-def _dense_remedy(version_dir: str, signature: str) -> str:
-    from models.serving.signature_spec import examples_input
-    from models.serving.contract import serving_meta_graph
-
-    others = [name for name in sorted(serving_meta_graph(version_dir).signature_def)
-              if name != signature and examples_input(version_dir, name)]
-    if others:
-        return f"--signature {others[0]}, which takes serialized tf.Example"
-    return (f"python -m models.prepare --model {version_dir} --output DIR, then --model DIR (it adds a "
-            "serving_default signature that parses tf.Example into these inputs, its feature spec derived "
-            "from them)")
-
-
-def engine_report(version_dir: str, signature: str = "serving_default") -> Dict[str, Tuple[bool, str]]:
+def engine_report(version_dir: str, signature: str = "serving_default", skip: Optional[Dict[str, str]] = None
+                  ) -> Dict[str, Tuple[bool, str]]:
     """{engine: (runs, what happened)}: each engine loads the model the way a job does
-    (models.serving.engines) and scores two golden examples built from the feature spec."""
+    (models.serving.engines) and scores two golden examples built from the feature spec. skip:
+    {engine: why} for the engines a job refuses before loading the model."""
+    from models.serving.dense import signature_inputs
     from models.serving.examples import golden_records
-    from models.serving.model import read_feature_spec
     from models.serving.errors import error_text
     from models.serving.engines import ENGINES
 
     try:
-        spec, _ = read_feature_spec(version_dir, signature)
+        spec, _ = _model_spec(version_dir, signature, signature_inputs(version_dir, signature))
         records = golden_records(spec, 2)
     except Exception as e:  # pylint: disable=broad-except  # reported, not raised
         return {engine: (False, f"no golden examples: {e}") for engine in ENGINES}
     report = {}
     for engine, load in ENGINES.items():
+        if engine in (skip or {}):
+            report[engine] = (False, skip[engine])
+            continue
         try:
             call = load(version_dir, signature)
             outputs = call(records)

@@ -117,13 +117,6 @@ def engine_verdicts(runs: Mapping[str, Tuple[bool, str]], contract_problems: Seq
     return verdicts
 
 
-def dense_engine_verdicts(inputs: Sequence[str], engines: Sequence[str] = (FAST, TFX_BSL)) -> List[Verdict]:
-    """Neither engine scores a signature of dense tensors as it is (both feed it serialized
-    tf.Example); inputs are its inputs as models.inspect shows them ("x: float32 [None, 4]")."""
-    reason = f"takes dense tensors ({'; '.join(inputs)}), not serialized tf.Example"
-    return [_verdict(engine, [reason]) for engine in engines]
-
-
 # ------------------------------------------------------------------------------------------
 # pure checks over ModelFacts
 # ------------------------------------------------------------------------------------------

@@ -163,12 +163,13 @@ def test_load_serving_model_of_a_prepared_export(prepared_dir):
     assert load_serving_model(os.path.dirname(prepared_dir)).path == prepared_dir
 
 
-def test_dense_export_fails_the_contract_because_of_its_input(dense_dir, capsys):
+def test_dense_export_fails_the_tfx_bsl_contract_because_of_its_input(dense_dir, capsys):
     problems = contract_problems(dense_dir)
     assert len(problems) == 1
     assert "input 'x' is float32" in problems[0] and "DT_STRING" in problems[0]
-    assert inspect_cli.main([dense_dir]) == 1
-    assert "FAILS" in capsys.readouterr().out
+    assert contract_problems(dense_dir, tensor_inputs=True) == []  # the fast engine feeds it
+    assert inspect_cli.main([dense_dir]) == 0
+    assert "tfx-bsl contract (serving_default): FAILS" in capsys.readouterr().out
 
 
 def test_a_dense_export_loads_with_the_feature_spec_its_inputs_give(dense_dir):
@@ -179,17 +180,16 @@ def test_a_dense_export_loads_with_the_feature_spec_its_inputs_give(dense_dir):
     assert model.engine_spec == model.feature_spec
 
 
-def test_inspect_of_a_dense_export_says_what_it_takes_and_the_one_thing_to_do(dense_dir, tmp_path, capsys):
-    assert inspect_cli.main([dense_dir]) == 1
+def test_inspect_of_a_dense_export_says_what_it_takes_and_that_the_fast_engine_scores_it(dense_dir, tmp_path, capsys):
+    assert inspect_cli.main([dense_dir]) == 0
     out = capsys.readouterr().out
-    assert "takes (serving_default): dense tensors (x: float32 [None, 3]), not serialized tf.Example" in out
-    assert "neither fast nor tfx-bsl can score it as it is" in out
-    advice = [line for line in out.splitlines() if "models.prepare" in line or "feature_spec" in line
-              or "feature spec" in line and "no feature spec" not in line]
-    assert len(advice) == 1 and advice[0].startswith(f"to score it: python -m models.prepare --model {dense_dir} "
-                                                     "--output DIR"), out
-    assert "golden examples" not in out  # no engine is tried on what cannot be fed to it
-    # the advice works: the prepared export is scored by both engines
+    assert "takes (serving_default): tensors, not serialized tf.Example" in out
+    assert "  x: float32[3] (required)" in out  # the spec its input gives
+    assert "  fast: OK (FastSignatureCall: " in out and "runs with --engine fast only" in out
+    # tfx-bsl's reason and both ways out, said once
+    assert out.count("tensorflow/tfx-bsl#29") == 1 and out.count("python -m models.prepare") == 1
+    assert "score it with --engine fast" in out
+    # the other way out works: the prepared export is scored by both engines
     base = str(tmp_path / "prepared")
     prepare_model(dense_dir, base)
     assert inspect_cli.main([base]) == 0
@@ -197,11 +197,10 @@ def test_inspect_of_a_dense_export_says_what_it_takes_and_the_one_thing_to_do(de
     assert "fast: OK" in out and "tfx-bsl: OK" in out
 
 
-def test_inspect_of_the_dense_signature_of_a_prepared_export_points_to_its_examples_signature(prepared_dir, capsys):
-    assert inspect_cli.main([prepared_dir, "--signature", "serving_dense"]) == 1
+def test_inspect_of_the_dense_signature_of_a_prepared_export_runs_it_on_the_fast_engine(prepared_dir, capsys):
+    assert inspect_cli.main([prepared_dir, "--signature", "serving_dense"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[-1] == "to score it: --signature serving_default, which takes serialized tf.Example"
-    assert "models.prepare" not in out
+    assert "engines (serving_dense)" in out and "  fast: OK" in out and "runs with --engine fast only" in out
 
 
 def test_contract_reports_a_missing_signature(prepared_dir):

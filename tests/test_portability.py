@@ -146,12 +146,14 @@ def test_json_prints_the_whole_report_and_keeps_the_exit_codes(linear_base, dens
     assert {e: r["runs"] for e, r in report["engines"].items()} == {"fast": True, "tfx-bsl": True}
     assert [v["target"] for v in report["portability"]] == TARGETS
     assert set(report["portability"][0]) == {"target", "ok", "reasons", "notes"}
-    # a dense export: not runnable (exit 1), and still a portability report
-    assert inspect_cli.main([dense_base[0], "--json"]) == 1
+    # a dense export: runnable on the fast engine, its spec from its inputs, a portability report
+    assert inspect_cli.main([dense_base[0], "--json"]) == 0
     dense = json.loads(capsys.readouterr().out)
-    assert dense["runnable"] is False and dense["takes"] == "dense tensors"
+    assert dense["runnable"] is True and dense["takes"] == "tensors"
+    assert dense["feature_spec"]["source"] == "signature inputs"
+    assert {e: r["runs"] for e, r in dense["engines"].items()} == {"fast": True, "tfx-bsl": False}
     assert [v["target"] for v in dense["portability"]] == TARGETS
-    assert dense["remedy"].startswith("python -m models.prepare")
+    assert "tensorflow/tfx-bsl#29" in dense["contract"]["problems"][0]
     # an error: exit 2, nothing on stdout
     assert inspect_cli.main([str(tmp_path / "nowhere"), "--json"]) == 2
     captured = capsys.readouterr()
@@ -218,19 +220,18 @@ def test_a_tf_module_export_is_fast_only_and_the_tfx_bsl_verdict_says_why(work):
 
 def test_a_dense_export_gets_engine_verdicts_and_the_portability_section(dense_base, capsys):
     base, model = dense_base
-    assert inspect_cli.main([base]) == 1
+    assert inspect_cli.main([base]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     section = lines[lines.index("portability:") + 1:lines.index("portability:") + 6]
-    assert section[0] == "  fast: no: takes dense tensors (x: float32 [None, 4]), not serialized tf.Example"
-    assert section[1].startswith("  tfx-bsl: no: takes dense tensors")
+    assert section[0] == "  fast: OK"
+    assert section[1].startswith("  tfx-bsl: no: refused: the signature takes tensors")
     # TF Serving and BigQuery ML take float32 tensors as they are; the export does compute the model
     loaded = tf.saved_model.load(os.path.join(base, "1"))
     x = np.float32([[1, 2, 3, 4]])
     np.testing.assert_allclose(loaded.signatures["serving_default"](x=tf.constant(x))["output_0"], model(x),
                                rtol=1e-6)
     assert section[2].startswith("  TF Serving: OK") and section[3] == "  BigQuery ML: OK"
-    assert lines[-1].startswith("to score it: ")  # the dense report still ends on its one fix
 
 
 # --------------------------------------------------------------------------------------------
