@@ -158,6 +158,16 @@ def test_tfx_bsl_cannot_run_a_string_output_of_per_example_shape_scalar_and_insp
     assert engine_report(built("mixed_tfx_bsl").dir)["tfx-bsl"][0]
 
 
+def test_a_tfx_bsl_job_on_a_string_output_per_record_is_refused_before_it_starts(built, tmp_path, capsys):
+    from pipelines import batch_infer
+
+    out = str(tmp_path / "out" / "p")
+    assert batch_infer.main(built("mixed").flags("tfx-bsl") + ["--output", out]) == 2
+    err = capsys.readouterr().err
+    assert "output 'label' is one string per record" in err and "--engine fast" in err
+    assert not os.path.exists(os.path.dirname(out))
+
+
 # The mixed-dtypes model through every sink.
 
 MIXED_DTYPES = {"label": np.object_, "count": np.int64, "positive": np.bool_, "score": np.float32,

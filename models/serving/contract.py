@@ -109,6 +109,21 @@ def tf1_loader_problems(meta_graph, signature_name: str = "serving_default") -> 
             "export with models.prepare (keras.export.ExportArchive) for both engines"]
 
 
+def tfx_bsl_output_problems(method_name: str, output_specs) -> List[str]:
+    """Outputs tfx-bsl's predict handler fails on for every record: a string output of one value
+    per record ([n]); it splits outputs per record and reads each part's dtype, which a plain
+    bytes value lacks ("'bytes' object has no attribute 'dtype'", tfx_bsl/beam/run_inference.py).
+    output_specs: (name, dtype name, shape) as ServingModel.output_specs."""
+    from models.serving.methods import PREDICT, signature_method
+
+    if signature_method(method_name) is not PREDICT:  # classify and regress logs are built otherwise
+        return []
+    return [f"output {name!r} is one string per record (shape {[d if d >= 0 else None for d in shape]}): "
+            "tfx-bsl's predict handler fails on every record of such a signature ('bytes' object has no "
+            "attribute 'dtype'); score it with --engine fast, or export the output as [None, 1]"
+            for name, dtype, shape in output_specs if dtype == "string" and shape is not None and len(shape) == 1]
+
+
 _VARIABLE_OPS = {"VarHandleOp", "VariableV2", "Variable"}
 
 

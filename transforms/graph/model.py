@@ -15,6 +15,7 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from models.serving.contract import tfx_bsl_output_problems
 from models.serving.dense import inputs_problem
 from models.serving.feature_spec import RAW, Feature
 from models.serving.model import ServingModel
@@ -146,7 +147,8 @@ def _check_node(node: GraphNode, nodes: Dict[str, GraphNode]) -> List[str]:
         problems.append(f"model {node.name!r}: engine {node.engine!r} is not one of {', '.join(ENGINES)}")
     elif node.engine == TFX_BSL_ENGINE:
         reasons = ([inputs_problem(node.model.path, node.model.signature)] if node.model.input_tensors else []) \
-            + list(node.model.tf1_loader_problems)
+            + list(node.model.tf1_loader_problems) \
+            + tfx_bsl_output_problems(node.model.method, node.model.output_specs)
         problems += [f"model {node.name!r} at {node.model.path}: the {TFX_BSL_ENGINE} engine cannot run it: {p}"
                      for p in reasons]
     features = {f.name: f for f in node.model.feature_spec}
