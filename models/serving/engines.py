@@ -115,13 +115,25 @@ class FastSignatureCall(_SignatureColumns):
             raise ValueError(f"{path} has no signature {signature!r}")
         self._fn = self._loaded.signatures[signature]
         self._set_inputs(list(self._fn.structured_input_signature[1]), feature_spec)
+        self._parse_and_run = None
+        if self._tensors is not None and self._tensors.fixed:
+            # parse and call as one graph: one TF call per batch, as for a tf.Example signature
+            self._parse_and_run = tf.function(self._parsed_outputs, input_signature=[tf.TensorSpec([None], tf.string)])
         # the TF2 loader drops method names; saved_model.pb still has them
         self.method = serving_meta_graph(path).signature_def[signature].method_name
+
+    def _parsed_outputs(self, records):
+        inputs = self._tensors.parse(records)
+        return self._fn(**inputs), (inputs if self._keep_logs else {})
 
     def _run(self, inputs: Mapping[str, Any]) -> Dict[str, np.ndarray]:
         return {name: value.numpy() for name, value in self._fn(**inputs).items()}
 
     def __call__(self, serialized: Sequence[bytes]) -> Dict[str, np.ndarray]:
+        if self._parse_and_run is not None:
+            outputs, inputs = self._parse_and_run(_string_tensor(serialized))
+            return self._columns(serialized, {name: value.numpy() for name, value in outputs.items()},
+                                 {name: value.numpy() for name, value in inputs.items()} if self._keep_logs else None)
         if self._tensors is not None:
             return self._call_tensors(serialized, self._run)
         return self._columns(serialized, self._run({self.input_name: _string_tensor(serialized)}))
