@@ -146,6 +146,7 @@ def engine_report(version_dir: str, signature: str = "serving_default") -> Dict[
     from models.serving.model import read_feature_spec
     from models.serving.errors import error_text
     from models.serving.engines import ENGINES
+    from models.serving.op_libraries import import_for_model
 
     try:
         spec, _ = read_feature_spec(version_dir, signature)
@@ -155,6 +156,7 @@ def engine_report(version_dir: str, signature: str = "serving_default") -> Dict[
     report = {}
     for engine, load in ENGINES.items():
         try:
+            import_for_model(version_dir)  # tensorflow-text's, YDF's ops... imported first, as a job does
             call = load(version_dir, signature)
             outputs = call(records)
             report[engine] = (True, f"OK ({type(call).__name__}: {', '.join(sorted(outputs))})")

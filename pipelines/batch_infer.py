@@ -63,7 +63,8 @@ def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
     chunks, unreadable = read_chunks(p, job)
     sink = job.sink
     scored, unscored = chunks | "Score" >> ScoreChunks(
-        job.graph, job.scoring_key_feature, job.gpu, keep_logs=sink.keeps_logs, model_timeout_s=job.model_timeout_s)
+        job.graph, job.scoring_key_feature, job.gpu, keep_logs=sink.keeps_logs, model_timeout_s=job.model_timeout_s,
+        op_libraries=job.op_libraries)
     unwritten = scored | f"Write[{sink.name}]" >> WriteToSink(sink, job.graph, job.sink_config)
     if job.key_feature:  # keys from the data may repeat; position keys cannot
         scored | "CountDuplicateKeys" >> CountDuplicateKeys()  # pylint: disable=expression-not-assigned

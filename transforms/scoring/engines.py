@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from models.serving.engines import ENGINES, BatchCall
 from models.serving.model import ModelContractError
+from models.serving.op_libraries import import_for_model
 
 _CACHE: Dict[Tuple[Any, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()
@@ -64,7 +65,7 @@ def reload_batch_call(stale: BatchCall, engine: str, path: str, signature: str, 
     if _replacement(stale) is not None:
         return serving_call(stale)
     started = time.perf_counter()
-    fresh = ENGINES[engine](path, signature, keep_logs=keep_logs)
+    fresh = _load(engine, path, signature, keep_logs)
     key = (engine, path, signature, keep_logs)
     with _CACHE_LOCK:
         if _replacement(stale) is None:
@@ -89,8 +90,13 @@ def load_batch_call(engine: str, path: str, signature: str, keep_logs: bool = Fa
     """The process-wide batch call of (engine, model, signature), loaded once."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    return shared_model((engine, path, signature, keep_logs),
-                        lambda: ENGINES[engine](path, signature, keep_logs=keep_logs))
+    return shared_model((engine, path, signature, keep_logs), lambda: _load(engine, path, signature, keep_logs))
+
+
+def _load(engine: str, path: str, signature: str, keep_logs: bool) -> BatchCall:
+    """The engine's load, after the op libraries the model needs are imported (on every worker)."""
+    import_for_model(path)
+    return ENGINES[engine](path, signature, keep_logs=keep_logs)
 
 
 class ModelLoadError(ModelContractError):
