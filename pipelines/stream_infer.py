@@ -172,7 +172,8 @@ def prepared_job(options: PipelineOptions, local: bool, runner) -> StreamJob:
         pubsub_acks.IN_FLIGHT.reset()
         job = dataclasses.replace(job, ack_when_answered=True)
     activate_emulators(shared, project, runner)
-    for warning in prepare_runner_options(options, [n.model.path for n in job.graph.nodes]):
+    models = [n.model.path for n in job.graph.nodes]
+    for warning in prepare_runner_options(options, models, models, job.op_libraries):
         print(f"warning: {warning}", file=sys.stderr)
     return job
 
