@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import (DebugOptions, GoogleCloudOptio
                                                   TestOptions, WorkerOptions)
 from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
 
-from models.serving.op_libraries import worker_requirements
+from models.serving.op_libraries import requirement_name, worker_requirements
 from pipelines.gpu_options import (SINGLE_SDK_PROCESS_EXPERIMENT, DataflowJobOptions, DataflowOptionsError,
                                    gpu_workers, parse_accelerator)
 from pipelines.runners import is_dataflow, is_local, runner_name
@@ -154,8 +154,8 @@ def add_worker_requirements(options: PipelineOptions, requirements: Sequence[str
     if setup.requirements_file:
         with open(setup.requirements_file, encoding="utf-8") as f:
             lines = [line.rstrip("\n") for line in f]
-    named = {_requirement_name(line) for line in lines}
-    added = [r for r in requirements if _requirement_name(r) not in named]
+    named = {requirement_name(line) for line in lines}
+    added = [r for r in requirements if requirement_name(r) not in named]
     if not added:
         return []
     path = os.path.join(tempfile.mkdtemp(prefix="tfinfer-requirements-"), "requirements.txt")
@@ -166,12 +166,6 @@ def add_worker_requirements(options: PipelineOptions, requirements: Sequence[str
         return [f"the models need {', '.join(added)}: workers pip-install them at start unless the image "
                 "has them (add them to the image)"]
     return []
-
-
-def _requirement_name(line: str) -> str:
-    """'tensorflow_text == 2.21.1  # x' -> 'tensorflow-text' (pip's normalized name); '' for none."""
-    name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line.split("#", 1)[0])
-    return re.sub(r"[-_.]+", "-", name.group(1)).lower() if name else ""
 
 
 def dry_run_job(pipeline, options: Optional[PipelineOptions] = None) -> Dict:

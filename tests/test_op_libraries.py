@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from models.serving import op_libraries
-from models.serving.op_libraries import OP_LIBRARIES, libraries_for
+from models.serving.op_libraries import OP_LIBRARIES, libraries_for, worker_requirements
 from pipelines import batch_infer
 from pipelines.dataflow import add_worker_requirements
 from tests.helpers import read_jsonl, write_tfrecord_file
@@ -196,6 +196,16 @@ def test_the_dry_run_lists_the_op_libraries_workers_install(offline, built, tmp_
     assert "requirements.txt" in [p["name"] for p in pool["packages"]]  # staged for the workers' boot
     with open(job["environment"]["sdkPipelineOptions"]["options"]["requirements_file"]) as f:
         assert [line.strip() for line in f if not line.startswith("#")] == expected
+
+
+def test_workers_get_the_models_libraries_and_the_op_library_modules_distributions(built):
+    text_dir, ydf_dir = built["text"][0], built["ydf"][0]
+    versions = {pip: importlib.metadata.version(pip) for pip in ("tensorflow-text", "ydf-tf", "PyYAML")}
+    # ydf_tf's distribution once (ydf_tf == ydf-tf); this project's own and unknown modules: none
+    assert worker_requirements([text_dir, ydf_dir], ["ydf_tf", "yaml", "pipelines", "no_such_module"]) == [
+        f"tensorflow-text=={versions['tensorflow-text']}", f"ydf-tf=={versions['ydf-tf']}",
+        f"PyYAML=={versions['PyYAML']}"]
+    assert worker_requirements([built["made_up_op"][0]]) == []
 
 
 def test_worker_requirements_keep_the_users_file_and_its_pins(tmp_path):

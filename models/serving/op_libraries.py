@@ -20,6 +20,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
+import re
 import threading
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -96,9 +97,9 @@ _READY: Set[str] = set()  # models whose ops are all registered in this process
 _LOCK = threading.Lock()
 
 
-def providers(op: str, libraries: Sequence[OpLibrary] = ()) -> List[OpLibrary]:
+def providers(op: str) -> List[OpLibrary]:
     """The libraries that provide op, installed ones first (each in table order)."""
-    found = [lib for lib in (libraries or OP_LIBRARIES) if lib.provides(op)]
+    found = [lib for lib in OP_LIBRARIES if lib.provides(op)]
     return sorted(found, key=lambda lib: not lib.installed())
 
 
@@ -195,13 +196,28 @@ def needed_libraries(export_dir: str) -> List[OpLibrary]:
     return list(picked)
 
 
-def worker_requirements(export_dirs: Iterable[str], modules: Iterable[str] = ()) -> List[str]:
+def worker_requirements(export_dirs: Iterable[str], modules: Sequence[str] = ()) -> List[str]:
     """The pip lines workers need for these models' op libraries ('tensorflow-text==2.21.1', the
-    installed versions) and for the distributions that hold the --op_library modules (a module no
-    installed distribution holds is left to the workers' image or setup file)."""
+    installed versions) and for the index-installed distributions that hold the --op_library
+    modules. A module of no distribution, of this project's (the setup file carries it), or of
+    one installed from a local path or a VCS (pip's direct_url.json: no index has it), is left to
+    the workers' image or setup file."""
     lines = [lib.requirement() for path in export_dirs for lib in needed_libraries(path)]
-    distributions = importlib.metadata.packages_distributions()
+    distributions = importlib.metadata.packages_distributions() if modules else {}
+    own = set(distributions.get(__name__.split(".", 1)[0], []))
     for name in modules:
         for dist in distributions.get(name.split(".")[0], []):
-            lines.append(f"{dist}=={importlib.metadata.version(dist)}")
-    return list(dict.fromkeys(lines))
+            if dist not in own and importlib.metadata.distribution(dist).read_text("direct_url.json") is None:
+                lines.append(f"{dist}=={importlib.metadata.version(dist)}")
+    named, unique = set(), []
+    for line in lines:  # a distribution once, as first named
+        if requirement_name(line) not in named:
+            named.add(requirement_name(line))
+            unique.append(line)
+    return unique
+
+
+def requirement_name(line: str) -> str:
+    """'Tensorflow_Text == 2.21.1  # x' -> 'tensorflow-text' (pip's normalized name); '' for none."""
+    name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line.split("#", 1)[0])
+    return re.sub(r"[-_.]+", "-", name.group(1)).lower() if name else ""
