@@ -195,6 +195,7 @@ def engine_report(version_dir: str, signature: str = "serving_default", skip: Op
     from models.serving.examples import golden_records
     from models.serving.errors import error_text
     from models.serving.engines import ENGINES
+    from models.serving.op_libraries import import_for_model
 
     try:
         spec, _ = _model_spec(version_dir, signature, signature_inputs(version_dir, signature))
@@ -207,6 +208,7 @@ def engine_report(version_dir: str, signature: str = "serving_default", skip: Op
             report[engine] = (False, skip[engine])
             continue
         try:
+            import_for_model(version_dir)  # tensorflow-text's, YDF's ops... imported first, as a job does
             call = load(version_dir, signature)
             outputs = call(records)
             report[engine] = (True, f"OK ({type(call).__name__}: {', '.join(sorted(outputs))})")

@@ -63,7 +63,8 @@ def build_pipeline(p: beam.Pipeline, job: BatchJob) -> None:
     chunks, unreadable = read_chunks(p, job)
     sink = job.sink
     scored, unscored = chunks | "Score" >> ScoreChunks(
-        job.graph, job.scoring_key_feature, job.gpu, keep_logs=sink.keeps_logs, model_timeout_s=job.model_timeout_s)
+        job.graph, job.scoring_key_feature, job.gpu, keep_logs=sink.keeps_logs, model_timeout_s=job.model_timeout_s,
+        op_libraries=job.op_libraries)
     unwritten = scored | f"Write[{sink.name}]" >> WriteToSink(sink, job.graph, job.sink_config)
     if job.key_feature:  # keys from the data may repeat; position keys cannot
         scored | "CountDuplicateKeys" >> CountDuplicateKeys()  # pylint: disable=expression-not-assigned
@@ -275,7 +276,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False,
     try:
         job = job_from_options(opts, cloud, gpu_settings(options), bool(options.view_as(DataflowJobOptions).gpu),
                                offline=is_dry_run(options), workers=scoring_workers(options, runner))
-        for warning in prepare_runner_options(options, worker_paths(job)):
+        for warning in prepare_runner_options(options, worker_paths(job), [n.model.path for n in job.graph.nodes],
+                                              job.op_libraries):
             print(f"warning: {warning}", file=sys.stderr)
         if not is_dry_run(options):  # first: what a killed run left may be what fills the disk
             remove_leftover_temp_dirs(job)

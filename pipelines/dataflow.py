@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from typing import Dict, Iterable, List, Optional, Sequence, TextIO
 
 from apache_beam.io.filesystems import FileSystems
@@ -26,6 +27,7 @@ from apache_beam.options.pipeline_options import (DebugOptions, GoogleCloudOptio
                                                   TestOptions, WorkerOptions)
 from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
 
+from models.serving.op_libraries import requirement_name, worker_requirements
 from pipelines.gpu_options import (SINGLE_SDK_PROCESS_EXPERIMENT, DataflowJobOptions, DataflowOptionsError,
                                    gpu_workers, parse_accelerator)
 from pipelines.runners import is_dataflow, is_local, runner_name
@@ -53,10 +55,13 @@ def normalize_dry_run_argv(argv: Sequence[str]) -> List[str]:
     return out
 
 
-def prepare_runner_options(options: PipelineOptions, paths: Iterable[Optional[str]] = ()) -> List[str]:
-    """Fills in what a Dataflow job needs (setup_file or container, runner v2, GPU settings) and
-    returns warnings. Raises DataflowOptionsError for what would fail or stall. `paths`: the
-    inputs, models and outputs workers read or write (not launcher-only files like --manifest)."""
+def prepare_runner_options(options: PipelineOptions, paths: Iterable[Optional[str]] = (),
+                           models: Sequence[str] = (), op_modules: Sequence[str] = ()) -> List[str]:
+    """Fills in what a Dataflow job needs (setup_file or container, runner v2, GPU settings, the
+    op libraries its models need) and returns warnings. Raises DataflowOptionsError for what would
+    fail or stall. `paths`: the inputs, models and outputs workers read or write (not
+    launcher-only files like --manifest); `models`: the job's model version directories and
+    `op_modules` its --op_library modules, whose packages the workers install (worker_requirements)."""
     job = options.view_as(DataflowJobOptions)
     options.view_as(TestOptions).dry_run = dry_run = is_dry_run(options)
     runner = runner_name(options)
@@ -72,7 +77,7 @@ def prepare_runner_options(options: PipelineOptions, paths: Iterable[Optional[st
                             f"the {runner} yourself (workers without a GPU refuse to run)")
         return warnings
     _check_cloud(options)
-    warnings = _packaging(options)
+    warnings = _packaging(options) + add_worker_requirements(options, worker_requirements(models, op_modules))
     options.view_as(DebugOptions).add_experiment("use_runner_v2")
     if job.gpu:
         warnings += gpu_workers(options)
@@ -133,6 +138,33 @@ def _packaging(options: PipelineOptions) -> List[str]:
         return [f"no setup.py at {REPO_SETUP_PY}: workers will lack tf-beam-inference; pass --setup_file "
                 "or --sdk_container_image"]
     setup.setup_file = REPO_SETUP_PY
+    return []
+
+
+def add_worker_requirements(options: PipelineOptions, requirements: Sequence[str]) -> List[str]:
+    """Makes the workers pip-install `requirements` (the op libraries the models need:
+    'tensorflow-text==2.21.1'): a requirements file of the user's --requirements_file lines, if
+    any, then these (a package the user's file names already is left as they pin it), set as
+    --requirements_file. Beam stages it with the wheels it downloads at launch, and the workers'
+    boot installs them before the job's code runs. Returns warnings."""
+    if not requirements:
+        return []
+    setup = options.view_as(SetupOptions)
+    lines = []
+    if setup.requirements_file:
+        with open(setup.requirements_file, encoding="utf-8") as f:
+            lines = [line.rstrip("\n") for line in f]
+    named = {requirement_name(line) for line in lines}
+    added = [r for r in requirements if requirement_name(r) not in named]
+    if not added:
+        return []
+    path = os.path.join(tempfile.mkdtemp(prefix="tfinfer-requirements-"), "requirements.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines + ["# the op libraries the job's models need (tf-beam-inference)"] + added) + "\n")
+    setup.requirements_file = path
+    if options.view_as(WorkerOptions).sdk_container_image:
+        return [f"the models need {', '.join(added)}: workers pip-install them at start unless the image "
+                "has them (add them to the image)"]
     return []
 
 
@@ -221,7 +253,16 @@ def summarize_job(job: Dict) -> Dict:
         "disk_size_gb": pool.get("diskSizeGb"), "threads_per_worker": pool.get("numThreadsPerWorker"),
         "packages": [p.get("name") for p in pool.get("packages", [])],
         "setup_file": opts.get("setup_file"), "temp_location": opts.get("temp_location"),
+        "requirements": requirement_lines(opts.get("requirements_file")),
     }
+
+
+def requirement_lines(path: Optional[str]) -> List[str]:
+    """The requirements a --requirements_file on this machine names (its lines without comments)."""
+    if not path or not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [line.split("#", 1)[0].strip() for line in f if line.split("#", 1)[0].strip()]
 
 
 def format_summary(summary: Dict) -> str:

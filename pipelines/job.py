@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
+from models.serving.op_libraries import OpLibraryError, import_modules
 from models.serving.model import load_serving_models
 from pipelines import manifest
 from pipelines.bigquery_io import BIGQUERY, BigQuerySettings, settings_from_options
@@ -33,7 +34,12 @@ DEFAULT_STREAM_BATCH_SIZE = 256
 
 
 def graph_from_options(opts: BatchInferOptions) -> ModelGraph:
-    """The models to run: --graph FILE, or --model (one or several, in parallel or --chain)."""
+    """The models to run: --graph FILE, or --model (one or several, in parallel or --chain), after
+    the --op_library modules are imported."""
+    try:
+        import_modules(opts.op_library or ())
+    except OpLibraryError as e:
+        raise OptionsError(str(e)) from e
     passthrough = [p.strip() for p in (opts.passthrough or "").split(",") if p.strip()]
     if opts.graph:
         graph = load_graph_file(opts.graph, opts.engine, opts.signature, opts.allow_outside_paths,
@@ -72,6 +78,7 @@ class BatchJob:
     max_dead_letter_fraction: float = 0.5  # the error budget (pipelines.batch_infer.error_budget_problem)
     listed_inputs: Optional[List[str]] = None  # the files the launcher listed (None: not listed)
     model_timeout_s: float = DEFAULT_MODEL_TIMEOUT_S  # the longest a model call may take (0: no limit)
+    op_libraries: Tuple[str, ...] = ()  # --op_library modules, imported by the scoring DoFns too
 
     @property
     def scoring_key_feature(self) -> Optional[str]:
@@ -129,7 +136,8 @@ def job_from_options(opts: BatchInferOptions, cloud: Optional[GoogleCloudOptions
                    output_compression=opts.output_compression,
                    manifest=opts.manifest or (manifest.manifest_path(opts.output) if opts.output else None),
                    redistribute=redistribute, max_dead_letter_fraction=opts.max_dead_letter_fraction,
-                   listed_inputs=listed, model_timeout_s=opts.model_timeout_s)
+                   listed_inputs=listed, model_timeout_s=opts.model_timeout_s,
+                   op_libraries=tuple(opts.op_library or ()))
     return checked_job(job, gpu_batches)
 
 
@@ -171,6 +179,7 @@ class StreamJob:
     ack_when_answered: bool = False  # local runs: at-least-once (pipelines/local/pubsub_acks.py)
     refresh: RefreshSettings = RefreshSettings()  # how new model versions are found (none: as launched)
     model_timeout_s: float = DEFAULT_MODEL_TIMEOUT_S  # the longest a model call may take (0: no limit)
+    op_libraries: Tuple[str, ...] = ()  # --op_library modules, imported by the scoring DoFns too
 
 
 def stream_job_from_options(stream: StreamInferOptions, shared: BatchInferOptions, project: Optional[str],
@@ -197,4 +206,4 @@ def stream_job_from_options(stream: StreamInferOptions, shared: BatchInferOption
         max_batch_latency_s=stream.max_batch_latency_ms / 1000.0, with_source=shared.with_source,
         bigquery_write_method=method, project=project, gpu=gpu,
         refresh=RefreshSettings(stream.model_refresh_s, stream.model_refresh_topic),
-        model_timeout_s=shared.model_timeout_s)
+        model_timeout_s=shared.model_timeout_s, op_libraries=tuple(shared.op_library or ()))

@@ -67,6 +67,10 @@ def _add_model_args(parser) -> None:
                              "file you trust like your own code")
     parser.add_argument("--engine", default=DEFAULT_ENGINE, help=f"one of {', '.join(ENGINES)}")
     parser.add_argument("--signature", default="serving_default", help="signature to run")
+    parser.add_argument("--op_library", action="append", default=None,
+                        help="MODULE: a Python module imported before any model loads, here and on every "
+                             "worker (a package of your own that calls tf.load_op_library); repeatable. "
+                             "tensorflow-text's and YDF's ops are imported without it")
     parser.add_argument("--feature_spec", action="append", default=None,
                         help="[NAME=]FILE: a feature spec JSON replacing the one read from the model "
                              "(FILE alone: every --model); repeatable")

@@ -95,7 +95,8 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
                   | "Score" >> ScoreMessages(
                       job.graph, record_spec(job.graph), job.payload_format, job.key_attribute,
                       job.max_payload_bytes, job.max_batch_size, job.max_batch_latency_s, job.with_source,
-                      gpu=job.gpu, refresh=job.refresh, model_timeout_s=job.model_timeout_s))
+                      gpu=job.gpu, refresh=job.refresh, model_timeout_s=job.model_timeout_s,
+                      op_libraries=job.op_libraries))
     if job.output_topic:
         (rows
          | "ToPredictionMessages" >> beam.Map(lambda pred: _as_pubsub_message(prediction_message(*pred)))
@@ -126,8 +127,8 @@ def build_pipeline(p: beam.Pipeline, job: StreamJob) -> None:
 
 # batch_infer's flags a stream reads too (print_help lists them); any other would do nothing
 SHARED_WITH_BATCH = ("--model", "--graph", "--chain", "--allow_outside_paths", "--allow_graph_functions",
-                     "--engine", "--signature", "--feature_spec", "--model_timeout_s", "--passthrough",
-                     "--with_source", "--max_batch_size", "--output_table",
+                     "--engine", "--signature", "--op_library", "--feature_spec", "--model_timeout_s",
+                     "--passthrough", "--with_source", "--max_batch_size", "--output_table",
                      "--errors_table", "--bigquery_write_method", "--bigquery_emulator",
                      "--bigquery_emulator_grpc", "--storage_emulator", "--verbose")
 
@@ -171,7 +172,8 @@ def prepared_job(options: PipelineOptions, local: bool, runner) -> StreamJob:
         pubsub_acks.IN_FLIGHT.reset()
         job = dataclasses.replace(job, ack_when_answered=True)
     activate_emulators(shared, project, runner)
-    for warning in prepare_runner_options(options, [n.model.path for n in job.graph.nodes]):
+    models = [n.model.path for n in job.graph.nodes]
+    for warning in prepare_runner_options(options, models, models, job.op_libraries):
         print(f"warning: {warning}", file=sys.stderr)
     return job
 

@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from models.serving import layout
+from models.serving import layout, op_libraries
 from models.serving.contract import contract_problems, serving_meta_graph, tf1_loader_problems
 from models.serving.dense import signature_inputs, tensor_input_spec
 from models.serving.feature_spec import SPEC_FILE, FeatureSpec, load_spec_file, spec_from_json
@@ -101,6 +101,10 @@ def load_serving_model(path: str, name: str = DEFAULT_MODEL_NAME, signature: str
     if problems:
         raise ModelContractError(
             f"model {name!r} at {version_dir} cannot run:\n  - " + "\n  - ".join(problems))
+    try:  # tensorflow-text's, YDF's ops...: registered before anything loads the graph
+        op_libraries.import_for_model(version_dir)
+    except op_libraries.OpLibraryError as e:
+        raise ModelContractError(f"model {name!r} at {version_dir} cannot run: {e}") from e
     try:
         overrides = load_spec_file(spec_file) if spec_file else ()
         inputs = signature_inputs(version_dir, signature, overrides)

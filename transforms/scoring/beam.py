@@ -21,6 +21,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from models.serving.engines import DEFAULT_ENGINE
 from models.serving.fingerprint import model_files
 from models.serving.model import ServingModel
+from models.serving.op_libraries import import_modules
 from transforms.graph.model import ModelGraph, parallel_graph
 from transforms.records.chunk import DEFAULT_CHUNK_SIZE, RecordChunk, ScoredChunk
 from transforms.records.dead_letters import DEAD_LETTER_TAG, WithDeadLetters
@@ -77,14 +78,17 @@ class ScoreChunksFn(AccountedDoFn):
     helper thread measured no faster on 2 cores). At most two chunks are in flight. Streams use
     pipelined=False, so a batch is not held to the bundle's end. dead_letter_element(row,
     sources): what the dead-letter output carries for a row (default: the row). model_timeout_s:
-    the longest a model call may take (`limited_call`; None or 0: no limit).
+    the longest a model call may take (`limited_call`; None or 0: no limit). op_libraries: the
+    --op_library modules, imported in setup before any model loads (the ops the models need from
+    known packages are imported as each loads: transforms.scoring.engines).
     """
 
     def __init__(self, graph: ModelGraph, key_feature: Optional[str] = None,
                  gpu: Optional[GpuSettings] = None, keep_logs: bool = False, pipelined: bool = True,
                  models=None, dead_letter_element: Optional[Callable[[Dict[str, Any], Any], Any]] = None,
-                 model_timeout_s: Optional[float] = DEFAULT_MODEL_TIMEOUT_S):
+                 model_timeout_s: Optional[float] = DEFAULT_MODEL_TIMEOUT_S, op_libraries: Sequence[str] = ()):
         self._graph = graph
+        self._op_libraries = tuple(op_libraries)
         self._key_feature = key_feature
         self._gpu = gpu or GpuSettings()
         self._models = models or FixedModels(graph, keep_logs)
@@ -98,6 +102,7 @@ class ScoreChunksFn(AccountedDoFn):
     def setup(self):
         super().setup()
         self._gpu.apply()
+        import_modules(self._op_libraries)
         self._models.setup()
         if self._pipelined:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="score-chunks")
@@ -174,12 +179,14 @@ class ScoreChunksFn(AccountedDoFn):
 @beam.typehints.with_input_types(RecordChunk)
 def ScoreChunks(chunks, graph: ModelGraph, key_feature: Optional[str] = None,
                 gpu: Optional[GpuSettings] = None, keep_logs: bool = False, pipelined: bool = True,
-                models=None, dead_letter_element=None, model_timeout_s: Optional[float] = DEFAULT_MODEL_TIMEOUT_S):
+                models=None, dead_letter_element=None, model_timeout_s: Optional[float] = DEFAULT_MODEL_TIMEOUT_S,
+                op_libraries: Sequence[str] = ()):
     """RecordChunks -> WithDeadLetters(ScoredChunks, dead letters at decode, validate, convert,
     infer, postprocess). models: a provider (transforms.scoring.providers; default: the graph
-    as launched); model_timeout_s: the longest a model call may take (None or 0: no limit)."""
+    as launched); model_timeout_s: the longest a model call may take (None or 0: no limit);
+    op_libraries: --op_library modules the workers import before the models load."""
     result = chunks | "+".join(graph.names) >> beam.ParDo(ScoreChunksFn(
-        graph, key_feature, gpu, keep_logs, pipelined, models, dead_letter_element, model_timeout_s)
+        graph, key_feature, gpu, keep_logs, pipelined, models, dead_letter_element, model_timeout_s, op_libraries)
     ).with_outputs(DEAD_LETTER_TAG, main="scored")
     return WithDeadLetters(result.scored, result[DEAD_LETTER_TAG])
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from models.serving.engines import ENGINES, BatchCall
 from models.serving.model import ModelContractError
+from models.serving.op_libraries import import_for_model
 
 _CACHE: Dict[Tuple[Any, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()
@@ -74,7 +75,7 @@ def reload_batch_call(stale: BatchCall, engine: str, path: str, signature: str, 
     if _replacement(stale) is not None:
         return serving_call(stale)
     started = time.perf_counter()
-    fresh = ENGINES[engine](path, signature, keep_logs=keep_logs, feature_spec=feature_spec)
+    fresh = _load(engine, path, signature, keep_logs, feature_spec)
     key = _cache_key(engine, path, signature, keep_logs, feature_spec)
     with _CACHE_LOCK:
         if _replacement(stale) is None:
@@ -102,7 +103,13 @@ def load_batch_call(engine: str, path: str, signature: str, keep_logs: bool = Fa
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     return shared_model(_cache_key(engine, path, signature, keep_logs, feature_spec),
-                        lambda: ENGINES[engine](path, signature, keep_logs=keep_logs, feature_spec=feature_spec))
+                        lambda: _load(engine, path, signature, keep_logs, feature_spec))
+
+
+def _load(engine: str, path: str, signature: str, keep_logs: bool, feature_spec=None) -> BatchCall:
+    """The engine's load, after the op libraries the model needs are imported (on every worker)."""
+    import_for_model(path)
+    return ENGINES[engine](path, signature, keep_logs=keep_logs, feature_spec=feature_spec)
 
 
 class ModelLoadError(ModelContractError):

@@ -114,12 +114,14 @@ class ScoreMessages(beam.PTransform):
                  max_batch_size: int = 256, max_batch_latency_s: float = 0.1, with_source: bool = False,
                  clock: Callable[[], float] = time.time, gpu: Optional[GpuSettings] = None,
                  refresh: RefreshSettings = RefreshSettings(),
-                 model_timeout_s: Optional[float] = DEFAULT_MODEL_TIMEOUT_S):
+                 model_timeout_s: Optional[float] = DEFAULT_MODEL_TIMEOUT_S, op_libraries: Sequence[str] = ()):
         """clock: what GroupIntoBatches sets its processing-time timers from (tests: a fake);
         gpu: applied on workers before the models load; refresh: how new model versions are
         found (transforms.scoring.refresh; default: never); model_timeout_s: the longest a model
-        call may take (transforms.scoring.timeouts; None or 0: no limit)."""
+        call may take (transforms.scoring.timeouts; None or 0: no limit); op_libraries: the
+        --op_library modules workers import before the models load."""
         super().__init__()
+        self._op_libraries = tuple(op_libraries)
         self._model_timeout_s = model_timeout_s
         self._refresh = refresh
         self._gpu = gpu
@@ -138,7 +140,8 @@ class ScoreMessages(beam.PTransform):
                   | "ToChunks" >> beam.ParDo(MessagesToChunkFn()))
         scored, unscored = chunks | f"ScoreBatches[{'+'.join(self._graph.names)}]" >> ScoreChunks(
             self._graph, gpu=self._gpu, pipelined=False, models=model_provider(self._graph, refresh=self._refresh),
-            dead_letter_element=message_dead_letter, model_timeout_s=self._model_timeout_s)
+            dead_letter_element=message_dead_letter, model_timeout_s=self._model_timeout_s,
+            op_libraries=self._op_libraries)
         predictions, unformatted = format_chunks(
             scored, "ToPredictions", FormatMessagesFn(self._graph, self._with_source))
         dead = (records[DEAD_LETTER_TAG], unscored, unformatted) | "DeadLetters" >> beam.Flatten()
