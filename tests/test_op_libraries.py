@@ -120,10 +120,11 @@ def test_a_tensorflow_text_model_runs_on_two_fresh_workers_that_import_it(built,
     assert set(imported_in) - {process.pid}  # and the worker processes' scoring steps
 
 
-def test_a_ydf_model_runs_in_a_fresh_process_that_imports_ydf_tf(built, tmp_path):
+@pytest.mark.parametrize("engine", ["fast", "tfx-bsl"])
+def test_a_ydf_model_runs_in_a_fresh_process_that_imports_ydf_tf(built, tmp_path, engine):
     version_dir, input_path, direct = built["ydf"]
     output = str(tmp_path / "ydf")
-    done = batch_job(input_path, f"gbt={version_dir}", output)
+    done = batch_job(input_path, f"gbt={version_dir}", output, "--engine", engine)
     assert done.returncode == 0, done.stdout + done.stderr
     check_rows(rows_by_key(output), "gbt", direct, [f"r{i}" for i in range(len(direct["output"]))])
     assert not np.allclose(direct["output"], direct["output"][0])  # the trees split: outputs differ
