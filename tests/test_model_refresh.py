@@ -162,3 +162,25 @@ def test_a_listener_whose_pubsub_went_first_lets_its_process_exit_at_once(tmp_pa
     started = time.monotonic()
     listener.close()
     assert time.monotonic() - started < 10
+
+
+def test_a_signature_of_tensors_is_refreshed_with_the_feature_spec_given_at_launch(tmp_path):
+    """A Keras model.export() (a signature of tensors) swapped for its next version: the new
+    version is fed by the same --feature_spec (here a default for its input)."""
+    import json
+
+    base = str(tmp_path / "m")
+    scaling_model(5.0).export(os.path.join(base, "1"), verbose=False)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"features": [{"name": "x", "dtype": "float32", "shape": [1], "default": [2.0]}]}))
+    model = load_serving_model(base, "m", spec_file=str(spec))
+    assert model.input_tensors == ("x",) and model.feature_spec[0].default == [2.0]
+    refresher = ModelRefresher(check_graph(ModelGraph((GraphNode(model, "fast"),))))
+    scaling_model(7.0).export(os.path.join(base, "2"), verbose=False)
+    (event,) = refresher.check_once()
+    assert event.loaded, event.reason
+    _, graph = refresher.current()
+    assert graph.nodes[0].model.feature_spec == model.feature_spec
+    (output,) = graph.nodes[0].model.outputs
+    no_x = make_example({"other": [1.0]}).SerializeToString()  # x left out: its default, 2.0
+    np.testing.assert_allclose(batch_calls(graph)["m"](records(1.0) + [no_x])[output], [[7.0], [14.0]])
