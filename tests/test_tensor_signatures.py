@@ -251,3 +251,22 @@ def test_records_of_different_lengths_are_grouped_and_their_outputs_put_back_in_
     out = scatter_outputs(4, parts)
     assert out["total"].tolist() == [3, 3, 9, 6]
     assert [r.tolist() for r in out["row"]] == [[1, 2], [3], [4, 5], [6]]  # trailing shapes differ: per record
+
+
+def test_a_sparse_input_is_refused_before_launch_naming_it(tmp_path, capsys):
+    """A TF1 signature whose input is a SparseTensor (its TensorInfo a coo_sparse encoding)."""
+    model_dir = version_dir(str(tmp_path), "sparse")
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        ids = tf.compat.v1.sparse_placeholder(tf.int64, [None, None], name="ids")
+        total = tf.sparse.reduce_sum(ids, axis=1)
+        builder = tf.compat.v1.saved_model.Builder(model_dir)
+        builder.add_meta_graph_and_variables(session, [tf.saved_model.SERVING], signature_def_map={
+            "serving_default": tf.compat.v1.saved_model.predict_signature_def({"ids": ids}, {"total": total})})
+        builder.save()
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"id": "a", "ids": [1, 2]}) + "\n")
+    assert batch_infer.main(["--input", str(path), "--model", f"s={model_dir}", "--output",
+                             str(tmp_path / "out" / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "input 'ids' is a SparseTensor" in err and "takes serialized tf.Example" in err, err

@@ -27,10 +27,16 @@ _TF_EXAMPLE_HINT = ("or re-export it with python -m models.prepare for a serving
                     "tf.Example")
 
 
+COMPOSITE = {"coo_sparse": "SparseTensor", "composite_tensor": "RaggedTensor or another composite tensor"}
+
+
 def tensor_info(info) -> TensorInfo:
-    """A SignatureDef TensorInfo as (dtype name, shape)."""
+    """A SignatureDef TensorInfo as (dtype name, shape); a sparse or composite one as (its kind, None)."""
     import tensorflow as tf
 
+    encoding = info.WhichOneof("encoding")
+    if encoding in COMPOSITE:
+        return COMPOSITE[encoding], None
     shape = info.tensor_shape
     dims = None if shape.unknown_rank else tuple(d.size if d.size >= 0 else None for d in shape.dim)
     return tf.as_dtype(info.dtype).name, dims
@@ -75,6 +81,10 @@ def signature_inputs(export_dir: str, signature: str, overrides: Sequence[Featur
 
 
 def _input_feature(name: str, dtype: str, shape: Optional[Tuple[Optional[int], ...]]) -> Feature:
+    if dtype in COMPOSITE.values():
+        raise FeatureSpecError(f"input {name!r} is a {dtype}: records cannot feed it as they are; export a "
+                               "signature that takes serialized tf.Example and parses it (a tf.io.VarLenFeature "
+                               "or RaggedFeature parse gives the model that tensor)")
     if shape is None:
         raise FeatureSpecError(f"input {name!r} has an unknown rank: give its shape with --feature_spec")
     if not shape:
