@@ -1,7 +1,7 @@
 """python -m bench.run: throughput and memory of raw TF, tfx-bsl's RunInference, and our job.
 
 Every measurement runs in a fresh process (bench.worker), interleaved raw / raw-chunked /
-tfx-bsl-beam / tfx-bsl / fast / fast-parquet / graph-x2 per repeat. "vs tfx-bsl" is against
+tfx-bsl-beam / tfx-bsl / fast / fast-parquet / graph-x2 / raw-dense / fast-dense per repeat. "vs tfx-bsl" is against
 tfx-bsl-beam, the pipeline people write by hand around tfx_bsl.public.beam.RunInference. Our jobs
 read each record's key (--key_feature id). graph-x2 runs the model twice in parallel as a model
 graph (two outputs per row), so its ratios count model calls: 2 x examples/s against raw TF.
@@ -22,20 +22,23 @@ import time
 from bench import workloads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = ("raw", "raw-chunked", "tfx-bsl-beam", "tfx-bsl", "fast", "fast-parquet", "graph-x2")
+MODES = ("raw", "raw-chunked", "tfx-bsl-beam", "tfx-bsl", "fast", "fast-parquet", "graph-x2", "raw-dense",
+         "fast-dense")
 MODEL_CALLS_PER_RECORD = {"graph-x2": 2}
 TINY = {"A": 1024, "B": 64}  # the start-up probe: small next to every measured input
 
 # records per mode; tfx-bsl is ~30x slower than the fast engine on A, so it gets less data
 SIZES = {
     "full": {"A": {"raw": 200_000, "raw-chunked": 200_000, "tfx-bsl-beam": 100_000, "tfx-bsl": 100_000,
-                   "fast": 1_000_000, "fast-parquet": 1_000_000, "graph-x2": 500_000},
+                   "fast": 1_000_000, "fast-parquet": 1_000_000, "graph-x2": 500_000, "raw-dense": 200_000,
+                   "fast-dense": 1_000_000},
              "B": {"raw": 5_000, "raw-chunked": 5_000, "tfx-bsl-beam": 5_000, "tfx-bsl": 5_000, "fast": 5_000,
-                   "fast-parquet": 5_000, "graph-x2": 5_000}},
+                   "fast-parquet": 5_000, "graph-x2": 5_000, "raw-dense": 5_000, "fast-dense": 5_000}},
     "quick": {"A": {"raw": 20_000, "raw-chunked": 20_000, "tfx-bsl-beam": 10_000, "tfx-bsl": 10_000,
-                    "fast": 50_000, "fast-parquet": 50_000, "graph-x2": 25_000},
+                    "fast": 50_000, "fast-parquet": 50_000, "graph-x2": 25_000, "raw-dense": 20_000,
+                    "fast-dense": 50_000},
               "B": {"raw": 1_000, "raw-chunked": 1_000, "tfx-bsl-beam": 1_000, "tfx-bsl": 1_000, "fast": 1_000,
-                    "fast-parquet": 1_000, "graph-x2": 1_000}},
+                    "fast-parquet": 1_000, "graph-x2": 1_000, "raw-dense": 1_000, "fast-dense": 1_000}},
 }
 
 
@@ -88,8 +91,10 @@ def measure(workload, sizes, repeats, work, log):
             "records": runs[mode][0]["records"],
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[mode]),
         }
-    raw, raw_chunked, tfx_beam, tfx, fast, parquet, graph = (summary[m]["examples_per_s"] for m in MODES)
-    summary["ratios"] = {"fast_vs_raw": fast / raw, "fast_vs_tfx_bsl": fast / tfx_beam,
+    raw, raw_chunked, tfx_beam, tfx, fast, parquet, graph, raw_dense, fast_dense = (
+        summary[m]["examples_per_s"] for m in MODES)
+    summary["ratios"] = {"fast_dense_vs_raw_dense": fast_dense / raw_dense, "fast_dense_vs_raw": fast_dense / raw,
+                         "fast_vs_raw": fast / raw, "fast_vs_tfx_bsl": fast / tfx_beam,
                          "fast_parquet_vs_raw": parquet / raw, "fast_parquet_vs_tfx_bsl": parquet / tfx_beam,
                          "tfx_bsl_engine_vs_tfx_bsl": tfx / tfx_beam, "tfx_bsl_vs_raw": tfx_beam / raw,
                          "fast_vs_raw_same_batches": fast / raw_chunked,
@@ -135,7 +140,9 @@ def markdown(results: dict) -> str:
                  "pipelines.batch_infer with that engine (TFRecord in, JSON Lines out, --key_feature id); "
                  "fast-parquet: the same with --output_format parquet; graph-x2: the model "
                  "twice in parallel as a graph (one row with both outputs per record); its ratios count "
-                 "model calls (2 x examples/s).")
+                 "model calls (2 x examples/s); raw-dense: the model's dense signature (serving_dense) on "
+                 "prebuilt arrays; fast-dense: batch_infer on that signature, the engine parsing the same "
+                 "TFRecords into its tensors.")
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,9 @@ tfx_bsl.public.beam.RunInference -> PredictionLogs as TFRecord, as TFX's BulkInf
 tfx-bsl or fast (the batch_infer pipeline end to end with that engine: TFRecord in, JSON Lines
 out, --key_feature id), fast-parquet (fast, Parquet out), fast-gpu (fast with --gpu: GPU batch
 sizes and memory growth on the local runner), raw-gpu-batches (raw on those batch sizes),
-graph-x2 (the same model twice in parallel as a model graph, fast engine), or fast-2-workers
+graph-x2 (the same model twice in parallel as a model graph, fast engine), raw-dense (the
+model's dense signature, serving_dense, on prebuilt arrays), fast-dense (batch_infer on that
+signature: records parsed into its tensors by the engine), or fast-2-workers
 (fast on two SDK worker processes: --direct_running_mode=multi_processing --direct_num_workers=2).
 Seconds are measured around the work only; peak RSS is this process's high-water mark (for
 fast-2-workers the launcher's only).
@@ -43,6 +45,33 @@ def measure_raw(model_dir: str, pattern: str, chunk_bytes=None, batch_size: int 
     for batch in batches:
         outputs = fn(examples=batch)
         for value in outputs.values():
+            value.numpy()
+    return {"seconds": time.perf_counter() - start, "records": len(records)}
+
+
+def measure_raw_dense(model_dir: str, pattern: str, batch_size: int = 1024) -> dict:
+    """The dense signature models.prepare keeps (serving_dense) called on prebuilt batches of the
+    arrays the records hold (parsed and decoded before the timing): raw TF on arrays."""
+    import tensorflow as tf
+
+    from models.serving.dense import TensorInputs, signature_inputs, tensor_input_spec
+    from models.serving.model import read_feature_spec
+    from transforms.sources.framing import read_records
+
+    records = []
+    for path in sorted(glob.glob(pattern)):
+        with open(path, "rb") as f:
+            records.extend(r.data for r in read_records(f))
+    inputs = signature_inputs(model_dir, "serving_dense")
+    spec = tensor_input_spec(inputs, read_feature_spec(model_dir, "serving_default")[0])
+    parse = TensorInputs(spec, list(inputs)).parse
+    batches = [{name: tf.constant(value.numpy()) for name, value in parse(tf.constant(records[i:i + batch_size])).items()}
+               for i in range(0, len(records), batch_size)]
+    fn = tf.saved_model.load(model_dir).signatures["serving_dense"]
+    fn(**batches[0])  # trace and warm up outside the timing
+    start = time.perf_counter()
+    for batch in batches:
+        for value in fn(**batch).values():
             value.numpy()
     return {"seconds": time.perf_counter() - start, "records": len(records)}
 
@@ -88,6 +117,9 @@ def measure_pipeline(engine: str, model_dir: str, pattern: str, output: str) -> 
     elif engine == "fast-2-workers":  # two SDK worker processes, chunks redistributed (bench.workers)
         models = ["--model", model_dir, "--engine", "fast", "--direct_running_mode=multi_processing",
                   "--direct_num_workers=2"]
+    elif engine == "fast-dense":  # the dense signature, fed by the spec models.prepare wrote (raw images too)
+        models = ["--model", model_dir, "--signature", "serving_dense",
+                  "--feature_spec", os.path.join(model_dir, "assets.extra", "feature_spec.json")]
     else:
         models = ["--model", model_dir, "--engine", engine]
     start = time.perf_counter()
@@ -107,6 +139,8 @@ def main(argv):
         from transforms.records.chunk import DEFAULT_CHUNK_BYTES
 
         result = measure_raw(model_dir, pattern, DEFAULT_CHUNK_BYTES)
+    elif mode == "raw-dense":
+        result = measure_raw_dense(model_dir, pattern)
     elif mode == "raw-gpu-batches":  # raw TF on the batches a job with --gpu forms
         from transforms.runtime.gpu import GPU_BATCH
 

@@ -270,3 +270,27 @@ def test_a_sparse_input_is_refused_before_launch_naming_it(tmp_path, capsys):
                              str(tmp_path / "out" / "p")]) == 2
     err = capsys.readouterr().err
     assert "input 'ids' is a SparseTensor" in err and "takes serialized tf.Example" in err, err
+
+
+def test_an_image_input_is_fed_from_raw_bytes_with_a_feature_spec(tmp_path, write_tfrecords):
+    import keras
+
+    keras.utils.set_random_seed(4)
+    image = keras.Input((4, 4, 3), name="image", dtype="uint8")
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255.0)(image))
+    model_dir = version_dir(str(tmp_path), "cnn")
+    keras.Model(image, keras.layers.Dense(2)(pooled)).export(model_dir, verbose=False)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"features": [{"name": "image", "dtype": "uint8", "shape": [4, 4, 3],
+                                              "encoding": "raw"}]}))
+    pixels = RNG.integers(0, 256, size=(6, 4, 4, 3), dtype=np.uint8)
+    records = [make_example({"id": f"i{i}", "image": p.tobytes()}).SerializeToString() for i, p in enumerate(pixels)]
+    records.append(make_example({"id": "short", "image": b"\x00" * 47}).SerializeToString())
+    path = write_tfrecords("images.tfrecord", records)
+    rows, errors = score(["--input", path, "--model", f"cnn={model_dir}", "--key_feature", "id",
+                          "--feature_spec", f"cnn={spec}"], str(tmp_path / "out" / "p"))
+    direct = load_signature(model_dir)(image=tf.constant(pixels))
+    (name,) = direct
+    got = np.asarray([rows[f"i{i}"]["cnn"][name] for i in range(len(pixels))], dtype=np.float32)
+    np.testing.assert_allclose(got, direct[name].numpy(), rtol=1e-5)
+    assert [(e["key"], e["stage"]) for e in errors] == [("short", "validate")] and "47 bytes" in errors[0]["error"]

@@ -8,7 +8,8 @@ name, cast to the input's dtype. The spec comes from the signature: one feature 
 as the input, of its per-example shape (the batch axis dropped). An input of one unknown trailing
 size ([None, None]) is a variable-length feature; a batch of such records is called once per
 length, so no value is padded. A --feature_spec entry overrides an input's feature (its default,
-a fixed shape for unknown sizes, or another feature name with "input": the input it feeds).
+a fixed shape for unknown sizes, "encoding": "raw" for a tensor stored as its bytes, or another
+feature name with "input": the input it feeds).
 """
 
 import dataclasses
@@ -17,7 +18,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from models.serving.contract import serving_meta_graph
-from models.serving.feature_spec import Feature, FeatureSpec, FeatureSpecError, make_spec, storage_dtype_for
+from models.serving.feature_spec import RAW, Feature, FeatureSpec, FeatureSpecError, make_spec, storage_dtype_for
 from models.serving.signature_spec import parse_ops
 
 # (dtype name, shape with None for unknown sizes; None for an unknown rank)
@@ -131,11 +132,15 @@ def tensor_input_spec(inputs: Mapping[str, TensorInfo], overrides: Sequence[Feat
         if override is None:
             features.append(_input_feature(name, dtype, shape))
             continue
-        if override.preprocess is not None or override.encoding is not None:
-            raise FeatureSpecError(f"feature {override.name!r}: preprocessing and raw encodings need a "
-                                   f"tf.Example signature ({_TF_EXAMPLE_HINT})")
+        if override.preprocess is not None:
+            raise FeatureSpecError(f"feature {override.name!r}: preprocessing needs a tf.Example signature "
+                                   f"({_TF_EXAMPLE_HINT})")
         _fits_input(override, name, dtype, shape)
-        if (override.dtype == "string") != (dtype == "string"):
+        if override.encoding == RAW:  # the tensor's bytes in one value (images): decoded as the input's dtype
+            if override.model_dtype not in (None, dtype):
+                raise FeatureSpecError(f"feature {override.name!r}: raw {override.model_dtype} cannot feed input "
+                                       f"{name!r} of dtype {dtype}")
+        elif (override.dtype == "string") != (dtype == "string"):
             raise FeatureSpecError(f"feature {override.name!r}: dtype {override.dtype} cannot feed input {name!r} "
                                    f"of dtype {dtype}")
         features.append(dataclasses.replace(override, model_dtype=dtype))
@@ -144,14 +149,14 @@ def tensor_input_spec(inputs: Mapping[str, TensorInfo], overrides: Sequence[Feat
 
 def tensor_parse_config(spec: FeatureSpec) -> Dict[str, object]:
     """tf.io.parse_example's config: fixed-shape features as FixedLenFeature (defaults filling
-    missing ones), variable-length ones ragged."""
+    missing ones; a raw-encoded one as its one bytes value), variable-length ones ragged."""
     import tensorflow as tf
 
     config = {}
     for f in spec:
         dtype = tf.as_dtype(f.dtype)
         config[f.name] = tf.io.RaggedFeature(dtype) if f.varlen else \
-            tf.io.FixedLenFeature(list(f.shape), dtype, default_value=f.default)
+            tf.io.FixedLenFeature(list(f.stored_shape), dtype, default_value=f.default)
     return config
 
 
@@ -175,7 +180,9 @@ class TensorInputs:
         inputs = {}
         for f in self.features:
             value = parsed[f.name]
-            if f.input_dtype == "bool":
+            if f.encoding == RAW:
+                value = tf.reshape(tf.io.decode_raw(value, f.model_dtype), [-1, *f.shape])
+            elif f.input_dtype == "bool":
                 value = tf.not_equal(value, 0)
             elif f.input_dtype != f.dtype:
                 value = tf.cast(value, f.input_dtype)
