@@ -1,8 +1,9 @@
-"""Models whose graphs use op libraries' ops run without a flag: a tensorflow-text model and a YDF
-model, each built here (tests/support/op_library_models.py) in a process of its own, are scored by
-`python -m pipelines.batch_infer` in a fresh process where neither package is imported (the job
-imports them: at launch, and in each worker process of a two-worker run), and the rows match a
-direct call of the SavedModel. Ops no installed package registers stop the command before launch
+"""Models whose graphs use op libraries' ops run without a flag: a tensorflow-text model, a YDF
+model and a BERT-style text classifier that takes raw strings (JSON Lines text in, tensorflow-text's
+BertTokenizer and RoundRobinTrimmer in its graph), each built here (tests/support/op_library_models.py)
+in a process of its own, are scored by `python -m pipelines.batch_infer` in a fresh process where no
+op library is imported (the job imports them: at launch, and in each worker process of a two-worker
+run), and the rows match a direct call of the SavedModel; tfx-bsl refuses the raw-string signature. Ops no installed package registers stop the command before launch
 with the ops, the package and its pip line (or, for ops no known package provides, --op_library);
 --op_library imports a module at launch and in every worker; a Dataflow dry run lists the op
 libraries the workers will install; and the table of op libraries matches what the installed
@@ -50,8 +51,9 @@ def batch_job(input_path, model, output, *flags, patch=""):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """{kind: (version dir, TFRecord input, direct outputs)} for the text and YDF models, and the
-    made-up-op model's version dir."""
+    """{kind: (version dir, input file, direct outputs)} for the text and YDF models (TFRecord
+    input) and the BERT-style model (JSON Lines of id and text), and the made-up-op model's
+    version dir."""
     base = tmp_path_factory.mktemp("op_library_models")
     models = {}
     for kind in ("text", "ydf"):
@@ -59,6 +61,12 @@ def built(tmp_path_factory):
         direct = build_in_subprocess(kind, version_dir)
         records = op_library_models.EXAMPLES[kind]()
         models[kind] = (version_dir, write_tfrecord_file(str(base / f"{kind}.tfrecord"), records), direct)
+    bert_dir = str(base / "bert" / "1")
+    bert_direct = build_in_subprocess("bert", bert_dir)  # called on the raw texts
+    bert_input = base / "bert.jsonl"
+    bert_input.write_text("".join(json.dumps({"id": f"b{i}", "text": text}, ensure_ascii=False) + "\n"
+                                  for i, text in enumerate(op_library_models.BERT_TEXTS)), encoding="utf-8")
+    models["bert"] = (bert_dir, str(bert_input), bert_direct)
     made_up = str(base / "made_up_op" / "1")
     build_in_subprocess("made_up_op", made_up)
     models["made_up_op"] = (made_up, models["ydf"][1], None)
@@ -66,14 +74,14 @@ def built(tmp_path_factory):
 
 
 def test_the_models_need_their_op_library_in_a_fresh_process(built):
-    """The premise: without the package imported, TensorFlow cannot load either model."""
+    """The premise: without the package imported, TensorFlow cannot load any of the models."""
     code = ("import sys, tensorflow as tf\n"
             "for path in sys.argv[1:]:\n"
             "    try:\n        tf.saved_model.load(path); print('loaded')\n"
             "    except Exception as e:\n        print('not registered' if 'not registered' in str(e) else repr(e))\n"
             "print(sorted(m for m in ('tensorflow_text', 'ydf_tf', 'ydf') if m in sys.modules))")
-    done = run_python(["-c", code, built["text"][0], built["ydf"][0]])
-    assert done.stdout.split("\n")[:3] == ["not registered", "not registered", "[]"], done.stdout + done.stderr
+    done = run_python(["-c", code, built["text"][0], built["ydf"][0], built["bert"][0]])
+    assert done.stdout.split("\n")[:4] == ["not registered"] * 3 + ["[]"], done.stdout + done.stderr
 
 
 def rows_by_key(output):
@@ -87,7 +95,7 @@ def check_rows(rows, model, direct, keys):
         assert sorted(outputs) == sorted(direct)
         for name, values in direct.items():
             expected = values[i]
-            if isinstance(expected, float):
+            if isinstance(expected, float) or isinstance(expected, list) and isinstance(expected[0], float):
                 assert outputs[name] == pytest.approx(expected, rel=1e-5), (key, name)
             else:
                 assert outputs[name] == expected, (key, name)
@@ -128,6 +136,29 @@ def test_a_ydf_model_runs_in_a_fresh_process_that_imports_ydf_tf(built, tmp_path
     assert done.returncode == 0, done.stdout + done.stderr
     check_rows(rows_by_key(output), "gbt", direct, [f"r{i}" for i in range(len(direct["output"]))])
     assert not np.allclose(direct["output"], direct["output"][0])  # the trees split: outputs differ
+
+
+def test_a_bert_style_classifier_of_raw_text_runs_in_a_fresh_process(built, tmp_path):
+    """JSON Lines {"id", "text"} in; the signature's lone string input gets each raw text (no
+    tf.Example parse in its graph). The texts: empty, blank, non-ASCII, all-unknown, and one
+    that the trimmer cuts to BERT_SEQUENCE_LENGTH - 2 word pieces."""
+    version_dir, input_path, direct = built["bert"]
+    output = str(tmp_path / "bert")
+    done = batch_job(input_path, f"bert={version_dir}", output)
+    assert done.returncode == 0, done.stdout + done.stderr
+    check_rows(rows_by_key(output), "bert", direct, [f"b{i}" for i in range(len(op_library_models.BERT_TEXTS))])
+    assert max(direct["tokens"]) == op_library_models.BERT_SEQUENCE_LENGTH - 2 and min(direct["tokens"]) == 0
+    assert len({tuple(p) for p in direct["probs"]}) > 2  # the texts' probabilities differ
+
+
+def test_tfx_bsl_refuses_the_raw_text_signature_at_launch(built, tmp_path, capsys):
+    version_dir, input_path, _ = built["bert"]
+    assert batch_infer.main(["--input", input_path, "--model", f"bert={version_dir}", "--key_feature", "id",
+                             "--output", str(tmp_path / "out" / "bert"), "--engine", "tfx-bsl"]) == 2
+    err = capsys.readouterr().err
+    assert "signature 'serving_default' takes tensors (text string[None])" in err, err
+    assert "score it with --engine fast" in err
+    assert not (tmp_path / "out").exists()
 
 
 NOT_INSTALLED_TEXT = ("import dataclasses; from models.serving import op_libraries as o; "

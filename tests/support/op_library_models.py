@@ -3,7 +3,9 @@
 text_model: tensorflow-text's NormalizeUTF8, RegexSplitWithOffsets and TFText>WhitespaceTokenizeWithOffsetsV2
 on a parsed tf.Example string feature; ydf_model: a YDF gradient-boosted-trees regressor trained on
 random rows, exported by ydf with a serialized tf.Example input (SimpleML* ops, ydf-tf). Both take
-serialized tf.Example with an `id` bytes feature (the key). made_up_op_model: a plain model whose
+serialized tf.Example with an `id` bytes feature (the key). bert_model: a BERT-style text classifier
+preprocessed as keras-hub's BertTextClassifier is (BertTokenizer, RoundRobinTrimmer, combine_segments)
+whose signature takes the raw `text` strings, not tf.Example. made_up_op_model: a plain model whose
 saved_model.pb is edited to name an op type nobody registers. Building them imports the op
 libraries, so tests build them in a process of their own (build_in_subprocess) and the jobs under
 test start without them.
@@ -119,6 +121,55 @@ def build_made_up_op_model(version_dir: str) -> str:
     return version_dir
 
 
+# [PAD] 0 [UNK] 1 [CLS] 2 [SEP] 3, then words and "##" suffixes; anything else is [UNK]
+BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "quick", "brown", "fox", "jump", "##s", "##ed", "##ing",
+              "over", "lazy", "dog", "hello", "world", "cafe", "fine", "fish", "swim", "日", "本", ",", ".", "!"]
+BERT_SEQUENCE_LENGTH = 8  # [CLS], at most 6 word pieces, [SEP]
+BERT_TEXTS = ["Hello, world!", "", "Café ﬁne FISH swims", "日本 Ｆｕｌｌ width",
+              "The quick brown fox jumped over the lazy dog. The lazy dog jumps!", "   ", "zebra"]
+
+
+def bert_texts() -> List[bytes]:
+    return [text.encode() for text in BERT_TEXTS]
+
+
+def build_bert_model(version_dir: str) -> str:
+    """text (raw strings) -> probs (float32 [n, 2]: softmax of a dense layer on the mean of the
+    token embeddings, [PAD] left out), tokens (int64 [n]: word pieces kept by the trimmer). The
+    text is preprocessed as keras-hub's BertTextClassifierPreprocessor does: lower-cased
+    WordPiece tokens, round-robin trimmed to BERT_SEQUENCE_LENGTH - 2, between [CLS] and [SEP],
+    padded with [PAD]."""
+    import tensorflow as tf
+    import tensorflow_text as tf_text
+
+    class BertClassifier(tf.Module):
+        def __init__(self):
+            super().__init__()
+            table = tf.lookup.StaticVocabularyTable(tf.lookup.KeyValueTensorInitializer(
+                BERT_VOCAB, tf.range(len(BERT_VOCAB), dtype=tf.int64)), num_oov_buckets=1)
+            self.tokenizer = tf_text.BertTokenizer(table, lower_case=True)
+            self.trimmer = tf_text.RoundRobinTrimmer(max_seq_length=BERT_SEQUENCE_LENGTH - 2)
+            rng = np.random.default_rng(3)
+            self.embedding = tf.Variable(rng.normal(size=(len(BERT_VOCAB), 4)).astype(np.float32))
+            self.kernel = tf.Variable(rng.normal(size=(4, 2)).astype(np.float32))
+            self.bias = tf.Variable(rng.normal(size=2).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def serve(self, text):
+            pieces = self.tokenizer.tokenize(text).merge_dims(-2, -1)  # [n, words, pieces] -> [n, pieces]
+            (trimmed,) = self.trimmer.trim([pieces])
+            ids, _ = tf_text.combine_segments([trimmed], start_of_sequence_id=2, end_of_segment_id=3)
+            ids = ids.to_tensor(default_value=0, shape=[None, BERT_SEQUENCE_LENGTH])
+            mask = tf.cast(tf.not_equal(ids, 0), tf.float32)[:, :, None]
+            pooled = tf.reduce_sum(tf.gather(self.embedding, ids) * mask, axis=1) / tf.reduce_sum(mask, axis=1)
+            return {"probs": tf.nn.softmax(tf.matmul(pooled, self.kernel) + self.bias),
+                    "tokens": trimmed.row_lengths()}
+
+    module = BertClassifier()
+    tf.saved_model.save(module, version_dir, signatures={"serving_default": module.serve})
+    return version_dir
+
+
 def direct_outputs(version_dir: str, records: List[bytes]) -> Dict[str, list]:
     """The serving_default signature called on records with tf.saved_model.load (the caller has
     imported the op library): {output: one plain value per record}."""
@@ -138,8 +189,9 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-BUILDERS = {"text": build_text_model, "ydf": build_ydf_model, "made_up_op": build_made_up_op_model}
-EXAMPLES = {"text": text_examples, "ydf": ydf_examples}
+BUILDERS = {"text": build_text_model, "ydf": build_ydf_model, "bert": build_bert_model,
+            "made_up_op": build_made_up_op_model}
+EXAMPLES = {"text": text_examples, "ydf": ydf_examples, "bert": bert_texts}  # bert: raw texts
 
 
 def build_in_subprocess(kind: str, version_dir: str) -> Dict[str, list]:
