@@ -118,7 +118,9 @@ class FastSignatureCall(_SignatureColumns):
         self._parse_and_run = None
         if self._tensors is not None and self._tensors.fixed:
             # parse and call as one graph: one TF call per batch, as for a tf.Example signature
-            self._parse_and_run = tf.function(self._parsed_outputs, input_signature=[tf.TensorSpec([None], tf.string)])
+            # (autograph off: nothing to convert, and it would read this module's source from disk)
+            self._parse_and_run = tf.function(self._parsed_outputs, input_signature=[tf.TensorSpec([None], tf.string)],
+                                              autograph=False)
         # the TF2 loader drops method names; saved_model.pb still has them
         self.method = serving_meta_graph(path).signature_def[signature].method_name
 
