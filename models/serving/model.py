@@ -29,7 +29,7 @@ class ServingModel:
     path: str  # the version directory
     signature: str
     feature_spec: FeatureSpec
-    spec_source: str  # "feature_spec.json" or "signature"
+    spec_source: str  # one of SPEC_SOURCES, or the --feature_spec file it came from
     outputs: Tuple[str, ...]
     method: str
     # (name, dtype name, shape with -1 for unknown sizes; None for unknown rank), sorted by name
