@@ -294,3 +294,26 @@ def test_an_image_input_is_fed_from_raw_bytes_with_a_feature_spec(tmp_path, writ
     got = np.asarray([rows[f"i{i}"]["cnn"][name] for i in range(len(pixels))], dtype=np.float32)
     np.testing.assert_allclose(got, direct[name].numpy(), rtol=1e-5)
     assert [(e["key"], e["stage"]) for e in errors] == [("short", "validate")] and "47 bytes" in errors[0]["error"]
+
+
+def test_a_signature_of_tensors_downstream_in_a_graph_gets_its_input_from_the_upstream_model(
+        keras_dir, tmp_path, write_tfrecords):
+    import keras
+    import yaml
+
+    keras.utils.set_random_seed(5)
+    probs = keras.Input((3,), name="probs")
+    head_dir = version_dir(str(tmp_path), "head")
+    keras.Model(probs, keras.layers.Dense(1)(probs)).export(head_dir, verbose=False)
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(yaml.safe_dump({"models": [{"name": "km", "path": keras_dir},
+                                                {"name": "head", "path": head_dir, "inputs": {"probs": "km.output_0"}}]}))
+    path = write_keras_inputs(tmp_path, write_tfrecords, "tfrecord")
+    rows, errors = score(["--input", path, "--graph", str(graph), "--key_feature", "id",
+                          "--allow_outside_paths"], str(tmp_path / "out" / "p"))
+    name, first = keras_expected(keras_dir)
+    head = load_signature(head_dir)(probs=tf.constant(first))
+    (head_name,) = head
+    assert errors == [] and len(rows) == len(MEASUREMENTS)
+    got = np.asarray([rows[f"k{i}"]["head"][head_name] for i in range(len(MEASUREMENTS))], dtype=np.float32)
+    np.testing.assert_allclose(got, head[head_name].numpy(), rtol=1e-5)
