@@ -162,7 +162,7 @@ def import_for_model(export_dir: str) -> Tuple[OpLibrary, ...]:
             problems.append(f"{', '.join(unknown)}: no package this project knows provides them; pass "
                             "--op_library MODULE for the module that registers them (tf.load_op_library)")
         if problems:
-            raise OpLibraryError(f"its graph uses ops this TensorFlow does not register:\n    "
+            raise OpLibraryError("its graph uses ops this TensorFlow does not register:\n    "
                                  + "\n    ".join(problems))
         _READY.add(export_dir)
         return tuple(imported)
