@@ -141,3 +141,31 @@ def test_the_launcher_samples_parquet_rows_and_names_a_misspelt_key(penguin_mode
     text.write_text('{"id": "a"}\n')
     assert batch_infer.main(["--input", str(text), "--model", version_dir, "--output", str(tmp_path / "p2")]) == 2
     assert "is read as parquet, but it looks like JSON Lines" in capsys.readouterr().err
+
+
+def test_timestamps_dates_decimals_and_defaults_convert_as_the_instance_rules_say(tmp_path):
+    import datetime
+    import decimal
+
+    import pandas as pd
+    import tensorflow as tf
+
+    from models.serving.feature_spec import Feature
+    from transforms.sources.parquet import iter_parquet_rows, keyed_row
+    from transforms.sources.text import InstanceOptions
+
+    when = datetime.datetime(2024, 3, 1, 12, 30, tzinfo=datetime.timezone.utc)
+    pd.DataFrame({"t": [pd.Timestamp(when), pd.Timestamp(when)], "d": [datetime.date(2024, 3, 1)] * 2,
+                  "price": [decimal.Decimal("1.25"), decimal.Decimal("2.50")], "opt": [None, 4],
+                  "meta": [{"a": 1}, {"a": 2}]}).to_parquet(tmp_path / "t.parquet")
+    spec = (Feature("t", "float32"), Feature("d", "string"), Feature("price", "float32"),
+            Feature("opt", "int64", default=9))
+    options = InstanceOptions(spec, keep_extra=True)
+    examples = [tf.train.Example.FromString(keyed_row("p", "p", row, item, options)[1])
+                for row, item in iter_parquet_rows(str(tmp_path / "t.parquet"))]
+    features = [e.features.feature for e in examples]
+    assert features[0]["t"].float_list.value[0] == np.float32(when.timestamp())
+    assert features[0]["d"].bytes_list.value == [b"2024-03-01"]
+    assert list(features[1]["price"].float_list.value) == [2.5]
+    assert "opt" not in features[0] and list(features[1]["opt"].int64_list.value) == [4]  # null: the default fills it
+    assert "meta" not in features[0]  # a struct is no feature
