@@ -22,7 +22,8 @@ from transforms.records.keys import key_from_feature
 
 from transforms.sources.sniff import contradiction, looks_like, read_head
 from transforms.sources.text import InstanceOptions, iter_file_instances, keyed_example
-from transforms.sources.text_formats import TFRECORD
+from transforms.sources.parquet import UnreadableRows, iter_parquet_rows, keyed_row
+from transforms.sources.text_formats import PARQUET, TFRECORD
 from transforms.sources.framing import Record, read_records
 from transforms.sources.tfrecord import open_records_stream
 
@@ -71,6 +72,8 @@ def sample_problems(paths: Sequence[str], input_format: str, spec: Sequence[Feat
     if input_format == TFRECORD:
         sampled = [(path, record_problem(record, spec, key_feature))
                    for path, record in itertools.islice(sample_tfrecords(paths, size), size)]
+    elif input_format == PARQUET:
+        sampled = list(itertools.islice(sample_parquet_rows(paths, spec, options), size))
     else:
         sampled = list(itertools.islice(sample_instances(paths, input_format, spec, options), size))
     return len(sampled), [(path, problem) for path, problem in sampled if problem]
@@ -86,6 +89,25 @@ def sample_instances(paths: Sequence[str], input_format: str, spec: Sequence[Fea
                 yield path, missing_key_problem("key field", options.key_field, instance)
                 continue
             _, example = keyed_example(path, path, line, instance, raw, options)
+            if isinstance(example, dict):  # a dead-letter row
+                yield path, f"{example.get('stage')}: {example.get('error')}"
+            else:
+                yield path, record_problem(example, spec)
+
+
+def sample_parquet_rows(paths: Sequence[str], spec: Sequence[Feature], options: InstanceOptions
+                        ) -> Iterator[Tuple[str, Optional[str]]]:
+    """(path, problem or None) for each row of the first MAX_FILES Parquet files, converted as the
+    job converts them; unreadable files and row groups are skipped (dead letters of their own, as
+    in sample_tfrecords); a missing key column names its closest column."""
+    for path in paths[:MAX_FILES]:
+        for row, item in iter_parquet_rows(path, batch_rows=SAMPLE_SIZE):
+            if isinstance(item, UnreadableRows):
+                continue
+            if options.key_field and isinstance(item, dict) and options.key_field not in item:
+                yield path, missing_key_problem("key field", options.key_field, item)
+                continue
+            _, example = keyed_row(path, path, row, item, options)
             if isinstance(example, dict):  # a dead-letter row
                 yield path, f"{example.get('stage')}: {example.get('error')}"
             else:

@@ -1,4 +1,4 @@
-"""Which reader a batch job uses (TFRecord files of tf.Example, JSON Lines / CSV instances, BigQuery),
+"""Which reader a batch job uses (TFRecord files of tf.Example, JSON Lines / CSV / Parquet instances, BigQuery),
 what the launcher checks of the inputs before launch, and whether chunks are redistributed."""
 
 from typing import List, Optional, Sequence
@@ -13,7 +13,8 @@ from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
 from transforms.sources.files import check_local_patterns, expand_patterns, is_remote
 from transforms.sources.text import InstanceOptions, ReadKeyedInstances
 from transforms.sources.sniff import looks_like, read_head
-from transforms.sources.text_formats import TFRECORD, suffix_format
+from transforms.sources.parquet import ReadKeyedParquet
+from transforms.sources.text_formats import PARQUET, TFRECORD, suffix_format
 from transforms.sources.tfrecord import ReadKeyedTFRecords
 
 REDISTRIBUTE_CHOICES = ("auto", "yes", "no")
@@ -61,8 +62,9 @@ def content_format(path: str) -> str:
     if look.format:
         return look.format
     if look.text:
-        raise OptionsError(f"{path}: its name does not say its format (.tfrecord, .jsonl, .json, .ndjson, .csv) "
-                           f"and it looks like {look.description}; give --input_format tfrecord, jsonl or csv")
+        raise OptionsError(f"{path}: its name does not say its format (.tfrecord, .jsonl, .json, .ndjson, .csv, "
+                           f".parquet) and it looks like {look.description}; give --input_format tfrecord, jsonl, "
+                           "csv or parquet")
     return TFRECORD
 
 
@@ -86,8 +88,8 @@ def should_redistribute(setting: str, workers: Optional[int], files: Optional[in
 
 
 def instance_options(job) -> InstanceOptions:
-    """How a batch job converts JSON Lines / CSV instances. The key field stays in the example for
-    outputs that echo it (PredictionLogs, examples), so each carries its key; models parse only the
+    """How a batch job converts JSON Lines / CSV instances and Parquet rows. The key field stays in
+    the example for outputs that echo it (PredictionLogs, examples), so each carries its key; models parse only the
     features they read."""
     return InstanceOptions(record_spec(job.graph), job.key_feature, job.included_fields, job.excluded_fields,
                            keep_key=job.sink.echoes_inputs)
@@ -103,6 +105,8 @@ def read_chunks(p: beam.Pipeline, job):
         chunks, dead = read_bigquery(p, job, size, max_bytes)
     elif job.input_format == TFRECORD:
         chunks, dead = p | "ReadTFRecords" >> ReadKeyedTFRecords(job.inputs, size, max_bytes)
+    elif job.input_format == PARQUET:
+        chunks, dead = p | "ReadParquet" >> ReadKeyedParquet(job.inputs, instance_options(job), size, max_bytes)
     else:
         chunks, dead = p | f"Read{job.input_format.upper()}" >> ReadKeyedInstances(
             job.inputs, job.input_format, instance_options(job), size, max_bytes)

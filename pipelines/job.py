@@ -150,7 +150,7 @@ def checked_job(job: BatchJob, gpu_batches: bool) -> BatchJob:
         job.max_batch_size = job.max_batch_size or GPU_BATCH.max_batch_size
         job.max_batch_bytes = job.max_batch_bytes or GPU_BATCH.max_batch_bytes
     if job.input_format in (TFRECORD, BIGQUERY) and (job.included_fields or job.excluded_fields):
-        raise OptionsError("--included_fields/--excluded_fields apply to JSON Lines and CSV inputs "
+        raise OptionsError("--included_fields/--excluded_fields apply to JSON Lines, CSV and Parquet inputs "
                            "(BigQuery: --feature_columns)")
     problems = job.sink.graph_problems(job.graph, job.sink_config)
     if problems:

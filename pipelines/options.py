@@ -34,19 +34,20 @@ class BatchInferOptions(PipelineOptions):
 def _add_input_args(parser) -> None:
     parser.add_argument("--input", action="append", default=None,
                         help="file glob: TFRecord of tf.Example (gzip by .gz/.gzip), or JSON Lines "
-                             "(.jsonl/.json) or CSV (.csv) instances; repeatable")
+                             "(.jsonl/.json), CSV (.csv) or Parquet (.parquet) instances; repeatable")
     parser.add_argument("--input_format", default=None,
                         help=f"one of {', '.join(INPUT_FORMATS)} (default: by file suffix)")
     parser.add_argument("--included_fields", default=None,
-                        help="JSON/CSV: comma-separated fields converted into each example (others dropped)")
+                        help="JSON/CSV/Parquet: comma-separated fields converted into each example (others dropped)")
     parser.add_argument("--excluded_fields", default=None,
-                        help="JSON/CSV: comma-separated fields left out of each example")
+                        help="JSON/CSV/Parquet: comma-separated fields left out of each example")
     parser.add_argument("--with_source", action="store_true", default=False,
                         help="add each record's origin to its row under 'source' "
-                             "({file, record} for TFRecord, {file, line} for JSON/CSV)")
+                             "({file, record} for TFRecord, {file, line} for JSON/CSV, {file, row} for Parquet)")
     parser.add_argument("--key_feature",
-                        help="feature (TFRecord) or field (JSON/CSV, then removed from the features) "
-                             "holding each record's key (default: file:index, or file:line for JSON/CSV)")
+                        help="feature (TFRecord) or field (JSON/CSV/Parquet, then removed from the features) "
+                             "holding each record's key (default: file:index, or file:line for JSON/CSV, "
+                             "file:row for Parquet)")
 
 
 def _add_model_args(parser) -> None:

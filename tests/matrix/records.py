@@ -11,7 +11,8 @@ run and in every process (tests/matrix/test_matrix.py checks that in a fresh int
 
 The same logical records are written by `write_tfrecord` (tf.Example, plain or .tfrecord.gz),
 `write_jsonl`, `write_csv` (the README's rules: several values as a JSON list in one cell,
-binary data as {"b64": ...}), `bigquery_rows` (for the google.cloud.bigquery client) and
+binary data as {"b64": ...}), `write_parquet` (pyarrow columns of each kind's natural type: a
+fixed-size list, a list, binary; a left-out `opt` a null), `bigquery_rows` (for the google.cloud.bigquery client) and
 `pubsub_messages` (JSON payloads keyed by the `id` attribute).
 """
 
@@ -191,6 +192,20 @@ def write_csv(path: str, records: List[Dict[str, Any]]) -> str:
         writer.writerow(columns)
         for record in records:
             writer.writerow(["" if record.get(c) is None else csv_cell(record[c]) for c in columns])
+    return path
+
+
+def write_parquet(path: str, records: List[Dict[str, Any]]) -> str:
+    """The records as a Parquet file, written by pyarrow in row groups of 5 rows: f_vec a
+    fixed-size list of K floats, ints a list of int64, blob and image binary, a left-out `opt` null."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {"id": pa.string(), "f_scalar": pa.float32(), "f_vec": pa.list_(pa.float32(), K),
+             "ints": pa.list_(pa.int64()), "text": pa.string(), "blob": pa.binary(), "opt": pa.int64(),
+             "image": pa.binary(IMAGE_BYTES)}
+    table = pa.table({name: pa.array([r.get(name) for r in records], kind) for name, kind in types.items()})
+    pq.write_table(table, path, row_group_size=5)
     return path
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import itertools
 from typing import Callable, Dict, List, Optional, Tuple
 
-SOURCES = ("tfrecord", "tfrecord_gz", "jsonl", "csv", "bigquery", "pubsub")
+SOURCES = ("tfrecord", "tfrecord_gz", "jsonl", "csv", "parquet", "bigquery", "pubsub")
 SHAPES = ("single", "parallel", "chain", "postprocess", "mixed", "dense")
 # one model: mixed, whose outputs are of every dtype; dense, whose signature takes tensors
 SINGLE_MODEL_SHAPES = ("single", "mixed", "dense")

@@ -93,6 +93,8 @@ def source_flags(ctx: Context) -> List[str]:
         return ["--input", records.write_jsonl(path + ".jsonl", ctx.records), "--key_feature", "id"]
     if src == "csv":
         return ["--input", records.write_csv(path + ".csv", ctx.records), "--key_feature", "id"]
+    if src == "parquet":
+        return ["--input", records.write_parquet(path + ".parquet", ctx.records), "--key_feature", "id"]
     if src == "bigquery":
         return ["--input_table", bigquery_table(ctx) if ctx.bigquery else "local:ds.t", "--key_column", "id"]
     if src == "pubsub":

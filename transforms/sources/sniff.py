@@ -1,9 +1,9 @@
 """What a file's first bytes say its format is: for inputs whose suffix names none, and to catch an
 --input_format (or suffix) that the bytes clearly contradict.
 
-looks_like is pure: valid TFRecord framing (a record length and its masked CRC) is TFRecord; text
-whose first line is a JSON object is JSON Lines; text whose first line is a header of two or more
-named cells is CSV. Other text names no format we read; binary data, an empty file or one the
+looks_like is pure: valid TFRecord framing (a record length and its masked CRC) is TFRecord; bytes
+that start with Parquet's magic (PAR1) are Parquet; text whose first line is a JSON object is JSON
+Lines; text whose first line is a header of two or more named cells is CSV. Other text names no format we read; binary data, an empty file or one the
 launcher cannot read says nothing (the TFRecord reader reports such a file's regions itself).
 """
 
@@ -17,9 +17,10 @@ from typing import Optional
 
 
 from transforms.sources.framing import masked_crc32c
-from transforms.sources.text_formats import CSV, JSONL, TFRECORD
+from transforms.sources.text_formats import CSV, JSONL, PARQUET, TFRECORD
 from transforms.sources.text import open_text_stream
 
+PARQUET_MAGIC = b"PAR1"
 HEAD_BYTES = 4096  # of the uncompressed stream: enough for a TFRecord header or a first line
 
 
@@ -39,6 +40,8 @@ def looks_like(head: bytes) -> Look:
         return Look(None, False, "an empty file")
     if len(head) >= 12 and masked_crc32c(head[:8]) == struct.unpack("<I", head[8:12])[0]:
         return Look(TFRECORD, False, "TFRecord (its first 12 bytes are a record length and its CRC)")
+    if head.startswith(PARQUET_MAGIC):
+        return Look(PARQUET, False, "Parquet (it starts with the bytes PAR1)")
     text = _as_text(head)
     if text is None:
         return Look(None, False, f"binary data that is not TFRecord framing (it starts with {head[:8].hex(' ')})")
@@ -110,4 +113,4 @@ def read_head(path: str, size: int = HEAD_BYTES) -> bytes:
 
 def contradiction(fmt: str, look: Look) -> bool:
     """Whether bytes that look like this clearly cannot be read as fmt."""
-    return (look.format is not None and look.format != fmt) or (fmt == TFRECORD and look.text)
+    return (look.format is not None and look.format != fmt) or (fmt in (TFRECORD, PARQUET) and look.text)

@@ -23,10 +23,10 @@ from models.serving.feature_spec import RAW, Feature
 from transforms.records.dead_letters import MAX_INPUT_BYTES, InputHead
 from transforms.sources.instances import ConversionError
 
-JSONL, CSV, TFRECORD = "jsonl", "csv", "tfrecord"
-INPUT_FORMATS = (TFRECORD, JSONL, CSV)
+JSONL, CSV, TFRECORD, PARQUET = "jsonl", "csv", "tfrecord", "parquet"
+INPUT_FORMATS = (TFRECORD, JSONL, CSV, PARQUET)
 _SUFFIXES = {".jsonl": JSONL, ".json": JSONL, ".ndjson": JSONL, ".csv": CSV,
-             ".tfrecord": TFRECORD, ".tfrecords": TFRECORD, ".tfr": TFRECORD}
+             ".tfrecord": TFRECORD, ".tfrecords": TFRECORD, ".tfr": TFRECORD, ".parquet": PARQUET}
 _COMPRESSION = (".gz", ".gzip", ".bz2", ".deflate", ".zst", ".zstd")
 _TRUE, _FALSE = ("true", "t", "yes"), ("false", "f", "no")
 
@@ -151,7 +151,7 @@ def format_of_path(path: str) -> str:
 
 def suffix_format(path: str) -> Optional[str]:
     """The format the file's suffix names (.tfrecord/.tfrecords/.tfr, .jsonl/.json/.ndjson, .csv,
-    compressed or not), or None when it names none (such as TFX's 'data-00000-of-00004.gz')."""
+    compressed or not; .parquet), or None when it names none (such as TFX's 'data-00000-of-00004.gz')."""
     name = path.lower()
     for suffix in _COMPRESSION:
         if name.endswith(suffix):

@@ -1,0 +1,202 @@
+"""ReadKeyedParquet: Parquet files -> keyed tf.Example records + dead letters.
+
+Each row is one instance, a dict of the Python values pyarrow gives (lists for list and
+fixed-size-list columns, nested for lists of lists; bytes for binary columns; datetime and date
+for timestamps and dates; Decimal; None for a null), converted exactly as a JSON Lines object is
+(InstanceOptions.convert, transforms.sources.instances). Keys come from the key column, else are
+'<file>:<row>'; every record and dead letter is sourced {"file", "row"}, rows counted from 0 in the
+file. A file is read one row group at a time, ROWS_PER_BATCH rows at a time within it, never whole.
+
+A row whose values do not fit is a convert dead letter holding the row as JSON. A file that is not
+Parquet (or whose footer is cut off) is one read dead letter; so is a row group that cannot be read
+(naming its rows), and the file's other row groups are still read.
+
+Files are the unit of parallelism, as for the other formats: Beam's parquetio splits a file by row
+group, but says neither which file nor which row a record came from and fails the job on a corrupt
+file, so few large files are spread over workers by --redistribute instead.
+"""
+
+import base64
+import datetime
+import decimal
+import json
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, RecordChunk
+from transforms.records.dead_letters import CONVERT, READ, dead_letter
+from transforms.runtime.accounting import AccountedDoFn
+from transforms.sources.files import check_local_patterns, read_files
+from transforms.sources.instances import ConversionError, as_conversion_error
+from transforms.sources.text import InstanceOptions
+
+ROWS_PER_BATCH = 1024
+
+
+class UnreadableRows(NamedTuple):
+    """Rows that cannot be read: count of them from this row on (None: the whole file, whose row
+    count is not known), and why."""
+
+    count: Optional[int]
+    reason: str
+
+
+Item = Tuple[int, Union[dict, ConversionError, UnreadableRows]]
+
+
+def iter_parquet_rows(path: str, batch_rows: int = ROWS_PER_BATCH) -> Iterator[Item]:
+    """(row, instance) per row of a Parquet file; (row, ConversionError) for a row whose values
+    have no Python form (a timestamp past year 9999); (row, UnreadableRows) for a file or row group
+    that cannot be read. Never raises for the file's contents."""
+    try:
+        f = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    except Exception as e:  # pylint: disable=broad-except  # gone or unreadable: its one dead letter
+        yield 0, UnreadableRows(None, f"{path}: cannot be opened ({type(e).__name__}: {e})")
+        return
+    with f:
+        yield from _file_rows(path, f, batch_rows)
+
+
+def _file_rows(path: str, f, batch_rows: int) -> Iterator[Item]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(f)
+        groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+    except Exception as e:  # pylint: disable=broad-except  # not Parquet, or its footer is cut off
+        yield 0, UnreadableRows(None, f"{path}: not a readable Parquet file ({type(e).__name__}: {e})")
+        return
+    start = 0
+    for group, rows in enumerate(groups):
+        row = start
+        try:
+            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], use_threads=False):
+                for item in _batch_rows(batch):
+                    yield row, item
+                    row += 1
+        except Exception as e:  # pylint: disable=broad-except  # a corrupt page or column chunk
+            last = start + rows - 1
+            yield row, UnreadableRows(start + rows - row, f"{path}: row group {group} cannot be read from row "
+                                                          f"{row} (rows {row}..{last}) ({type(e).__name__}: {e})")
+        start += rows
+
+
+def _batch_rows(batch) -> List[Union[dict, ConversionError]]:
+    """The batch's rows as dicts; where one row has no Python form, each row on its own."""
+    try:
+        return batch.to_pylist()
+    except Exception:  # pylint: disable=broad-except  # one bad value fails the whole batch's conversion
+        pass
+    rows: List[Union[dict, ConversionError]] = []
+    for i in range(batch.num_rows):
+        try:
+            rows.extend(batch.slice(i, 1).to_pylist())
+        except Exception as e:  # pylint: disable=broad-except
+            rows.append(ConversionError(f"a value has no Python form ({type(e).__name__}: {e})"))
+    return rows
+
+
+def _json_value(value):
+    if isinstance(value, (bytes, bytearray)):
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    return repr(value)
+
+
+def row_json(instance) -> bytes:
+    """The row as a JSON object (binary values as {"b64": ...}, dates and times as ISO 8601 text),
+    what a dead letter holds where the text formats hold the line."""
+    try:
+        return json.dumps(instance, default=_json_value, ensure_ascii=False).encode("utf-8")
+    except Exception:  # pylint: disable=broad-except  # the dead letter must still be written
+        return repr(instance).encode("utf-8")
+
+
+def keyed_row(path: str, name: str, row: int, item, options: InstanceOptions) -> Tuple[str, object]:
+    """(key, serialized example or a dead-letter row) of one row (or its error) of a file."""
+    if isinstance(item, UnreadableRows):
+        what = "the file" if item.count is None else f"{item.count} row(s)"
+        return f"{name}:{row}", dead_letter(READ, f"{item.reason}; {what} cannot be read", key=f"{name}:{row}",
+                                            source={"file": path, "row": row, "rows_skipped": item.count})
+    instance = item if isinstance(item, dict) else {}
+    key = options.key_or_none(instance) or f"{name}:{row}"
+    source = {"file": path, "row": row}
+    try:
+        if isinstance(item, ConversionError):
+            raise item
+        return key, options.convert(instance)
+    except Exception as e:  # pylint: disable=broad-except  # no row may stop the file's others
+        return key, dead_letter(CONVERT, as_conversion_error(e, f"row {row}: "), key=key,
+                                raw=row_json(instance) if instance else None, source=source)
+
+
+def keyed_rows(path: str, name: str, options: InstanceOptions, batch_rows: int = ROWS_PER_BATCH
+               ) -> Iterator[Tuple[int, str, object, Optional[int]]]:
+    """(row, key, serialized example or a dead-letter row, rows it stands for) per row of a file:
+    a read dead letter stands for the rows it could not read (None: unknown)."""
+    for row, item in iter_parquet_rows(path, batch_rows):
+        key, example = keyed_row(path, name, row, item, options)
+        yield row, key, example, (item.count if isinstance(item, UnreadableRows) else 1)
+
+
+class ReadParquetFn(AccountedDoFn):
+    """(path, key name) -> RecordChunks of up to chunk_size records (and chunk_bytes of
+    examples), each record sourced {"file", "row"}; dead letters (read, convert) as above."""
+
+    def __init__(self, options: InstanceOptions, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES):
+        self._options = options
+        self._chunk_size = chunk_size
+        self._chunk_bytes = chunk_bytes
+
+    def process(self, element):
+        path, name = element
+        keys: List[str] = []
+        records: List[bytes] = []
+        sources: List[dict] = []
+        size = 0
+        for row, key, example, _ in keyed_rows(path, name, self._options):
+            if isinstance(example, dict):
+                if example["stage"] == READ:
+                    self._accounting.unreadable_region(None)
+                else:
+                    self._accounting.read(1)
+                yield from self.reject([example])
+                continue
+            self._accounting.read(1)
+            keys.append(key)
+            records.append(example)
+            sources.append({"file": path, "row": row})
+            size += len(example)
+            if len(keys) >= self._chunk_size or (self._chunk_bytes and size >= self._chunk_bytes):
+                yield RecordChunk(keys, records, sources)
+                keys, records, sources, size = [], [], [], 0
+        if keys:
+            yield RecordChunk(keys, records, sources)
+
+
+class ReadKeyedParquet(beam.PTransform):
+    """Reads Parquet files matching the patterns as keyed tf.Example records.
+
+    Returns WithDeadLetters(RecordChunks, dead letters), chunks as ReadKeyedTFRecords gives them.
+    Patterns are matched on the workers; a local pattern that matches nothing fails here, before
+    the pipeline starts.
+    """
+
+    def __init__(self, patterns: Sequence[str], options: InstanceOptions,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES):
+        super().__init__()
+        self._patterns = list(patterns)
+        check_local_patterns(self._patterns)
+        self._fn = ReadParquetFn(options, chunk_size, chunk_bytes)
+
+    def expand(self, pbegin):
+        return read_files(pbegin, self._patterns, "ReadParquet", self._fn)
