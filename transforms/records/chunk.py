@@ -75,6 +75,39 @@ class RecordChunk(NamedTuple):
         return None if self.sources is None else dict(self.sources[i])
 
 
+class ChunkBuilder:
+    """Gathers keyed records, one at a time, into RecordChunks of at most size records and
+    max_bytes of serialized input (a source's reading loop: add each record, yield what it gives)."""
+
+    def __init__(self, size: int = DEFAULT_CHUNK_SIZE, max_bytes: Optional[int] = DEFAULT_CHUNK_BYTES):
+        self.size, self.max_bytes = size, max_bytes
+        self._start()
+
+    def _start(self) -> None:
+        self._keys: List[str] = []
+        self._records: List[bytes] = []
+        self._sources: List[Mapping[str, Any]] = []
+        self._bytes = 0
+
+    def add(self, key: str, record: bytes, source: Mapping[str, Any]) -> List[RecordChunk]:
+        """Adds one record; returns the chunk it filled, if it filled one (yield from it)."""
+        self._keys.append(key)
+        self._records.append(record)
+        self._sources.append(source)
+        self._bytes += len(record)
+        if len(self._keys) >= self.size or (self.max_bytes and self._bytes >= self.max_bytes):
+            return self.rest()
+        return []
+
+    def rest(self) -> List[RecordChunk]:
+        """The chunk of the records added since the last one, if there are any."""
+        if not self._keys:
+            return []
+        chunk = RecordChunk(self._keys, self._records, self._sources)
+        self._start()
+        return [chunk]
+
+
 class ModelResult(NamedTuple):
     indices: List[int]  # chunk positions this model scored, ascending
     outputs: Dict[str, np.ndarray]  # each [len(indices), ...]

@@ -26,7 +26,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, RecordChunk
+from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, ChunkBuilder
 from transforms.records.dead_letters import CONVERT, READ, dead_letter
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.sources.files import check_local_patterns, read_files
@@ -159,10 +159,7 @@ class ReadParquetFn(AccountedDoFn):
 
     def process(self, element):
         path, name = element
-        keys: List[str] = []
-        records: List[bytes] = []
-        sources: List[dict] = []
-        size = 0
+        chunks = ChunkBuilder(self._chunk_size, self._chunk_bytes)
         for row, key, example, _ in keyed_rows(path, name, self._options):
             if isinstance(example, dict):
                 if example["stage"] == READ:
@@ -172,15 +169,8 @@ class ReadParquetFn(AccountedDoFn):
                 yield from self.reject([example])
                 continue
             self._accounting.read(1)
-            keys.append(key)
-            records.append(example)
-            sources.append({"file": path, "row": row})
-            size += len(example)
-            if len(keys) >= self._chunk_size or (self._chunk_bytes and size >= self._chunk_bytes):
-                yield RecordChunk(keys, records, sources)
-                keys, records, sources, size = [], [], [], 0
-        if keys:
-            yield RecordChunk(keys, records, sources)
+            yield from chunks.add(key, example, {"file": path, "row": row})
+        yield from chunks.rest()
 
 
 class ReadKeyedParquet(beam.PTransform):

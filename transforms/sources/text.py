@@ -10,14 +10,14 @@ both carry the line number and the line itself. Files are the unit of parallelis
 
 import contextlib
 import dataclasses
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from models.serving.feature_spec import Feature
-from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, RecordChunk
+from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, ChunkBuilder
 from transforms.records.dead_letters import CONVERT, dead_letter
 from transforms.runtime.accounting import AccountedDoFn
 from transforms.sources.files import check_local_patterns, read_files
@@ -150,24 +150,14 @@ class ReadInstancesFn(AccountedDoFn):
 
     def process(self, element):
         path, name = element
-        keys: List[str] = []
-        records: List[bytes] = []
-        sources: List[dict] = []
-        size = 0
+        chunks = ChunkBuilder(self._chunk_size, self._chunk_bytes)
         for line, key, example, _ in keyed_examples(path, name, self._fmt, self._options):
             self._accounting.read(1)
             if isinstance(example, dict):
                 yield from self.reject([example])
                 continue
-            keys.append(key)
-            records.append(example)
-            sources.append({"file": path, "line": line})
-            size += len(example)
-            if len(keys) >= self._chunk_size or (self._chunk_bytes and size >= self._chunk_bytes):
-                yield RecordChunk(keys, records, sources)
-                keys, records, sources, size = [], [], [], 0
-        if keys:
-            yield RecordChunk(keys, records, sources)
+            yield from chunks.add(key, example, {"file": path, "line": line})
+        yield from chunks.rest()
 
 
 class ReadKeyedInstances(beam.PTransform):
