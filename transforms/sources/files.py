@@ -8,13 +8,15 @@ Where the launcher can list a pattern, it still does, so an empty glob fails bef
 
 import os
 import re
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.records.dead_letters import DEAD_LETTER_TAG, WithDeadLetters
+from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, ChunkBuilder
+from transforms.records.dead_letters import DEAD_LETTER_TAG, READ, WithDeadLetters
+from transforms.runtime.accounting import AccountedDoFn
 
 _REMOTE = re.compile(r"^(?!file://)[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
@@ -94,3 +96,35 @@ def read_files(pbegin, patterns: Sequence[str], label: str, read_fn: beam.DoFn):
         | "MatchFiles" >> MatchInputFiles(patterns)
         | label >> beam.ParDo(read_fn).with_outputs(DEAD_LETTER_TAG, main="records"))
     return WithDeadLetters(result.records, result[DEAD_LETTER_TAG])
+
+
+class ReadKeyedFileFn(AccountedDoFn):
+    """(path, key name) -> RecordChunks of up to chunk_size records (and chunk_bytes of examples)
+    and dead letters: the reading loop of the instance formats (JSON Lines, CSV, Parquet).
+    Subclasses give keyed(path, name), (position, key, serialized example or a dead-letter row)
+    per record of the file, and POSITION, the source field the position goes in ("line", "row").
+    A read dead letter (a part of the file that cannot be read) counts as an unreadable region,
+    any other as a record read."""
+
+    POSITION = ""
+
+    def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES):
+        self._chunk_size = chunk_size
+        self._chunk_bytes = chunk_bytes
+
+    def keyed(self, path: str, name: str) -> Iterator[Tuple[int, str, object]]:
+        raise NotImplementedError
+
+    def process(self, element):
+        path, name = element
+        chunks = ChunkBuilder(self._chunk_size, self._chunk_bytes)
+        for position, key, example in self.keyed(path, name):
+            if isinstance(example, dict) and example["stage"] == READ:
+                self._accounting.unreadable_region(None)
+            else:
+                self._accounting.read(1)
+            if isinstance(example, dict):
+                yield from self.reject([example])
+                continue
+            yield from chunks.add(key, example, {"file": path, self.POSITION: position})
+        yield from chunks.rest()

@@ -26,10 +26,9 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, ChunkBuilder
+from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
 from transforms.records.dead_letters import CONVERT, READ, dead_letter
-from transforms.runtime.accounting import AccountedDoFn
-from transforms.sources.files import check_local_patterns, read_files
+from transforms.sources.files import ReadKeyedFileFn, check_local_patterns, read_files
 from transforms.sources.instances import ConversionError, as_conversion_error
 from transforms.sources.text import InstanceOptions
 
@@ -139,38 +138,27 @@ def keyed_row(path: str, name: str, row: int, item, options: InstanceOptions) ->
 
 
 def keyed_rows(path: str, name: str, options: InstanceOptions, batch_rows: int = ROWS_PER_BATCH
-               ) -> Iterator[Tuple[int, str, object, Optional[int]]]:
-    """(row, key, serialized example or a dead-letter row, rows it stands for) per row of a file:
-    a read dead letter stands for the rows it could not read (None: unknown)."""
+               ) -> Iterator[Tuple[int, str, object]]:
+    """(row, key, serialized example or a dead-letter row) per row of a file; a read dead letter
+    stands for the rows it could not read (its source's rows_skipped)."""
     for row, item in iter_parquet_rows(path, batch_rows):
         key, example = keyed_row(path, name, row, item, options)
-        yield row, key, example, (item.count if isinstance(item, UnreadableRows) else 1)
+        yield row, key, example
 
 
-class ReadParquetFn(AccountedDoFn):
-    """(path, key name) -> RecordChunks of up to chunk_size records (and chunk_bytes of
-    examples), each record sourced {"file", "row"}; dead letters (read, convert) as above."""
+class ReadParquetFn(ReadKeyedFileFn):
+    """(path, key name) -> RecordChunks, each record sourced {"file", "row"}; dead letters (read,
+    convert) as above."""
+
+    POSITION = "row"
 
     def __init__(self, options: InstanceOptions, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES):
+        super().__init__(chunk_size, chunk_bytes)
         self._options = options
-        self._chunk_size = chunk_size
-        self._chunk_bytes = chunk_bytes
 
-    def process(self, element):
-        path, name = element
-        chunks = ChunkBuilder(self._chunk_size, self._chunk_bytes)
-        for row, key, example, _ in keyed_rows(path, name, self._options):
-            if isinstance(example, dict):
-                if example["stage"] == READ:
-                    self._accounting.unreadable_region(None)
-                else:
-                    self._accounting.read(1)
-                yield from self.reject([example])
-                continue
-            self._accounting.read(1)
-            yield from chunks.add(key, example, {"file": path, "row": row})
-        yield from chunks.rest()
+    def keyed(self, path, name):
+        return keyed_rows(path, name, self._options)
 
 
 class ReadKeyedParquet(beam.PTransform):

@@ -17,10 +17,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from models.serving.feature_spec import Feature
-from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, ChunkBuilder
+from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
 from transforms.records.dead_letters import CONVERT, dead_letter
-from transforms.runtime.accounting import AccountedDoFn
-from transforms.sources.files import check_local_patterns, read_files
+from transforms.sources.files import ReadKeyedFileFn, check_local_patterns, read_files
 from transforms.sources.instances import (ConversionError, as_conversion_error, instance_key, instance_to_example,
                                           select_fields)
 from transforms.sources.gzip_recovering import GzipRecoveringReader
@@ -136,28 +135,21 @@ def keyed_example(path: str, name: str, line: int, instance, raw: bytes, options
         return key, dead_letter(CONVERT, as_conversion_error(e, f"line {line}: "), key=key, raw=raw, source=source)
 
 
-class ReadInstancesFn(AccountedDoFn):
-    """(path, key name) -> RecordChunks of up to chunk_size records (and chunk_bytes of input),
-    each record sourced {"file", "line"}; dead letters (decode, convert) per bad instance."""
+class ReadInstancesFn(ReadKeyedFileFn):
+    """(path, key name) -> RecordChunks, each record sourced {"file", "line"}; dead letters
+    (decode, convert) per bad instance."""
+
+    POSITION = "line"
 
     def __init__(self, fmt: str, options: InstanceOptions, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES):
+        super().__init__(chunk_size, chunk_bytes)
         self._fmt = fmt
         self._options = options
-        self._chunk_size = chunk_size
-        self._chunk_bytes = chunk_bytes
 
-
-    def process(self, element):
-        path, name = element
-        chunks = ChunkBuilder(self._chunk_size, self._chunk_bytes)
+    def keyed(self, path, name):
         for line, key, example, _ in keyed_examples(path, name, self._fmt, self._options):
-            self._accounting.read(1)
-            if isinstance(example, dict):
-                yield from self.reject([example])
-                continue
-            yield from chunks.add(key, example, {"file": path, "line": line})
-        yield from chunks.rest()
+            yield line, key, example
 
 
 class ReadKeyedInstances(beam.PTransform):
