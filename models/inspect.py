@@ -20,13 +20,14 @@ from models.tf_console import console_logging
 
 def _shape(info) -> Optional[List[Optional[int]]]:
     """The TensorInfo's shape, None for a dimension of any size; None when the rank is unknown."""
-    if info.tensor_shape.unknown_rank:
-        return None
-    return [d.size if d.size >= 0 else None for d in info.tensor_shape.dim]
+    from models.serving.dense import tensor_info
+
+    shape = tensor_info(info)[1]
+    return None if shape is None else list(shape)
 
 
 def _tensor_text(name: str, info) -> str:
-    from models.portability import dtype_name, tensor_kind
+    from models.serving.dense import dtype_name, tensor_kind
 
     kind, dtype = tensor_kind(info)
     if kind != "dense":  # a SparseTensor or RaggedTensor: its TensorInfo holds no dense shape
@@ -110,7 +111,7 @@ def _tensor_inputs(version_dir: str, meta_graph, signature: str):
 
 def _signatures_data(meta_graph) -> Dict[str, object]:
     def tensors(infos):
-        from models.portability import dtype_name, tensor_kind
+        from models.serving.dense import dtype_name, tensor_kind
 
         out = {}
         for name, info in sorted(infos.items()):

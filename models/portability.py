@@ -248,32 +248,9 @@ def portability_lines(verdicts: Sequence[Verdict]) -> List[str]:
 # reading the facts
 # ------------------------------------------------------------------------------------------
 
-def tensor_kind(info) -> Tuple[str, int]:
-    """(kind, dtype enum of the values) of a SignatureDef TensorInfo."""
-    encoding = info.WhichOneof("encoding")
-    if encoding == "coo_sparse":
-        return "sparse", info.dtype
-    if encoding == "composite_tensor":
-        from tensorflow.core.protobuf import struct_pb2
-
-        spec = info.composite_tensor.type_spec
-        name = struct_pb2.TypeSpecProto.TypeSpecClass.Name(spec.type_spec_class)
-        components = info.composite_tensor.components
-        dtype = components[0].dtype if components else info.dtype
-        return ("ragged" if name == "RAGGED_TENSOR_SPEC" else spec.type_spec_class_name or name), dtype
-    return "dense", info.dtype
-
-
-def dtype_name(dtype_enum: int) -> str:
-    import tensorflow as tf
-
-    try:
-        return tf.as_dtype(dtype_enum).name
-    except TypeError:  # DT_INVALID: a composite tensor's TensorInfo has no dtype of its own
-        return ""
-
-
 def signature_tensors(signature_def) -> Tuple[TensorFact, ...]:
+    from models.serving.dense import dtype_name, tensor_kind
+
     facts = []
     for side, tensors in (("input", signature_def.inputs), ("output", signature_def.outputs)):
         for name, info in sorted(tensors.items()):

@@ -28,19 +28,50 @@ _TF_EXAMPLE_HINT = ("or re-export it with python -m models.prepare for a serving
                     "tf.Example")
 
 
-COMPOSITE = {"coo_sparse": "SparseTensor", "composite_tensor": "RaggedTensor or another composite tensor"}
+def tensor_kind(info) -> Tuple[str, int]:
+    """(kind, dtype enum of the values) of a SignatureDef TensorInfo."""
+    encoding = info.WhichOneof("encoding")
+    if encoding == "coo_sparse":
+        return "sparse", info.dtype
+    if encoding == "composite_tensor":
+        from tensorflow.core.protobuf import struct_pb2
+
+        spec = info.composite_tensor.type_spec
+        name = struct_pb2.TypeSpecProto.TypeSpecClass.Name(spec.type_spec_class)
+        components = info.composite_tensor.components
+        dtype = components[0].dtype if components else info.dtype
+        return ("ragged" if name == "RAGGED_TENSOR_SPEC" else spec.type_spec_class_name or name), dtype
+    return "dense", info.dtype
+
+
+def dtype_name(dtype_enum: int) -> str:
+    import tensorflow as tf
+
+    try:
+        return tf.as_dtype(dtype_enum).name
+    except TypeError:  # DT_INVALID: a composite tensor's TensorInfo has no dtype of its own
+        return ""
+
+
+# what a job calls a tensor_kind other than dense, in place of a dtype (an input it cannot feed)
+COMPOSITE = {"sparse": "SparseTensor", "ragged": "RaggedTensor"}
+_OTHER_COMPOSITE = " composite tensor"
+
+
+def is_composite(dtype: str) -> bool:
+    """Whether tensor_info's dtype names a sparse or composite tensor rather than a dtype."""
+    return dtype in COMPOSITE.values() or dtype.endswith(_OTHER_COMPOSITE)
 
 
 def tensor_info(info) -> TensorInfo:
-    """A SignatureDef TensorInfo as (dtype name, shape); a sparse or composite one as (its kind, None)."""
-    import tensorflow as tf
-
-    encoding = info.WhichOneof("encoding")
-    if encoding in COMPOSITE:
-        return COMPOSITE[encoding], None
+    """A SignatureDef TensorInfo as (dtype name, shape); a sparse or composite one as (what it
+    is, None)."""
+    kind, dtype = tensor_kind(info)
+    if kind != "dense":
+        return COMPOSITE.get(kind, f"{kind}{_OTHER_COMPOSITE}"), None
     shape = info.tensor_shape
     dims = None if shape.unknown_rank else tuple(d.size if d.size >= 0 else None for d in shape.dim)
-    return tf.as_dtype(info.dtype).name, dims
+    return dtype_name(dtype), dims
 
 
 _EXAMPLE_OPS = ("ParseSingleExample", "ParseSequenceExample", "ParseSequenceExampleV2",
@@ -82,7 +113,7 @@ def signature_inputs(export_dir: str, signature: str, overrides: Sequence[Featur
 
 
 def _input_feature(name: str, dtype: str, shape: Optional[Tuple[Optional[int], ...]]) -> Feature:
-    if dtype in COMPOSITE.values():
+    if is_composite(dtype):
         raise FeatureSpecError(f"input {name!r} is a {dtype}: records cannot feed it as they are; export a "
                                "signature that takes serialized tf.Example and parses it (a tf.io.VarLenFeature "
                                "or RaggedFeature parse gives the model that tensor)")
