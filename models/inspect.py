@@ -148,9 +148,10 @@ def _feature_spec(version_dir: str, signature: str, inputs=None) -> Tuple[List[s
     """The report's feature spec lines and its JSON: {"source", "features"} or {"error"}. A
     signature of tensors gets the spec its inputs give (what the fast engine parses records into)."""
     from models.serving.feature_spec import describe, spec_to_json
+    from models.serving.model import model_spec
 
     try:
-        spec, source = _model_spec(version_dir, signature, inputs)
+        spec, source, _ = model_spec(version_dir, signature)
     except Exception as e:  # pylint: disable=broad-except  # reported, not raised: the rest still helps
         return [f"feature spec: unavailable ({e})"], {"error": str(e)}
     head = f"feature spec (from {source}):"
@@ -159,15 +160,6 @@ def _feature_spec(version_dir: str, signature: str, inputs=None) -> Tuple[List[s
                 f"of records into them by this feature spec (from the signature's inputs; --feature_spec "
                 "overrides it):")
     return [head, describe(spec)], {"source": source, "features": spec_to_json(spec)}
-
-
-def _model_spec(version_dir: str, signature: str, inputs=None):
-    from models.serving.dense import tensor_input_spec
-    from models.serving.model import read_feature_spec
-
-    if inputs:
-        return tensor_input_spec(inputs), "signature inputs"
-    return read_feature_spec(version_dir, signature)
 
 
 def _warmup_lines(version_dir: str) -> List[str]:
@@ -192,14 +184,14 @@ def engine_report(version_dir: str, signature: str = "serving_default", skip: Op
     """{engine: (runs, what happened)}: each engine loads the model the way a job does
     (models.serving.engines) and scores two golden examples built from the feature spec. skip:
     {engine: why} for the engines a job refuses before loading the model."""
-    from models.serving.dense import signature_inputs
     from models.serving.examples import golden_records
     from models.serving.errors import error_text
     from models.serving.engines import ENGINES
+    from models.serving.model import model_spec
     from models.serving.op_libraries import import_for_model
 
     try:
-        spec, _ = _model_spec(version_dir, signature, signature_inputs(version_dir, signature))
+        spec, _, _ = model_spec(version_dir, signature)
         records = golden_records(spec, 2)
     except Exception as e:  # pylint: disable=broad-except  # reported, not raised
         return {engine: (False, f"no golden examples: {e}") for engine in ENGINES}

@@ -104,6 +104,8 @@ def signature_inputs(export_dir: str, signature: str, overrides: Sequence[Featur
     from models.serving.feature_spec import SPEC_FILE
 
     meta_graph = serving_meta_graph(export_dir)
+    if signature not in meta_graph.signature_def:
+        raise FeatureSpecError(f"{export_dir} has no signature {signature!r}")
     inputs = {name: tensor_info(info) for name, info in sorted(meta_graph.signature_def[signature].inputs.items())}
     spec_beside = tf.io.gfile.exists(f"{export_dir.rstrip('/')}/{SPEC_FILE}")
     feeds_inputs = any(f.model_input in inputs for f in overrides)
@@ -275,7 +277,7 @@ def inputs_problem(export_dir: str, signature: str) -> Optional[str]:
     for a signature of serialized tf.Example."""
     try:
         inputs = signature_inputs(export_dir, signature)
-    except (KeyError, ValueError):  # no such signature: other checks say so
+    except ValueError:  # no such signature, no serving meta graph: other checks say so
         return None
     if not inputs:
         return None

@@ -3,13 +3,13 @@
 import dataclasses
 import json
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from models.serving import layout, op_libraries
 from models.serving.contract import contract_problems, serving_meta_graph, tf1_loader_problems
-from models.serving.dense import signature_inputs, tensor_input_spec
+from models.serving.dense import TensorInfo, signature_inputs, tensor_input_spec
 from models.serving.feature_spec import SPEC_FILE, FeatureSpec, load_spec_file, spec_from_json
 from models.serving.methods import signature_method
 from models.serving.signature_spec import spec_from_signature
@@ -84,6 +84,21 @@ def read_feature_spec(export_dir: str, signature: str) -> Tuple[FeatureSpec, str
     return spec_from_signature(export_dir, signature), "signature"
 
 
+def model_spec(version_dir: str, signature: str, spec_file: Optional[str] = None
+               ) -> Tuple[FeatureSpec, str, Dict[str, TensorInfo]]:
+    """(the feature spec a job feeds the signature with, where it came from, the signature's
+    tensor inputs: {} when it takes serialized tf.Example). For a signature of tensors the spec
+    comes from its inputs, spec_file's entries overriding them; otherwise spec_file replaces
+    the spec read from the model (read_feature_spec). Raises ValueError for a spec that cannot be used."""
+    overrides = load_spec_file(spec_file) if spec_file else ()
+    inputs = signature_inputs(version_dir, signature, overrides)
+    if inputs:
+        return tensor_input_spec(inputs, overrides), spec_file or "signature inputs", inputs
+    if spec_file:
+        return overrides, spec_file, inputs
+    return (*read_feature_spec(version_dir, signature), inputs)
+
+
 def load_serving_model(path: str, name: str = DEFAULT_MODEL_NAME, signature: str = "serving_default",
                        spec_file: Optional[str] = None) -> ServingModel:
     """The model at path (a version or base directory), checked; spec_file (a feature spec JSON)
@@ -106,12 +121,7 @@ def load_serving_model(path: str, name: str = DEFAULT_MODEL_NAME, signature: str
     except op_libraries.OpLibraryError as e:
         raise ModelContractError(f"model {name!r} at {version_dir} cannot run: {e}") from e
     try:
-        overrides = load_spec_file(spec_file) if spec_file else ()
-        inputs = signature_inputs(version_dir, signature, overrides)
-        if inputs:
-            spec, source = tensor_input_spec(inputs, overrides), spec_file or "signature inputs"
-        else:
-            spec, source = (overrides, spec_file) if spec_file else read_feature_spec(version_dir, signature)
+        spec, source, inputs = model_spec(version_dir, signature, spec_file)
     except ValueError as e:
         raise ModelContractError(f"model {name!r} at {version_dir}: {e}") from e
     meta_graph = serving_meta_graph(version_dir)
