@@ -222,6 +222,27 @@ class TensorInputs:
             inputs[f.model_input] = value
         return inputs
 
+    def from_arrays(self, arrays: Mapping[str, np.ndarray]) -> Optional[Dict[str, np.ndarray]]:
+        """What parse gives, from each feature's values already parsed (a columnar source's
+        arrays: [n, *stored shape] of the storage dtype); None when one is missing or of another
+        shape or dtype, or an input takes variable lengths (then the records are parsed)."""
+        if not self.fixed:
+            return None
+        inputs = {}
+        for f in self.features:
+            value = arrays.get(f.name)
+            dtype = object if f.dtype == "string" else np.dtype(f.dtype)
+            if value is None or value.shape[1:] != tuple(f.stored_shape) or value.dtype != dtype:
+                return None
+            if f.encoding == RAW:  # each value holds exactly the tensor's bytes (checked where it was read)
+                value = np.frombuffer(b"".join(value.tolist()), dtype=f.model_dtype).reshape((-1,) + tuple(f.shape))
+            elif f.input_dtype == "bool":
+                value = value != 0
+            elif f.input_dtype != f.dtype:
+                value = value.astype(f.input_dtype)
+            inputs[f.model_input] = value
+        return inputs
+
     @property
     def fixed(self) -> bool:
         """Whether every input has a fixed per-example shape (one group per batch, always)."""

@@ -31,6 +31,13 @@ from models.serving.methods import signature_method
 from models.serving.prediction_log import PREDICTION_LOG, log_column, tensor_predict_logs
 
 
+def _feature_arrays(records: Sequence[bytes]) -> Optional[Mapping[str, np.ndarray]]:
+    """The records' features as arrays where their source read them so (a columnar chunk's
+    feature_arrays()), else None."""
+    arrays = getattr(records, "feature_arrays", None)
+    return arrays() if arrays is not None else None
+
+
 def _string_tensor(records: Sequence[bytes]):
     """A tf.string tensor of the records: the chunk's own where it holds one (tensor())."""
     tensor = getattr(records, "tensor", None)
@@ -72,6 +79,10 @@ class _SignatureColumns:
         self.input_name = ""
         self._tensors = TensorInputs(tensor_input_spec(inputs, feature_spec or ()), list(inputs))
 
+    def _arrays_inputs(self, serialized: Sequence[bytes]) -> Optional[Dict[str, np.ndarray]]:
+        arrays = _feature_arrays(serialized)
+        return None if arrays is None else self._tensors.from_arrays(arrays)
+
     def _columns(self, serialized: Sequence[bytes], outputs: Mapping[str, np.ndarray],
                  inputs: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
         method = signature_method(self.method)
@@ -84,8 +95,11 @@ class _SignatureColumns:
 
     def _call_tensors(self, serialized: Sequence[bytes], run: Callable[[Mapping[str, Any]], Mapping[str, np.ndarray]]
                       ) -> Dict[str, np.ndarray]:
-        """A batch through a signature of tensors: parsed once, called once per group of records
-        whose variable-length values batch together."""
+        """A batch through a signature of tensors: its arrays where the source read them so, else
+        parsed once; called once per group of records whose variable-length values batch together."""
+        arrays = self._arrays_inputs(serialized)
+        if arrays is not None:
+            return self._columns(serialized, run(arrays), arrays if self._keep_logs else None)
         parsed = self._tensors.parse(_string_tensor(serialized))
         if self._tensors.fixed:
             groups = [(np.arange(len(serialized)), parsed)]
@@ -132,7 +146,7 @@ class FastSignatureCall(_SignatureColumns):
         return {name: value.numpy() for name, value in self._fn(**inputs).items()}
 
     def __call__(self, serialized: Sequence[bytes]) -> Dict[str, np.ndarray]:
-        if self._parse_and_run is not None:
+        if self._parse_and_run is not None and _feature_arrays(serialized) is None:
             outputs, inputs = self._parse_and_run(_string_tensor(serialized))
             return self._columns(serialized, {name: value.numpy() for name, value in outputs.items()},
                                  {name: value.numpy() for name, value in inputs.items()} if self._keep_logs else None)

@@ -12,7 +12,7 @@ import numpy as np
 # column ([n] objects), so they travel through isolation and concatenation with the other
 # outputs. Rows never show it; only the PredictionLog sink reads it.
 from models.serving.prediction_log import PREDICTION_LOG  # noqa: F401  (re-exported)
-from transforms.records.serialized import SerializedRecords, byte_lengths
+from transforms.records.serialized import byte_lengths
 
 
 DEFAULT_CHUNK_SIZE = 1024  # records per chunk (--max_batch_size)
@@ -56,6 +56,20 @@ class FileRecords(_Consecutive):
         return {"file": self.file, "record": index}
 
 
+class FilePositions(_Consecutive):
+    """The sources of records counted by another position: {"file", field} dicts (field "row")."""
+
+    def __init__(self, file: str, first: int, count: int, field: str):
+        super().__init__(file, first, count)
+        self.field = field
+
+    def _item(self, index: int):
+        return {"file": self.file, self.field: index}
+
+    def __reduce__(self):
+        return type(self), (self.file, self.first, self.count, self.field)
+
+
 class PositionKeys(_Consecutive):
     """The position keys of the records: '<file>:<index>' (file: the name keys use). A job that
     reads a key feature never builds them."""
@@ -66,7 +80,9 @@ class PositionKeys(_Consecutive):
 
 class RecordChunk(NamedTuple):
     keys: Sequence[str]
-    records: Sequence[bytes]  # serialized tf.Examples (a list, or SerializedRecords: one string tensor)
+    # serialized tf.Examples: a list, SerializedRecords (one string tensor) or ColumnRecords (rows
+    # read as columns, their arrays cut, their tf.Examples built when asked for)
+    records: Sequence[bytes]
     # where each record came from: {"file", "record"}, {"file", "line"}, {"table"} or {"query"},
     # {"message_id"}; None when the caller does not know (records handed in as (key, bytes))
     sources: Optional[Sequence[Mapping[str, Any]]] = None
@@ -135,12 +151,12 @@ def covered_positions(models: Mapping[str, ModelResult], count: int) -> List[int
 
 def split_by_bytes(records: Sequence[bytes], max_bytes: int) -> Iterator[Tuple[int, Sequence[bytes]]]:
     """Consecutive (offset, records) slices of at most max_bytes each (at least one record). A
-    SerializedRecords chunk is cut into SerializedRecords, its tensor sliced."""
+    SerializedRecords or ColumnRecords chunk is cut into its own kind (sliced)."""
     lengths = byte_lengths(records)
     if int(lengths.sum()) <= max_bytes:
         yield 0, records
         return
-    cut = records.sliced if isinstance(records, SerializedRecords) else lambda a, b: records[a:b]
+    cut = getattr(records, "sliced", None) or (lambda a, b: records[a:b])
     start = total = 0
     for i, size in enumerate(lengths.tolist()):
         if i > start and total + size > max_bytes:

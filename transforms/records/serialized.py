@@ -60,15 +60,18 @@ class SerializedRecords(Sequence):
 
 
 def string_tensor(records: Union[SerializedRecords, Sequence[bytes]]):
-    """A tf.string tensor of the records: the chunk's own when it has one."""
-    if isinstance(records, SerializedRecords):
-        return records.tensor()
+    """A tf.string tensor of the records: the chunk's own when it has one (SerializedRecords,
+    ColumnRecords)."""
+    tensor = getattr(records, "tensor", None)
+    if tensor is not None:
+        return tensor()
     import tensorflow as tf
 
     return tf.constant(list(records), tf.string)
 
 
 def byte_lengths(records: Union[SerializedRecords, Sequence[bytes]]) -> np.ndarray:
-    if isinstance(records, SerializedRecords):
-        return records.byte_lengths()
+    lengths = getattr(records, "byte_lengths", None)
+    if lengths is not None:
+        return lengths()
     return np.fromiter(map(len, records), dtype=np.int64, count=len(records))

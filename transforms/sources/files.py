@@ -8,13 +8,14 @@ Where the launcher can list a pattern, it still does, so an empty glob fails bef
 
 import os
 import re
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, ChunkBuilder
+from transforms.records.chunk import (DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, ChunkBuilder, FilePositions, RecordChunk,
+                                     split_by_bytes)
 from transforms.records.dead_letters import DEAD_LETTER_TAG, READ, WithDeadLetters
 from transforms.runtime.accounting import AccountedDoFn
 
@@ -98,11 +99,33 @@ def read_files(pbegin, patterns: Sequence[str], label: str, read_fn: beam.DoFn):
     return WithDeadLetters(result.records, result[DEAD_LETTER_TAG])
 
 
+class KeyedBlock(NamedTuple):
+    """Consecutive records a source read clean as one block (a columnar source's record batch):
+    their keys and records (ColumnRecords), from position first on."""
+
+    first: int
+    keys: Sequence[str]
+    records: Sequence[bytes]
+
+
+def block_chunks(block: KeyedBlock, path: str, field: str, size: int, max_bytes: Optional[int]
+                 ) -> Iterator[RecordChunk]:
+    """A block cut into RecordChunks of at most size records and max_bytes of input."""
+    for start in range(0, len(block.records), size):
+        stop = min(start + size, len(block.records))
+        part = block.records.sliced(start, stop)
+        for offset, records in split_by_bytes(part, max_bytes) if max_bytes else [(0, part)]:
+            first = start + offset
+            yield RecordChunk(block.keys[first:first + len(records)], records,
+                              FilePositions(path, block.first + first, len(records), field))
+
+
 class ReadKeyedFileFn(AccountedDoFn):
     """(path, key name) -> RecordChunks of up to chunk_size records (and chunk_bytes of examples)
     and dead letters: the reading loop of the instance formats (JSON Lines, CSV, Parquet).
     Subclasses give keyed(path, name), (position, key, serialized example or a dead-letter row)
-    per record of the file, and POSITION, the source field the position goes in ("line", "row").
+    per record of the file or a KeyedBlock of clean records, and POSITION, the source field the
+    position goes in ("line", "row").
     A read dead letter (a part of the file that cannot be read) counts as an unreadable region,
     any other as a record read."""
 
@@ -118,7 +141,13 @@ class ReadKeyedFileFn(AccountedDoFn):
     def process(self, element):
         path, name = element
         chunks = ChunkBuilder(self._chunk_size, self._chunk_bytes)
-        for position, key, example in self.keyed(path, name):
+        for item in self.keyed(path, name):
+            if isinstance(item, KeyedBlock):
+                self._accounting.read(len(item.records))
+                yield from chunks.rest()
+                yield from block_chunks(item, path, self.POSITION, self._chunk_size, self._chunk_bytes)
+                continue
+            position, key, example = item
             if isinstance(example, dict) and example["stage"] == READ:
                 self._accounting.unreadable_region(None)
             else:

@@ -20,15 +20,18 @@ import base64
 import datetime
 import decimal
 import json
-from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
+from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE, PositionKeys
+from transforms.records.columns import ColumnRecords
 from transforms.records.dead_letters import CONVERT, READ, dead_letter
-from transforms.sources.files import ReadKeyedFileFn, check_local_patterns, read_files
+from transforms.sources.columnar import clean_block
+from transforms.sources.files import KeyedBlock, ReadKeyedFileFn, check_local_patterns, read_files
 from transforms.sources.instances import ConversionError, as_conversion_error
 from transforms.sources.text import InstanceOptions
 
@@ -43,23 +46,34 @@ class UnreadableRows(NamedTuple):
     reason: str
 
 
-Item = Tuple[int, Union[dict, ConversionError, UnreadableRows]]
+Item = Tuple[int, Union[dict, ConversionError, UnreadableRows, "CleanRows"]]
 
 
-def iter_parquet_rows(path: str, batch_rows: int = ROWS_PER_BATCH) -> Iterator[Item]:
+class CleanRows(NamedTuple):
+    """A record batch whose every row converts cleanly (transforms.sources.columnar.clean_block):
+    the rows, their keys (None: position keys) and the spec's feature arrays."""
+
+    batch: object  # pyarrow.RecordBatch
+    keys: Optional[List[str]]
+    arrays: Dict[str, np.ndarray]
+
+
+def iter_parquet_rows(path: str, batch_rows: int = ROWS_PER_BATCH, options: Optional[InstanceOptions] = None
+                      ) -> Iterator[Item]:
     """(row, instance) per row of a Parquet file; (row, ConversionError) for a row whose values
     have no Python form (a timestamp past year 9999); (row, UnreadableRows) for a file or row group
-    that cannot be read. Never raises for the file's contents."""
+    that cannot be read. With options, a batch of rows that all convert cleanly by them comes as
+    one (first row, CleanRows) instead. Never raises for the file's contents."""
     try:
         f = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
     except Exception as e:  # pylint: disable=broad-except  # gone or unreadable: its one dead letter
         yield 0, UnreadableRows(None, f"{path}: cannot be opened ({type(e).__name__}: {e})")
         return
     with f:
-        yield from _file_rows(path, f, batch_rows)
+        yield from _file_rows(path, f, batch_rows, options)
 
 
-def _file_rows(path: str, f, batch_rows: int) -> Iterator[Item]:
+def _file_rows(path: str, f, batch_rows: int, options: Optional[InstanceOptions]) -> Iterator[Item]:
     import pyarrow.parquet as pq
 
     try:
@@ -73,6 +87,11 @@ def _file_rows(path: str, f, batch_rows: int) -> Iterator[Item]:
         row = start
         try:
             for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], use_threads=False):
+                clean = None if options is None else clean_block(batch, options)
+                if clean is not None:
+                    yield row, CleanRows(batch, *clean)
+                    row += batch.num_rows
+                    continue
                 for item in _batch_rows(batch):
                     yield row, item
                     row += 1
@@ -138,10 +157,15 @@ def keyed_row(path: str, name: str, row: int, item, options: InstanceOptions) ->
 
 
 def keyed_rows(path: str, name: str, options: InstanceOptions, batch_rows: int = ROWS_PER_BATCH
-               ) -> Iterator[Tuple[int, str, object]]:
-    """(row, key, serialized example or a dead-letter row) per row of a file; a read dead letter
-    stands for the rows it could not read (its source's rows_skipped)."""
-    for row, item in iter_parquet_rows(path, batch_rows):
+               ) -> Iterator[Union[Tuple[int, str, object], KeyedBlock]]:
+    """(row, key, serialized example or a dead-letter row) per row of a file, or a KeyedBlock of
+    clean rows (ColumnRecords); a read dead letter stands for the rows it could not read (its
+    source's rows_skipped)."""
+    for row, item in iter_parquet_rows(path, batch_rows, options):
+        if isinstance(item, CleanRows):
+            keys = item.keys or PositionKeys(name, row, item.batch.num_rows)
+            yield KeyedBlock(row, keys, ColumnRecords(item.batch, options, item.arrays))
+            continue
         key, example = keyed_row(path, name, row, item, options)
         yield row, key, example
 
@@ -158,7 +182,7 @@ class ReadParquetFn(ReadKeyedFileFn):
         self._options = options
 
     def keyed(self, path, name):
-        return keyed_rows(path, name, self._options)
+        return keyed_rows(path, name, self._options, self._chunk_size)
 
 
 class ReadKeyedParquet(beam.PTransform):
