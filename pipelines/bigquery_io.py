@@ -7,7 +7,7 @@ import apache_beam as beam
 
 from pipelines.options import BatchInferOptions, OptionsError, field_list
 from pipelines.runners import LocalRunner
-from transforms.graph.model import ModelGraph, record_spec
+from transforms.graph.model import ModelGraph, record_spec, takes_arrays
 from transforms.sources.bigquery import BigQueryInput, ReadKeyedBigQueryRows
 from transforms.sources.text import InstanceOptions
 
@@ -50,7 +50,8 @@ def read_bigquery(p: beam.Pipeline, job, chunk_size: int, chunk_bytes: Optional[
     settings = job.bigquery
     columns = columns_to_read(job.graph, job.key_feature, settings.feature_columns)
     options = InstanceOptions(record_spec(job.graph), key_field=job.key_feature, included_fields=columns[1:],
-                              keep_key=job.sink.echoes_inputs)  # logs and examples carry their key
+                              keep_key=job.sink.echoes_inputs,  # logs and examples carry their key
+                              bulk_arrays=takes_arrays(job.graph))
     return p | f"Read[{settings.source.describe()[:60]}]" >> ReadKeyedBigQueryRows(
         settings.source, options, columns, chunk_size, chunk_bytes)
 

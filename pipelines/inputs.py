@@ -7,7 +7,7 @@ import apache_beam as beam
 
 from pipelines.bigquery_io import BIGQUERY, read_bigquery
 from pipelines.options import OptionsError
-from transforms.graph.model import record_spec
+from transforms.graph.model import record_spec, takes_arrays
 from transforms.records.dead_letters import WithDeadLetters
 from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
 from transforms.sources.files import check_local_patterns, expand_patterns, is_remote
@@ -92,7 +92,7 @@ def instance_options(job) -> InstanceOptions:
     the example for outputs that echo it (PredictionLogs, examples), so each carries its key; models parse only the
     features they read."""
     return InstanceOptions(record_spec(job.graph), job.key_feature, job.included_fields, job.excluded_fields,
-                           keep_key=job.sink.echoes_inputs)
+                           keep_key=job.sink.echoes_inputs, bulk_arrays=takes_arrays(job.graph))
 
 
 def read_chunks(p: beam.Pipeline, job):

@@ -238,3 +238,96 @@ def test_column_records_build_their_examples_once_and_only_when_asked():
     assert [(offset, len(part)) for offset, part in parts] == [(0, 2), (2, 1)]
     assert all(isinstance(part, ColumnRecords) for _, part in parts)
     assert list(parts[1][1]) == per_row(batch, options)[2:]
+
+
+ODD_VALUES = [None, True, False, 0, 1, -7, 1.0, 1.5, float("nan"), float("inf"), 1e39, 2 ** 63, -(2 ** 63), "3",
+              "NaN", "", "word", [], [1], [1.5], [[1, 2]], {"b64": "AAE="}, {"k": 1}]
+
+
+def random_value(rng, feature: Feature, broken: bool, nesting: float):
+    """One instance's value; nesting (drawn once per column) picks plain, nested or flat lists."""
+    if broken:
+        return ODD_VALUES[rng.integers(len(ODD_VALUES))]
+    if feature.dtype == "string":
+        values = [f"w{rng.integers(10)}" for _ in range(feature.size)]
+    elif feature.dtype == "int64":
+        values = [int(v) for v in rng.integers(-50, 50, size=feature.size)]
+    else:
+        values = [float(v) if rng.random() < 0.8 else int(v) for v in rng.normal(size=feature.size) * 5]
+    if not feature.shape and nesting < 0.7:
+        return values[0]
+    if len(feature.shape) == 2 and nesting < 0.5:
+        a, b = feature.shape
+        return [values[i * b:(i + 1) * b] for i in range(a)]
+    return values
+
+
+def random_instances(rng):
+    n = int(rng.integers(1, 10))
+    spec = tuple(f for f in rng.choice(FEATURES, size=int(rng.integers(1, 4)), replace=False) if f.encoding != "raw")
+    spec = spec or (Feature("s", "float32"),)
+    broken_row, broken_feature = (int(rng.integers(n)), int(rng.integers(len(spec)))) if rng.random() < 0.5 else (-1, -1)
+    instances, nesting = [], {f.name: rng.random() for f in spec}
+    for i in range(n):
+        d = {f.name: random_value(rng, f, i == broken_row and j == broken_feature, nesting[f.name])
+             for j, f in enumerate(spec)}
+        if rng.random() < 0.1:
+            d.pop(spec[0].name)
+        instances.append(d)
+    key_field = "id" if rng.random() < 0.5 else None
+    if key_field:
+        for i, d in enumerate(instances):
+            d["id"] = f"k{i}" if rng.random() < 0.95 else ODD_VALUES[rng.integers(len(ODD_VALUES))]
+    if rng.random() < 0.4:
+        extra = ODD_VALUES[rng.integers(len(ODD_VALUES))] if rng.random() < 0.5 else "fine"
+        for d in instances:
+            d["extra"] = extra
+    return instances, InstanceOptions(spec, key_field=key_field, keep_key=bool(rng.random() < 0.3))
+
+
+def test_decoded_instances_taken_in_bulk_give_each_one_what_the_per_row_rules_give():
+    from transforms.sources.columnar import clean_instances
+
+    rng = np.random.default_rng(11)
+    bulk = refused = 0
+    for _ in range(600):
+        instances, options = random_instances(rng)
+        rows = []
+        for d in instances:
+            try:
+                rows.append(options.convert(d))
+            except ConversionError as e:
+                rows.append(e)
+        block = clean_instances(instances, options)
+        if block is None:
+            refused += 1
+            continue
+        bulk += 1
+        assert not any(isinstance(r, ConversionError) for r in rows), (instances, rows)
+        keys, arrays = block
+        if options.key_field:
+            assert keys == [options.key_or_none(d) or "<position>" for d in instances]
+        expected = parsed(rows, options.spec)
+        for name, array in arrays.items():
+            assert_same(array, expected[name])
+        assert list(ColumnRecords(instances, options, arrays)) == rows
+    assert bulk > 150 and refused > 150, (bulk, refused)
+
+
+def test_json_lines_runs_come_in_bulk_with_their_line_numbers_and_bad_lines_split_them(tmp_path):
+    from transforms.sources.files import KeyedBlock
+    from transforms.sources.text import keyed_blocks
+
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"s": 1.0}\n\n{"s": 2}\n{"s": "x"}\nnot json\n{"s": 4.5}\n')
+    options = InstanceOptions((Feature("s", "float32"),), bulk_arrays=True)
+    items = list(keyed_blocks(str(path), "in.jsonl", "jsonl", options, block_rows=10))
+    # lines 1 and 3 (a blank line between) are a block; line 4 does not convert, so its run goes
+    # row by row (line 3 with it); line 5 is not JSON; line 6 is a block of its own
+    assert [type(i).__name__ for i in items] == ["tuple"] * 4 + ["KeyedBlock"]
+    assert [i[0] for i in items[:4]] == [1, 3, 4, 5]
+    assert [i[1] for i in items[:4]] == ["in.jsonl:1", "in.jsonl:3", "in.jsonl:4", "in.jsonl:5"]
+    assert [type(i[2]).__name__ for i in items[:4]] == ["bytes", "bytes", "dict", "dict"]  # two dead letters
+    block = items[-1]
+    assert isinstance(block, KeyedBlock) and block.positions == [6] and block.keys == ["in.jsonl:6"]
+    np.testing.assert_array_equal(block.records.feature_arrays()["s"], np.float32([4.5]))

@@ -51,7 +51,7 @@ def test_the_reader_hands_clean_rows_over_as_arrays_and_the_engine_builds_no_exa
     path = str(tmp_path / "in.parquet")
     pq.write_table(keras_table(), path, row_group_size=16)
     model = load_serving_model(keras_dir, "serving_default")
-    options = InstanceOptions(model.feature_spec, key_field="id")
+    options = InstanceOptions(model.feature_spec, key_field="id", bulk_arrays=True)
     fn = ReadParquetFn(options, chunk_size=10)
     fn.setup()
     chunks = list(fn.process((path, "in.parquet")))

@@ -262,6 +262,12 @@ def record_spec(graph: ModelGraph) -> Tuple[Feature, ...]:
     return tuple(features.values())
 
 
+def takes_arrays(graph: ModelGraph) -> bool:
+    """Whether a model of the graph takes tensors fed from the records alone (no bridged input):
+    row-shaped sources then hand clean rows over as its feature arrays (InstanceOptions.bulk_arrays)."""
+    return any(node.model.input_tensors and not node.bridges for node in graph.nodes)
+
+
 def feature_types(graph: ModelGraph) -> Dict[str, Tuple[str, Optional[int]]]:
     """feature -> (storage dtype, values per record; None when variable) of the record spec: the
     types of passthrough columns in sinks with a schema."""

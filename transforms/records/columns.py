@@ -1,7 +1,8 @@
-"""ColumnRecords: a chunk of rows read as columns (Parquet), its tf.Examples built only when asked for.
+"""ColumnRecords: a chunk of rows read in bulk, its tf.Examples built only when asked for.
 
-A columnar source hands a clean block of rows over as ColumnRecords with the arrays of the
-model's features already cut from its columns (transforms.sources.columnar). A signature that
+A source hands a clean block of rows (a Parquet record batch, decoded JSON Lines or CSV rows)
+over as ColumnRecords with the arrays of the model's features already cut from them
+(transforms.sources.columnar). A signature that
 takes tensors is fed those arrays (models.serving.dense.TensorInputs.from_arrays): the rows reach
 the model without a Python object or a tf.Example per row. Everything that needs the records
 as tf.Examples (a tf.Example signature, tfx-bsl, passthrough columns, PredictionLogs of them, a
@@ -9,7 +10,7 @@ failing chunk's isolation, dead letters) reads them as any other chunk's: the ro
 converted one by one with the rules every row-shaped source uses (InstanceOptions.convert), once,
 and kept.
 
-Pickled (to other workers) as the Arrow rows and the options; the arrays are cut again there.
+Pickled (to other workers) as the rows and the options; the arrays are cut again there.
 """
 
 from typing import Iterator, List, Mapping, Optional, Sequence
@@ -18,13 +19,14 @@ import numpy as np
 
 
 class ColumnRecords(Sequence):
-    """Sequence[bytes] of the serialized tf.Examples of an Arrow record batch's rows, built on
-    first use; feature_arrays(): {feature: [n, ...] array}, what parsing them would give."""
+    """Sequence[bytes] of the serialized tf.Examples of rows (an Arrow record batch, or a list of
+    decoded instances), built on first use; feature_arrays(): {feature: [n, ...] array}, what
+    parsing them would give."""
 
-    __slots__ = ("_batch", "_options", "_arrays", "_list", "_tensor")
+    __slots__ = ("_rows", "_options", "_arrays", "_list", "_tensor")
 
-    def __init__(self, batch, options, arrays: Optional[Mapping[str, np.ndarray]] = None):
-        self._batch, self._options = batch, options
+    def __init__(self, rows, options, arrays: Optional[Mapping[str, np.ndarray]] = None):
+        self._rows, self._options = rows, options
         self._arrays, self._list, self._tensor = arrays, None, None
 
     def feature_arrays(self) -> Mapping[str, np.ndarray]:
@@ -33,14 +35,15 @@ class ColumnRecords(Sequence):
         if self._arrays is None:
             from transforms.sources.columnar import column_arrays
 
-            self._arrays = column_arrays(self._batch, self._options)
+            self._arrays = column_arrays(self._rows, self._options)
             if self._arrays is None:  # cannot happen for a batch the source cut once
                 raise ValueError("ColumnRecords: the rows no longer give feature arrays")
         return self._arrays
 
     def examples(self) -> List[bytes]:
         if self._list is None:
-            self._list = [self._options.convert(row) for row in self._batch.to_pylist()]
+            rows = self._rows if isinstance(self._rows, list) else self._rows.to_pylist()
+            self._list = [self._options.convert(row) for row in rows]
         return self._list
 
     def tensor(self):
@@ -59,10 +62,11 @@ class ColumnRecords(Sequence):
 
     def sliced(self, start: int, stop: int) -> "ColumnRecords":
         arrays = None if self._arrays is None else {k: v[start:stop] for k, v in self._arrays.items()}
-        return ColumnRecords(self._batch.slice(start, stop - start), self._options, arrays)
+        rows = self._rows[start:stop] if isinstance(self._rows, list) else self._rows.slice(start, stop - start)
+        return ColumnRecords(rows, self._options, arrays)
 
     def __len__(self) -> int:
-        return self._batch.num_rows
+        return len(self._rows) if isinstance(self._rows, list) else self._rows.num_rows
 
     def __getitem__(self, i):
         return self.examples()[i]
@@ -77,7 +81,7 @@ class ColumnRecords(Sequence):
         return f"ColumnRecords({len(self)} rows)"
 
     def __reduce__(self):
-        return ColumnRecords, (self._batch, self._options)
+        return ColumnRecords, (self._rows, self._options)
 
 
 def _array_bytes(array: np.ndarray) -> int:

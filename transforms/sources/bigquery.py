@@ -25,8 +25,10 @@ import apache_beam as beam
 import orjson
 
 from transforms.records.chunk import DEFAULT_CHUNK_SIZE, RecordChunk, split_by_bytes
+from transforms.records.columns import ColumnRecords
 from transforms.records.dead_letters import CONVERT, DEAD_LETTER_TAG, WithDeadLetters, dead_letter
 from transforms.runtime.accounting import AccountedDoFn
+from transforms.sources.columnar import clean_instances
 from transforms.sources.instances import as_conversion_error
 from transforms.sources.text import InstanceOptions
 
@@ -93,8 +95,13 @@ class RowsToRecordsFn(AccountedDoFn):
 
 
     def process(self, rows: List[Dict[str, Any]]):
-        keys, records = [], []
         self._accounting.read(len(rows))
+        clean = clean_instances(rows, self._options) if self._options.bulk_arrays else None
+        if clean is not None:  # the feature arrays cut in bulk; tf.Examples only if something asks
+            keys, arrays = clean
+            yield from self._chunks(keys, ColumnRecords(list(rows), self._options, arrays))
+            return
+        keys, records = [], []
         for row in rows:
             try:
                 key, record = row_to_record(row, self._options)
@@ -105,8 +112,11 @@ class RowsToRecordsFn(AccountedDoFn):
                 continue
             keys.append(key)
             records.append(record)
+        yield from self._chunks(keys, records)
+
+    def _chunks(self, keys, records):
         for offset, part in split_by_bytes(records, self._chunk_bytes) if self._chunk_bytes else [(0, records)]:
-            if part:
+            if len(part):
                 yield RecordChunk(keys[offset:offset + len(part)], part, [self._source] * len(part))
 
 

@@ -17,12 +17,13 @@ of n values takes (nested) list columns whose lists each hold n values (fixed-si
 one-value feature also a plain column. Variable-length features go row by row.
 """
 
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from models.serving.feature_spec import RAW, Feature
-from transforms.sources.instances import FLOAT32_MAX, INT64_MAX, MAX_NESTING
+from transforms.sources.instances import FLOAT32_MAX, INT64_MAX, INT64_MIN, MAX_NESTING
 
 
 def _types():
@@ -198,7 +199,112 @@ def clean_block(batch, options) -> Optional[Tuple[Optional[List[str]], Dict[str,
     return keys, arrays
 
 
-def column_arrays(batch, options) -> Optional[Dict[str, np.ndarray]]:
-    """clean_block's arrays alone."""
-    block = clean_block(batch, options)
+def _json_scalar_ok(value) -> bool:
+    """Whether a decoded value outside the spec converts without an error as an extra field."""
+    kind = type(value)
+    if value is None or kind in (str, bool, dict):
+        return True
+    if kind is int:
+        return INT64_MIN <= value <= INT64_MAX
+    if kind is float:
+        return not math.isfinite(value) or abs(value) <= FLOAT32_MAX
+    return False
+
+
+def _extra_ok(value) -> bool:
+    if type(value) is list:  # a flat list of scalars (nested ones go row by row)
+        return all(type(v) is not list and _json_scalar_ok(v) for v in value)
+    return _json_scalar_ok(value)
+
+
+def _leaf_type(feature: Feature, leaf):
+    import pyarrow as pa
+
+    t = leaf
+    for _ in feature.shape:
+        t = pa.list_(t)
+    return t
+
+
+def _typed_column(values: list, feature: Feature):
+    """The values (decoded JSON, CSV cells) as an Arrow column of the feature's nesting, or None
+    where pyarrow refuses them. Integers are built twice, as int64 and as float64, and must agree:
+    pyarrow truncates 1.5 to 1 where the per-row rules refuse it."""
+    import pyarrow as pa
+
+    leaf = {"float32": pa.float64(), "int64": pa.int64(), "string": pa.string()}[feature.dtype]
+    try:
+        try:
+            column = pa.array(values, _leaf_type(feature, leaf))
+        except (pa.ArrowException, TypeError, ValueError):
+            if feature.size == 1:
+                column = pa.array(values, leaf)  # a one-value feature also takes plain values
+            elif len(feature.shape) > 1:
+                column = pa.array(values, pa.list_(leaf))  # a matrix also takes its values as one flat list
+            else:
+                raise
+        if feature.dtype == "int64":
+            as_float = pa.array(values, pa.float64() if column.type == leaf else _leaf_type(feature, pa.float64()))
+            ints, floats = _leaves(column, feature.size), _leaves(as_float, feature.size)
+            if ints is None or floats is None or not np.array_equal(
+                    ints.to_numpy(zero_copy_only=False).astype(np.float64), floats.to_numpy(zero_copy_only=False)):
+                return None
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        return None
+    return column
+
+
+def instance_keys(instances: Sequence[dict], key_field: str) -> Optional[List[str]]:
+    """Every instance's key (non-empty text, or integers), else None."""
+    values = [d.get(key_field) for d in instances]
+    if all(type(v) is str and v for v in values):
+        return values
+    if all(type(v) is int for v in values):
+        return [str(v) for v in values]
+    return None
+
+
+def clean_instances(instances: Sequence[dict], options) -> Optional[Tuple[Optional[List[str]], Dict[str, np.ndarray]]]:
+    """clean_block for decoded instances (JSON Lines objects, CSV rows): (keys, arrays) when every
+    instance converts cleanly by options, the arrays what each one's tf.Example would parse to;
+    None when any might convert otherwise."""
+    if not instances or options.image_columns or not all(type(d) is dict for d in instances):
+        return None
+    keys = None
+    if options.key_field:
+        keys = instance_keys(instances, options.key_field)
+        if keys is None:
+            return None
+    spec_names = {f.name for f in options.spec}
+    if (options.included_fields and not spec_names <= set(options.included_fields)) or \
+            spec_names & set(options.excluded_fields) or (options.key_field in spec_names and not options.keep_key):
+        return None  # a feature the selection leaves out: each row's default or dead letter
+    if options.keep_extra:
+        skip = spec_names | ({options.key_field} if options.key_field else set())
+        keep = set(options.included_fields) if options.included_fields else None
+        for d in instances:
+            for name, value in d.items():
+                if name not in skip and (keep is None or name in keep) and name not in options.excluded_fields \
+                        and not _extra_ok(value):
+                    return None
+    arrays = {}
+    for feature in options.spec:
+        if feature.varlen or feature.encoding == RAW or feature.preprocess is not None:
+            return None
+        column = _typed_column([d.get(feature.name) for d in instances], feature)
+        array = None if column is None else feature_array(column, feature)
+        if array is None:
+            return None
+        arrays[feature.name] = array
+    return keys, arrays
+
+
+def clean_rows(rows, options):
+    """clean_block of an Arrow record batch, clean_instances of a list of decoded instances."""
+    return clean_instances(rows, options) if isinstance(rows, list) else clean_block(rows, options)
+
+
+def column_arrays(rows, options) -> Optional[Dict[str, np.ndarray]]:
+    """clean_rows' arrays alone."""
+    block = clean_rows(rows, options)
     return None if block is None else block[1]

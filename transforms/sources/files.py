@@ -100,12 +100,18 @@ def read_files(pbegin, patterns: Sequence[str], label: str, read_fn: beam.DoFn):
 
 
 class KeyedBlock(NamedTuple):
-    """Consecutive records a source read clean as one block (a columnar source's record batch):
-    their keys and records (ColumnRecords), from position first on."""
+    """Records a source read clean as one block (a Parquet record batch, a run of JSON Lines):
+    their positions in the file (a range where consecutive), keys and records (ColumnRecords)."""
 
-    first: int
+    positions: Sequence[int]
     keys: Sequence[str]
     records: Sequence[bytes]
+
+
+def _block_sources(path: str, field: str, positions: Sequence[int]) -> Sequence[dict]:
+    if isinstance(positions, range):
+        return FilePositions(path, positions.start, len(positions), field)
+    return [{"file": path, field: p} for p in positions]
 
 
 def block_chunks(block: KeyedBlock, path: str, field: str, size: int, max_bytes: Optional[int]
@@ -115,9 +121,8 @@ def block_chunks(block: KeyedBlock, path: str, field: str, size: int, max_bytes:
         stop = min(start + size, len(block.records))
         part = block.records.sliced(start, stop)
         for offset, records in split_by_bytes(part, max_bytes) if max_bytes else [(0, part)]:
-            first = start + offset
-            yield RecordChunk(block.keys[first:first + len(records)], records,
-                              FilePositions(path, block.first + first, len(records), field))
+            first, last = start + offset, start + offset + len(records)
+            yield RecordChunk(block.keys[first:last], records, _block_sources(path, field, block.positions[first:last]))
 
 
 class ReadKeyedFileFn(AccountedDoFn):

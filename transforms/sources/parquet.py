@@ -161,10 +161,10 @@ def keyed_rows(path: str, name: str, options: InstanceOptions, batch_rows: int =
     """(row, key, serialized example or a dead-letter row) per row of a file, or a KeyedBlock of
     clean rows (ColumnRecords); a read dead letter stands for the rows it could not read (its
     source's rows_skipped)."""
-    for row, item in iter_parquet_rows(path, batch_rows, options):
+    for row, item in iter_parquet_rows(path, batch_rows, options if options.bulk_arrays else None):
         if isinstance(item, CleanRows):
             keys = item.keys or PositionKeys(name, row, item.batch.num_rows)
-            yield KeyedBlock(row, keys, ColumnRecords(item.batch, options, item.arrays))
+            yield KeyedBlock(range(row, row + item.batch.num_rows), keys, ColumnRecords(item.batch, options, item.arrays))
             continue
         key, example = keyed_row(path, name, row, item, options)
         yield row, key, example

@@ -10,7 +10,7 @@ both carry the line number and the line itself. Files are the unit of parallelis
 
 import contextlib
 import dataclasses
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -18,8 +18,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from models.serving.feature_spec import Feature
 from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
+from transforms.records.columns import ColumnRecords
 from transforms.records.dead_letters import CONVERT, dead_letter
-from transforms.sources.files import ReadKeyedFileFn, check_local_patterns, read_files
+from transforms.sources.columnar import clean_instances
+from transforms.sources.files import KeyedBlock, ReadKeyedFileFn, check_local_patterns, read_files
 from transforms.sources.instances import (ConversionError, as_conversion_error, instance_key, instance_to_example,
                                           select_fields)
 from transforms.sources.gzip_recovering import GzipRecoveringReader
@@ -38,6 +40,9 @@ class InstanceOptions:
     keep_extra: bool = True  # fields outside the spec stay in the example (for --passthrough)
     image_columns: Tuple[str, ...] = ()  # fields holding image paths or URIs, stored as the file's bytes
     keep_key: bool = False  # the key field stays in the example (outputs that echo it: PredictionLogs, examples)
+    # clean runs of rows are handed over in bulk, their feature arrays cut (transforms.sources.columnar):
+    # for signatures that take tensors, which are fed the arrays without a tf.Example per row
+    bulk_arrays: bool = False
 
     def __post_init__(self):
         if self.included_fields and self.excluded_fields:
@@ -135,6 +140,39 @@ def keyed_example(path: str, name: str, line: int, instance, raw: bytes, options
         return key, dead_letter(CONVERT, as_conversion_error(e, f"line {line}: "), key=key, raw=raw, source=source)
 
 
+def keyed_blocks(path: str, name: str, fmt: str, options: InstanceOptions, block_rows: int = DEFAULT_CHUNK_SIZE
+                 ) -> Iterator[Union[Tuple[int, str, object], KeyedBlock]]:
+    """What keyed_examples gives, in runs of up to block_rows instances: a run whose every
+    instance converts cleanly (transforms.sources.columnar.clean_instances) is one KeyedBlock
+    (ColumnRecords: the spec's arrays cut in bulk, tf.Examples built only when asked for); any
+    other as (line, key, serialized example or a dead-letter row) per instance."""
+    run: List[tuple] = []
+
+    def flush():
+        clean = clean_instances([instance for _, instance, _ in run], options) if run else None
+        if clean is None:
+            for line, instance, raw in run:
+                yield (line, *keyed_example(path, name, line, instance, raw, options))
+        else:
+            keys, arrays = clean
+            lines = [line for line, _, _ in run]
+            instances = [instance for _, instance, _ in run]
+            yield KeyedBlock(lines, keys or [f"{name}:{line}" for line in lines],
+                             ColumnRecords(instances, options, arrays))
+        run.clear()
+
+    for item in iter_file_instances(path, fmt, options.spec):
+        if isinstance(item[1], InstanceError):
+            yield from flush()
+            line, instance, raw = item
+            yield (line, *keyed_example(path, name, line, instance, raw, options))
+            continue
+        run.append(item)
+        if len(run) >= block_rows:
+            yield from flush()
+    yield from flush()
+
+
 class ReadInstancesFn(ReadKeyedFileFn):
     """(path, key name) -> RecordChunks, each record sourced {"file", "line"}; dead letters
     (decode, convert) per bad instance."""
@@ -148,8 +186,10 @@ class ReadInstancesFn(ReadKeyedFileFn):
         self._options = options
 
     def keyed(self, path, name):
-        for line, key, example, _ in keyed_examples(path, name, self._fmt, self._options):
-            yield line, key, example
+        if not self._options.bulk_arrays:
+            return ((line, key, example) for line, key, example, _ in
+                    keyed_examples(path, name, self._fmt, self._options))
+        return keyed_blocks(path, name, self._fmt, self._options, self._chunk_size)
 
 
 class ReadKeyedInstances(beam.PTransform):
