@@ -21,7 +21,7 @@ from tests.helpers import read_jsonl
 from tests.support.tensor_models import (keras_two_inputs_export, load_signature, typed_direct, typed_module_export,
                                          version_dir)
 from transforms.records.columns import ColumnRecords
-from transforms.sources.parquet import ReadParquetFn
+from transforms.sources.parquet import ReadParquetFn, ReadUnit
 from transforms.sources.text import InstanceOptions
 
 RNG = np.random.default_rng(3)
@@ -54,7 +54,7 @@ def test_the_reader_hands_clean_rows_over_as_arrays_and_the_engine_builds_no_exa
     options = InstanceOptions(model.feature_spec, key_field="id", bulk_arrays=True)
     fn = ReadParquetFn(options, chunk_size=10)
     fn.setup()
-    chunks = list(fn.process((path, "in.parquet")))
+    chunks = list(fn.process(ReadUnit(path, "in.parquet", 0, None, 0)))  # the whole file as one unit
     assert [len(c.records) for c in chunks] == [10, 6, 10, 6, 8]  # row groups of 16, chunks of 10
     assert all(isinstance(c.records, ColumnRecords) for c in chunks)
     assert [k for c in chunks for k in c.keys] == [f"k{i}" for i in range(N)]

@@ -1,5 +1,6 @@
 """The files a job reads: patterns matched on the workers at run time, stable key names, and the
-read stage every file source shares (files spread over workers, one DoFn reading each).
+read stage every file source shares (files spread over workers, optionally split into parts, one
+DoFn reading each file or part).
 
 The job graph holds the patterns, not the files they match: a million input files make the same
 small graph, and a Dataflow job is built (or dry-run) without listing gs:// from the launcher.
@@ -90,12 +91,14 @@ def check_local_patterns(patterns: Sequence[str]) -> None:
     expand_patterns([p for p in patterns if not is_remote(p)])
 
 
-def read_files(pbegin, patterns: Sequence[str], label: str, read_fn: beam.DoFn):
-    """The files the patterns match, read by read_fn ((path, key name) -> records, dead letters)."""
-    result = (
-        pbegin
-        | "MatchFiles" >> MatchInputFiles(patterns)
-        | label >> beam.ParDo(read_fn).with_outputs(DEAD_LETTER_TAG, main="records"))
+def read_files(pbegin, patterns: Sequence[str], label: str, read_fn: beam.DoFn,
+               split: Optional[beam.PTransform] = None):
+    """The files the patterns match, read by read_fn (element -> records, dead letters). Each
+    element is a file's (path, key name), or with split (a transform of those), what split makes
+    of them: (path, key name, ...) per part of a file, read on its own."""
+    files = pbegin | "MatchFiles" >> MatchInputFiles(patterns)
+    elements = files if split is None else files | "SplitFiles" >> split
+    result = elements | label >> beam.ParDo(read_fn).with_outputs(DEAD_LETTER_TAG, main="records")
     return WithDeadLetters(result.records, result[DEAD_LETTER_TAG])
 
 
@@ -126,11 +129,12 @@ def block_chunks(block: KeyedBlock, path: str, field: str, size: int, max_bytes:
 
 
 class ReadKeyedFileFn(AccountedDoFn):
-    """(path, key name) -> RecordChunks of up to chunk_size records (and chunk_bytes of examples)
-    and dead letters: the reading loop of the instance formats (JSON Lines, CSV, Parquet).
-    Subclasses give keyed(path, name), (position, key, serialized example or a dead-letter row)
-    per record of the file or a KeyedBlock of clean records, and POSITION, the source field the
-    position goes in ("line", "row").
+    """(path, key name, ...) -> RecordChunks of up to chunk_size records (and chunk_bytes of
+    examples) and dead letters: the reading loop of the instance formats (JSON Lines, CSV, Parquet).
+    The element is a file, (path, key name), or a part of one whose further fields say which
+    (Parquet's read units). Subclasses give keyed(element), (position, key, serialized example or a
+    dead-letter row) per record of it (positions counted in the whole file) or a KeyedBlock of
+    clean records, and POSITION, the source field the position goes in ("line", "row").
     A read dead letter (a part of the file that cannot be read) counts as an unreadable region,
     any other as a record read."""
 
@@ -140,13 +144,13 @@ class ReadKeyedFileFn(AccountedDoFn):
         self._chunk_size = chunk_size
         self._chunk_bytes = chunk_bytes
 
-    def keyed(self, path: str, name: str) -> Iterator[Tuple[int, str, object]]:
+    def keyed(self, element: tuple) -> Iterator[Tuple[int, str, object]]:
         raise NotImplementedError
 
     def process(self, element):
-        path, name = element
+        path = element[0]
         chunks = ChunkBuilder(self._chunk_size, self._chunk_bytes)
-        for item in self.keyed(path, name):
+        for item in self.keyed(element):
             if isinstance(item, KeyedBlock):
                 self._accounting.read(len(item.records))
                 yield from chunks.rest()

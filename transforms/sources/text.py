@@ -185,7 +185,8 @@ class ReadInstancesFn(ReadKeyedFileFn):
         self._fmt = fmt
         self._options = options
 
-    def keyed(self, path, name):
+    def keyed(self, element):
+        path, name = element
         if not self._options.bulk_arrays:
             return ((line, key, example) for line, key, example, _ in
                     keyed_examples(path, name, self._fmt, self._options))
