@@ -14,6 +14,10 @@ tf.saved_model.save, TF Serving's base/1 layout, assets.extra/feature_spec.json 
   scored in groups), text and blob string[None], opt int64[None] (its default from TENSORS_SPEC,
   given with --feature_spec); kinds' outputs of those (vec_sum, vec, int_count, int_sum,
   text_chars, text_echo, blob_len, opt_value).
+- arrays: a signature of fixed-shape tensors only, f_scalar float32[None], f_vec float32[None, K]
+  and text string[None] (what Parquet, JSON Lines, CSV and BigQuery rows reach in bulk, as arrays,
+  without a tf.Example each), which REJECTS records with f_scalar < 0 as gate does: total =
+  f_scalar + sum(f_vec), vec = 2 * f_vec [K], text_chars.
 - mixed: one output of each dtype a row holds, from f_scalar, f_vec and text (total = f_scalar +
   sum(f_vec)): label string (text + ":pos" or ":neg"), count int64, positive bool, score float32,
   top int32 (argmax of f_vec), wide float64 (total / 3), vec float32 [K] (f_vec / 2 - 1),
@@ -147,9 +151,47 @@ def export_tensors_module(version_dir: str) -> str:
     return version_dir
 
 
+def export_arrays_module(version_dir: str) -> str:
+    """A tf.Module whose serving_default takes three fixed-shape tensors and rejects f_scalar < 0."""
+    import tensorflow as tf
+
+    class Served(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="f_scalar"),
+                                      tf.TensorSpec([None, K], tf.float32, name="f_vec"),
+                                      tf.TensorSpec([None], tf.string, name="text")])
+        def serve(self, f_scalar, f_vec, text):
+            with tf.control_dependencies([tf.debugging.assert_non_negative(f_scalar, message="arrays: negative")]):
+                f_scalar = tf.identity(f_scalar)
+            return {"total": f_scalar + tf.reduce_sum(f_vec, axis=1), "vec": 2.0 * f_vec,
+                    "text_chars": tf.cast(tf.strings.length(text, unit="UTF8_CHAR"), tf.int64)}
+
+    module = Served()
+    tf.saved_model.save(module, version_dir, signatures={"serving_default": module.serve})
+    return version_dir
+
+
+def direct_array_outputs(signature, records: List[dict]) -> List[Optional[Dict[str, np.ndarray]]]:
+    """The arrays model called directly on each record's values: its outputs, or None where it
+    rejects the record."""
+    import tensorflow as tf
+
+    results = []
+    for r in records:
+        try:
+            out = signature(f_scalar=tf.constant([r["f_scalar"]], tf.float32),
+                            f_vec=tf.constant([r["f_vec"]], tf.float32), text=tf.constant([r["text"].encode("utf-8")]))
+        except tf.errors.InvalidArgumentError:
+            results.append(None)
+            continue
+        results.append({name: value.numpy()[0] for name, value in out.items()})
+    return results
+
+
 def build_models(base: str) -> Dict[str, str]:
-    """{name: base directory} of kinds, gate, head, mixed and tensors under base (each with version 1)."""
-    built = {"tensors": os.path.dirname(export_tensors_module(os.path.join(base, "tensors", "1")))}
+    """{name: base directory} of kinds, gate, head, mixed, tensors and arrays under base (each with
+    version 1)."""
+    built = {"tensors": os.path.dirname(export_tensors_module(os.path.join(base, "tensors", "1"))),
+             "arrays": os.path.dirname(export_arrays_module(os.path.join(base, "arrays", "1")))}
     for name, parse, compute, spec in (("kinds", parse_spec, kinds_outputs, SPEC),
                                        ("gate", parse_spec, gate_outputs, SPEC),
                                        ("head", head_parse, head_outputs, HEAD_SPEC),
@@ -205,7 +247,7 @@ GRAPHS = {  # graph files written beside the models (paths relative to the file,
         {"regress": {"output": "vec_sum", "round": 2}}], "keep": list(KEPT)}]},
 }
 SHAPE_MODELS = {"single": ("kinds",), "parallel": ("kinds", "gate"), "chain": ("kinds", "head"),
-                "postprocess": ("kinds",), "dense": ("tensors",), "mixed": ("mixed",)}
+                "postprocess": ("kinds",), "dense": ("tensors",), "mixed": ("mixed",), "arrays": ("arrays",)}
 
 
 def write_graphs(base: str) -> Dict[str, str]:
@@ -249,6 +291,8 @@ def expected_outputs(shape: str, records: List[dict], signatures) -> List[Dict[s
 
     if shape == "dense":
         return [{"tensors": out} for out in direct_tensor_outputs(signatures["tensors"], records)]
+    if shape == "arrays":
+        return [{"arrays": out} for out in direct_array_outputs(signatures["arrays"], records)]
     if shape == "mixed":
         return [{"mixed": out} for out in direct_outputs(signatures["mixed"], [to_example(r) for r in records])]
     kinds = direct_outputs(signatures["kinds"], [to_example(r) for r in records])

@@ -15,9 +15,11 @@ import itertools
 from typing import Callable, Dict, List, Optional, Tuple
 
 SOURCES = ("tfrecord", "tfrecord_gz", "jsonl", "csv", "parquet", "bigquery", "pubsub")
-SHAPES = ("single", "parallel", "chain", "postprocess", "mixed", "dense")
-# one model: mixed, whose outputs are of every dtype; dense, whose signature takes tensors
-SINGLE_MODEL_SHAPES = ("single", "mixed", "dense")
+SHAPES = ("single", "parallel", "chain", "postprocess", "mixed", "dense", "arrays")
+# one model: mixed, whose outputs are of every dtype; dense, whose signature takes tensors; arrays,
+# whose signature takes fixed-shape tensors only (row-shaped sources reach it in bulk)
+SINGLE_MODEL_SHAPES = ("single", "mixed", "dense", "arrays")
+BULK_SOURCES = ("jsonl", "csv", "parquet", "bigquery")  # rows handed to arrays in bulk
 SINKS = ("jsonl", "parquet", "tfrecord", "examples", "bigquery", "pubsub")
 FILE_SINKS = ("jsonl", "parquet", "tfrecord", "examples")
 STREAM_SOURCES = ("pubsub",)

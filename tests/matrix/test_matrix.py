@@ -21,6 +21,7 @@ from typing import List, Optional
 import pytest
 
 from tests.matrix import checkers, models, records, table
+from transforms.runtime.accounting import READ_AS_ARRAYS
 
 CELLS = [pytest.param(cell, id=table.cell_id(cell), marks=(
     ([] if cell in table.FAST else [pytest.mark.matrix_full])
@@ -172,9 +173,13 @@ def run_batch_cell(ctx: Context, matrix_models):
     from pipelines.local import bigquery_emulator as redirect
 
     try:
-        batch_infer.run(argv(ctx, matrix_models), save_main_session=False)
+        _, counters = batch_infer.run(argv(ctx, matrix_models), save_main_session=False)
     finally:
         redirect.restore()  # --bigquery_emulator patched this process's clients
+    src, shape, _ = ctx.cell
+    if shape == "arrays":  # every row reached the model as arrays, the rejected ones isolated from there
+        bulk = len(ctx.records) if src in table.BULK_SOURCES else 0
+        assert counters.get(READ_AS_ARRAYS, 0) == bulk, counters
     return read_sink(ctx, models.expected_outputs(ctx.cell[1], ctx.records, matrix_models[2]))
 
 

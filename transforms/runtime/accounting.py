@@ -37,6 +37,7 @@ MODEL_REFRESH_MS = "model_refresh_milli_secs"  # a distribution: new version fou
 PUBLISH_TO_RESULT_MS = "publish_to_result_latency_milli_secs"  # streams: Pub/Sub publish -> scored
 MODEL_BYTES = "model_byte_size"  # a distribution: the size on disk of each model loaded
 DUPLICATE_KEYS = "duplicate_keys"  # records whose key another record of the job has (transforms.runtime.duplicate_keys)
+READ_AS_ARRAYS = "records_read_as_arrays"  # rows handed to a signature of tensors in bulk (transforms.sources.columnar)
 
 
 # What the counters whose names do not say it count, printed beside them (metrics.format_counters)
@@ -50,6 +51,7 @@ COUNTER_NOTES = {
     MODEL_REFRESHES: "new model versions swapped into the stream",
     MODEL_REFRESH_FAILURES: "new model versions refused; the current one served on",
     DUPLICATE_KEYS: "records whose key an earlier record already had",
+    READ_AS_ARRAYS: "rows read in bulk as the model's arrays, without a tf.Example each",
 }
 
 
@@ -77,6 +79,11 @@ class Accounting:
         if n:
             self._read.inc(n)
             metrics.PROGRESS.add(metrics.RECORDS_READ, n)
+
+    def read_as_arrays(self, n: int) -> None:
+        """n of the records read came in bulk, as feature arrays (counted as read too)."""
+        if n:
+            metrics.counter(READ_AS_ARRAYS).inc(n)
 
     def unreadable_region(self, bytes_skipped) -> None:
         """A file region that could not be read (its one dead letter is counted as such too);

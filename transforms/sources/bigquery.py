@@ -99,6 +99,7 @@ class RowsToRecordsFn(AccountedDoFn):
         clean = clean_instances(rows, self._options) if self._options.bulk_arrays else None
         if clean is not None:  # the feature arrays cut in bulk; tf.Examples only if something asks
             keys, arrays = clean
+            self._accounting.read_as_arrays(len(rows))
             yield from self._chunks(keys, ColumnRecords(list(rows), self._options, arrays))
             return
         keys, records = [], []

@@ -202,7 +202,7 @@ def clean_block(batch, options) -> Optional[Tuple[Optional[List[str]], Dict[str,
 def _json_scalar_ok(value) -> bool:
     """Whether a decoded value outside the spec converts without an error as an extra field."""
     kind = type(value)
-    if value is None or kind in (str, bool, dict):
+    if value is None or kind in (str, bytes, bool, dict):
         return True
     if kind is int:
         return INT64_MIN <= value <= INT64_MAX

@@ -153,6 +153,7 @@ class ReadKeyedFileFn(AccountedDoFn):
         for item in self.keyed(element):
             if isinstance(item, KeyedBlock):
                 self._accounting.read(len(item.records))
+                self._accounting.read_as_arrays(len(item.records))
                 yield from chunks.rest()
                 yield from block_chunks(item, path, self.POSITION, self._chunk_size, self._chunk_bytes)
                 continue
