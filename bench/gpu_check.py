@@ -109,10 +109,13 @@ def main(argv=None) -> int:
     inputs = {}
     for workload in chosen:
         records = args.records or RECORDS.get(workload.name, 1_000)
+        if records < 2 * workload.tiny_records:  # start-up is measured on tiny_records: N - n_tiny is scored
+            parser.error(f"--records {records}: model {workload.name} needs at least {2 * workload.tiny_records} "
+                         f"(its start-up is measured on {workload.tiny_records} records and subtracted)")
         inputs[workload.name] = (records, workloads.ensure_model(workload, args.work),
                                  workloads.ensure_data(workload, args.work, records),
                                  workloads.ensure_data(workload, args.work, workload.tiny_records, tag="-tiny"))
-    where = nvidia_smi() or ("no GPU: CPU" if not gpus else ", ".join(gpus))
+    where = nvidia_smi() or (", ".join(gpus) if gpus else "the CPU (no GPU)")
     print(f"gpu_check: {gpus or 'no GPU'} {nvidia_smi()}; "
           + ", ".join(f"model {n} {r:,} records" for n, (r, *_) in inputs.items())
           + f" (set-up {time.perf_counter() - started:.0f} s)", flush=True)

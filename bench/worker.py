@@ -1,9 +1,9 @@
 """One measurement in a fresh process: python -m bench.worker MODE MODEL INPUT OUTPUT
 [--batch_size N] [--gpu_util] -> JSON on stdout.
 
-MODE is raw (the signature called on prebuilt batches of --batch_size (1024) serialized examples:
-the limit),
-raw-chunked (the same, batched as the fast engine batches: 1024 records and 512 KiB at most),
+MODE is raw (the signature called on prebuilt batches of --batch_size (1024) serialized
+examples: the limit), raw-chunked (the same, batched as the fast engine batches: 1024 records
+and 512 KiB at most),
 tfx-bsl-beam (the pipeline people write by hand around tfx-bsl: ReadFromTFRecord ->
 tfx_bsl.public.beam.RunInference -> PredictionLogs as TFRecord, as TFX's BulkInferrer does),
 tfx-bsl or fast (the batch_infer pipeline end to end with that engine: TFRecord in, JSON Lines
@@ -16,8 +16,8 @@ serving_default on prebuilt batches of the arrays in Parquet files' columns), fa
 (batch_infer on those Parquet files: --input_format parquet --output_format parquet), or
 fast-2-workers (fast on two SDK worker processes: --direct_running_mode=multi_processing
 --direct_num_workers=2).
-Seconds are measured around the work only; peak RSS is this process's high-water mark (for
-fast-2-workers the launcher's only). --gpu_util adds the GPU's utilisation over the timed section
+Seconds are measured around the work only; peak RSS is this process's own high-water mark
+(VmHWM; for fast-2-workers the launcher's only). --gpu_util adds the GPU's utilisation over the timed section
 (bench.gpu_util: nvidia-smi every 0.5 s; for a job, its start-up is inside that section).
 """
 
