@@ -1,8 +1,8 @@
 """python -m bench.gpu_check: the batch job against raw TensorFlow on this machine's GPU, models B and C.
 
-One command, about five minutes on one GPU: builds model B (the CNN of bench/workloads.py) and
-model C (ResNet50 behind a JPEG signature) and their data, then, interleaved per repeat, each
-workload in turn and each run in a fresh process (bench.worker):
+One command, kept near --budget_s (330 s) by the repeats it starts: builds model B (the CNN of
+bench/workloads.py) and model C (ResNet50 behind a JPEG signature) and their data, then,
+interleaved per repeat, each workload in turn and each run in a fresh process (bench.worker):
 - raw-gpu-batches: the signature called on batches of the sizes a job with --gpu forms
   (transforms.runtime.gpu.GPU_BATCH), outputs fetched: the limit on this GPU;
 - fast-gpu: `python -m pipelines.batch_infer --gpu nvidia-local ...` on the local runner (GPU
