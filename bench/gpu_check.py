@@ -13,7 +13,7 @@ max over each run's timed section (for the job, its start-up included). Prints e
 median rates and the median of the per-repeat ratios with their range (target: 0.95 or more),
 and writes bench/results/gpu_check.{json,md}. A repeat is not started when the last one's time
 would take the whole past --budget_s (the GPU is lent for minutes). Exits 2 when TensorFlow sees
-no GPU (--allow_cpu runs it anyway, to try the script: with small --records).
+no GPU (--allow_cpu runs it anyway, to try the script: with small --records, B=1000,C=64).
 """
 
 import argparse
@@ -64,6 +64,29 @@ def describe_utilisation(u: dict) -> str:
     return f"GPU utilisation mean {u['mean']:.0f}%, max {u['max']:.0f}%"
 
 
+def records_per_workload(text, chosen) -> dict:
+    """--records: N for every workload, or NAME=N,... (the others keep RECORDS'); each at least
+    twice the workload's start-up probe, whose records are subtracted from what is scored."""
+    counts = {w.name: RECORDS.get(w.name, 1_000) for w in chosen}
+    if text:
+        try:
+            if "=" in text:
+                given = dict((name.strip(), int(n)) for name, n in (part.split("=") for part in text.split(",")))
+            else:
+                given = {name: int(text) for name in counts}
+        except ValueError:
+            raise BenchError(f"--records {text!r}: expected N or NAME=N,NAME=N") from None
+        unknown = sorted(set(given) - set(counts))
+        if unknown:
+            raise BenchError(f"--records {text!r}: {unknown} not among --workloads {', '.join(counts)}")
+        counts.update(given)
+    for w in chosen:
+        if counts[w.name] < 2 * w.tiny_records:
+            raise BenchError(f"--records: model {w.name} needs at least {2 * w.tiny_records} (its start-up is "
+                             f"measured on {w.tiny_records} records and subtracted)")
+    return counts
+
+
 def summarize(name: str, records: int, runs: dict) -> dict:
     raw, job = MODES
     ratios = per_repeat_ratios(runs, job, raw)
@@ -77,7 +100,7 @@ def summarize(name: str, records: int, runs: dict) -> dict:
 
 def describe(name: str, s: dict, where: str) -> str:
     return (f"Model {name} ({s['workload']}) on {where}, {s['records']:,} records, median of "
-            f"{s['job_vs_raw']['n']} (range): raw TF {with_range(s['raw_examples_per_s'], ',.0f')} ex/s, "
+            f"{s['job_vs_raw']['n']}{' (range in brackets)' if s['job_vs_raw']['n'] > 1 else ''}: raw TF {with_range(s['raw_examples_per_s'], ',.0f')} ex/s, "
             f"the job {with_range(s['job_examples_per_s'], ',.0f')} ex/s = "
             f"{with_range(s['job_vs_raw'], '.2f')} of raw TF (target {TARGET}; start-up "
             f"{s['job_startup_s']:.1f} s, subtracted); raw: {describe_utilisation(s['raw_gpu_util'])}; "
@@ -87,8 +110,9 @@ def describe(name: str, s: dict, where: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default="B,C")
-    parser.add_argument("--records", type=int, default=None,
-                        help=f"records per workload (default: {', '.join(f'{k} {v:,}' for k, v in RECORDS.items())})")
+    parser.add_argument("--records", default=None,
+                        help="N for every workload, or NAME=N,... (default: "
+                             f"{', '.join(f'{k}={v}' for k, v in RECORDS.items())})")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget_s", type=float, default=330,
                         help="start no repeat that would, by the last one's time, end past this (default 330)")
@@ -98,6 +122,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         chosen = parse_workloads(args.workloads)
+        counts = records_per_workload(args.records, chosen)
     except BenchError as e:
         parser.error(str(e))
     started = time.perf_counter()
@@ -108,10 +133,7 @@ def main(argv=None) -> int:
         return 2
     inputs = {}
     for workload in chosen:
-        records = args.records or RECORDS.get(workload.name, 1_000)
-        if records < 2 * workload.tiny_records:  # start-up is measured on tiny_records: N - n_tiny is scored
-            parser.error(f"--records {records}: model {workload.name} needs at least {2 * workload.tiny_records} "
-                         f"(its start-up is measured on {workload.tiny_records} records and subtracted)")
+        records = counts[workload.name]
         inputs[workload.name] = (records, workloads.ensure_model(workload, args.work),
                                  workloads.ensure_data(workload, args.work, records),
                                  workloads.ensure_data(workload, args.work, workload.tiny_records, tag="-tiny"))

@@ -148,6 +148,20 @@ def test_a_workers_peak_rss_is_its_own_not_its_launchers():
     del ballast
 
 
+def test_gpu_check_records_are_one_count_or_one_per_workload_above_the_start_up_probe():
+    from bench import gpu_check
+
+    chosen = run.parse_workloads("B,C")
+    assert gpu_check.records_per_workload(None, chosen) == gpu_check.RECORDS
+    assert gpu_check.records_per_workload("300", chosen) == {"B": 300, "C": 300}
+    assert gpu_check.records_per_workload("B=1000", chosen) == {"B": 1000, "C": gpu_check.RECORDS["C"]}
+    with pytest.raises(run.BenchError, match="model B needs at least 128"):
+        gpu_check.records_per_workload("B=100,C=64", chosen)
+    for bad in ("A=500", "B=many", "12x"):
+        with pytest.raises(run.BenchError, match="--records"):
+            gpu_check.records_per_workload(bad, chosen)
+
+
 def test_gpu_check_exits_2_without_a_gpu_unless_allowed(tmp_path):
     from bench import gpu_check
 
