@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(PY) -m bench.workers
 	$(PY) -m bench.stream_latency
 
-# the batch job against raw TF on this machine's GPU, model B (a few minutes; exits 2 without a GPU)
+# the batch job against raw TF on this machine's GPU, models B and C (stops starting repeats past 330 s; exits 2 without a GPU)
 bench-gpu: $(STAMP)
 	$(PY) -m bench.gpu_check
 

@@ -15,7 +15,7 @@ import statistics
 import sys
 
 from bench import workloads
-from bench.run import ROOT, TINY, describe_run, measure_mode
+from bench.run import ROOT, describe_run, measure_mode
 
 MODES = ("fast", "fast-2-workers")
 
@@ -29,11 +29,11 @@ def main(argv=None) -> int:
     workload = workloads.WORKLOADS["B"]
     model_dir = workloads.ensure_model(workload, args.work)
     data = workloads.ensure_data(workload, args.work, args.records)
-    tiny = workloads.ensure_data(workload, args.work, TINY["B"], tag="-tiny")
+    tiny = workloads.ensure_data(workload, args.work, workload.tiny_records, tag="-tiny")
     rates = {mode: [] for mode in MODES}
     for repeat in range(args.repeats):
         for mode in MODES:
-            run = measure_mode(mode, model_dir, data, tiny, args.work)
+            run = measure_mode(workload, mode, model_dir, data, args.records, tiny, args.work)
             rates[mode].append(run["examples_per_s"])
             print(f"  B repeat {repeat + 1} {mode:15s} " + describe_run(run), file=sys.stderr)
     one, two = (statistics.median(rates[m]) for m in MODES)
