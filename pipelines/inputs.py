@@ -7,9 +7,9 @@ import apache_beam as beam
 
 from pipelines.bigquery_io import BIGQUERY, read_bigquery
 from pipelines.options import OptionsError
-from transforms.graph.model import record_spec, takes_arrays
+from transforms.graph.model import decodes_images, record_spec, takes_arrays
 from transforms.records.dead_letters import WithDeadLetters
-from transforms.records.chunk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
+from transforms.records.chunk import DECODED_IMAGE_CHUNK_BYTES, DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_SIZE
 from transforms.sources.files import check_local_patterns, expand_patterns, is_remote
 from transforms.sources.text import InstanceOptions, ReadKeyedInstances
 from transforms.sources.sniff import looks_like, read_head
@@ -95,12 +95,18 @@ def instance_options(job) -> InstanceOptions:
                            keep_key=job.sink.echoes_inputs, bulk_arrays=takes_arrays(job.graph))
 
 
+def default_batch_bytes(graph) -> int:
+    """--max_batch_bytes when not given (CPU workers; GPU ones have their own): smaller for models
+    that decode images in their signature, whose batches grow tenfold once decoded."""
+    return DECODED_IMAGE_CHUNK_BYTES if decodes_images(graph) else DEFAULT_CHUNK_BYTES
+
+
 def read_chunks(p: beam.Pipeline, job):
     """WithDeadLetters(RecordChunks, dead letters) of the job's inputs: every source emits chunks
     of up to --max_batch_size records and --max_batch_bytes of input, each record with its source;
     with job.redistribute, the chunks are then spread over the workers."""
     size = job.max_batch_size or DEFAULT_CHUNK_SIZE
-    max_bytes = job.max_batch_bytes or DEFAULT_CHUNK_BYTES
+    max_bytes = job.max_batch_bytes or default_batch_bytes(job.graph)
     if job.input_format == BIGQUERY:
         chunks, dead = read_bigquery(p, job, size, max_bytes)
     elif job.input_format == TFRECORD:

@@ -117,8 +117,8 @@ def _add_batch_args(parser) -> None:
     parser.add_argument("--max_batch_size", type=int, default=None,
                         help="largest batch a model sees: the records per chunk (default 1024)")
     parser.add_argument("--max_batch_bytes", type=int, default=None,
-                        help="most serialized input bytes per batch (default 512 KiB); "
-                             "keeps batches of large records (images) small")
+                        help="most serialized input bytes per batch (default 2 MiB; 512 KiB for models "
+                             "that decode images in their signature); keeps batches of large records small")
     parser.add_argument("--redistribute", default="auto",
                         help="yes, no or auto: spread the chunks read over the workers before scoring "
                              "(a file is read on one worker). auto: where several worker processes "

@@ -44,6 +44,22 @@ def test_chunks_cut_by_bytes_stay_serialized_records_and_cover_every_record():
     assert all(sum(map(len, part)) <= limit for _, part in parts)
 
 
+def test_the_byte_cap_cuts_whole_multiples_of_the_batch_quantum():
+    from transforms.records.chunk import BATCH_QUANTUM
+
+    records = [bytes(10)] * 100
+    parts = list(split_by_bytes(records, 295))  # 29 records fit: slices of 24, then the 28 left
+    assert [len(part) for _, part in parts] == [24, 24, 24, 28] and BATCH_QUANTUM == 8
+    assert [offset for offset, _ in parts] == [0, 24, 48, 72]
+    few = list(split_by_bytes([bytes(100)] * 10, 350))  # 3 fit: fewer than the quantum, cut as they fit
+    assert [len(part) for _, part in few] == [3, 3, 3, 1]
+    varied = [bytes(n) for n in np.random.default_rng(1).integers(5, 40, size=300).tolist()]
+    cuts = list(split_by_bytes(varied, 400))
+    assert [r for _, part in cuts for r in part] == varied
+    assert all(len(part) % BATCH_QUANTUM == 0 for _, part in cuts[:-1] if len(part) > BATCH_QUANTUM)
+    assert all(sum(map(len, part)) <= 400 for _, part in cuts)
+
+
 def test_keys_read_for_the_whole_chunk_or_none():
     assert keys_by_feature(SerializedRecords(examples(5)), "id") == [f"k{i}" for i in range(5)]
     assert keys_by_feature(examples(3, key=lambda i: 100 + i), "id") == ["100", "101", "102"]

@@ -50,7 +50,7 @@ def keras_expected(keras_dir):
 def test_the_reader_hands_clean_rows_over_as_arrays_and_the_engine_builds_no_example(keras_dir, tmp_path):
     path = str(tmp_path / "in.parquet")
     pq.write_table(keras_table(), path, row_group_size=16)
-    model = load_serving_model(keras_dir, "serving_default")
+    model = load_serving_model(keras_dir, "km")
     options = InstanceOptions(model.feature_spec, key_field="id", bulk_arrays=True)
     fn = ReadParquetFn(options, chunk_size=10)
     fn.setup()
@@ -91,6 +91,7 @@ def test_a_bad_row_is_a_dead_letter_and_its_batch_is_read_row_by_row(keras_dir, 
     predictions = {r["key"]: r for r in read_jsonl(out + "-*.jsonl")}
     errors = read_jsonl(out + ".errors-*.jsonl")
     assert counters["records_read"] == N == len(predictions) + len(errors)
+    assert counters["records_read_as_arrays"] == N - 16  # rows 16..31, the row group of the bad rows, one by one
     assert sorted((e["key"], e["stage"], e["source"]["row"]) for e in errors) == [
         ("k21", "convert", 21), ("k30", "convert", 30)]
     assert "measurements" in errors[0]["error"]

@@ -552,3 +552,15 @@ def test_vocabularies_that_could_never_match_are_refused(tmp_path):
     assert vocab_paths(["shared.txt", "b=vb.txt"], ["a", "b"]) == {"a": "shared.txt", "b": "vb.txt"}
     with pytest.raises(FeatureSpecError, match="no vocabulary"):
         vocab_paths(["a=va.txt"], ["a", "b"])
+
+
+def test_a_model_that_decodes_images_gets_small_batches_by_default_others_larger(image_export, text_export):
+    from models.serving.model import load_serving_model
+    from pipelines.inputs import default_batch_bytes
+    from transforms.graph.model import parallel_graph
+    from transforms.records.chunk import DECODED_IMAGE_CHUNK_BYTES, DEFAULT_CHUNK_BYTES
+
+    image, text = (load_serving_model(d[0], name) for d, name in ((image_export, "image"), (text_export, "text")))
+    assert default_batch_bytes(parallel_graph([image])) == DECODED_IMAGE_CHUNK_BYTES < DEFAULT_CHUNK_BYTES
+    assert default_batch_bytes(parallel_graph([text])) == DEFAULT_CHUNK_BYTES
+    assert default_batch_bytes(parallel_graph([text, image])) == DECODED_IMAGE_CHUNK_BYTES

@@ -19,6 +19,7 @@ from models.serving.contract import tfx_bsl_output_problems
 from models.serving.dense import inputs_problem
 from models.serving.feature_spec import RAW, Feature
 from models.serving.model import ServingModel
+from models.serving.preprocess_spec import IMAGE
 from models.serving.engines import DEFAULT_ENGINE, ENGINES, TFX_BSL_ENGINE
 from transforms.graph.postprocessors import PostprocessError, check_steps
 from transforms.records.rows import INPUTS_FIELD, KEY_FIELD, MODEL_VERSIONS_FIELD, SOURCE_FIELD
@@ -266,6 +267,13 @@ def takes_arrays(graph: ModelGraph) -> bool:
     """Whether a model of the graph takes tensors fed from the records alone (no bridged input):
     row-shaped sources then hand clean rows over as its feature arrays (InstanceOptions.bulk_arrays)."""
     return any(node.model.input_tensors and not node.bridges for node in graph.nodes)
+
+
+def decodes_images(graph: ModelGraph) -> bool:
+    """Whether a model of the graph decodes images inside its signature (an image feature's
+    preprocessing): its batches are sized by what they hold once decoded."""
+    return any(f.preprocess is not None and f.preprocess.kind == IMAGE
+               for node in graph.nodes for f in node.model.feature_spec)
 
 
 def feature_types(graph: ModelGraph) -> Dict[str, Tuple[str, Optional[int]]]:

@@ -16,10 +16,14 @@ from transforms.records.serialized import byte_lengths
 
 
 DEFAULT_CHUNK_SIZE = 1024  # records per chunk (--max_batch_size)
-# Input bytes per chunk (--max_batch_bytes). Heavy models with large inputs run faster on CPU in
-# smaller batches (a 64x64x3 CNN: 916 ex/s at 32 images, 656 at 1024); small records still fill
-# 1024-record chunks.
-DEFAULT_CHUNK_BYTES = 512 * 1024
+# Serialized input bytes per chunk (--max_batch_bytes): small records fill 1024-record chunks; a
+# 64x64x3 CNN on raw images gets ~170 a batch (2 cores: 1,950-2,010 img/s, against 1,710-1,750 at
+# 512 KiB's 40).
+DEFAULT_CHUNK_BYTES = 2 * 1024 * 1024
+# For models that decode images inside their signature (JPEG or PNG bytes in), whose input grows
+# tenfold and more once decoded, and which are no faster in larger batches on CPU (ResNet50 at
+# 224x224: 22 img/s at 29 or 112 images a batch, 1.5 against 2.4 GB peak RSS).
+DECODED_IMAGE_CHUNK_BYTES = 512 * 1024
 
 
 class _Consecutive(Sequence):
@@ -149,9 +153,16 @@ def covered_positions(models: Mapping[str, ModelResult], count: int) -> List[int
     return sorted({i for result in models.values() for i in result.indices})
 
 
+# A slice the byte cap cuts holds a multiple of this many records (when it holds more): a model
+# then sees few distinct batch sizes, and each new one costs a round of kernel selection and
+# caching in oneDNN (CPU) and cuDNN's autotuning (GPU).
+BATCH_QUANTUM = 8
+
+
 def split_by_bytes(records: Sequence[bytes], max_bytes: int) -> Iterator[Tuple[int, Sequence[bytes]]]:
-    """Consecutive (offset, records) slices of at most max_bytes each (at least one record). A
-    SerializedRecords or ColumnRecords chunk is cut into its own kind (sliced)."""
+    """Consecutive (offset, records) slices of at most max_bytes each (at least one record), each
+    a multiple of BATCH_QUANTUM records where the cap cuts more than that. A SerializedRecords or
+    ColumnRecords chunk is cut into its own kind (sliced)."""
     lengths = byte_lengths(records)
     if int(lengths.sum()) <= max_bytes:
         yield 0, records
@@ -160,7 +171,9 @@ def split_by_bytes(records: Sequence[bytes], max_bytes: int) -> Iterator[Tuple[i
     start = total = 0
     for i, size in enumerate(lengths.tolist()):
         if i > start and total + size > max_bytes:
-            yield start, cut(start, i)
-            start, total = i, 0
+            count = i - start
+            stop = start + (count - count % BATCH_QUANTUM if count > BATCH_QUANTUM else count)
+            yield start, cut(start, stop)
+            start, total = stop, int(lengths[stop:i].sum())  # the records past the cut start the next
         total += size
     yield start, cut(start, len(lengths))

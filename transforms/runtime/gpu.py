@@ -7,7 +7,7 @@ tfx-bsl TF1 Session created later reuses them instead of grabbing all memory); l
 the same state and only repeat the require_gpu check. TensorFlow is imported lazily.
 
 Batch sizes for GPU workers: GPU_BATCH (gpu_batch_defaults()); the CPU defaults are
-transforms.records.chunk's 1024 records / 512 KiB.
+transforms.records.chunk's 1024 records / 2 MiB (512 KiB for models that decode images).
 """
 
 import dataclasses
@@ -52,7 +52,7 @@ class BatchDefaults:
     stream_max_batch_size: int   # streaming: largest batch (filled within --max_batch_latency_ms)
 
 
-# On CPU, big batches of heavy inputs are slower (transforms.records.chunk: 512 KiB, 1024 records). On a
+# On CPU (transforms.records.chunk: 2 MiB, 1024 records), batches of decoded images are kept small. On a
 # GPU each call pays a fixed launch + host-to-device cost, so larger batches amortize it: 4096
 # records per call, up to 8 MiB of serialized input (~680 64x64x3 raw images; ~32 MiB once
 # decoded to float32, far below the 16 GB of the smallest Dataflow GPU, the T4). Streaming keeps

@@ -58,6 +58,10 @@ def _leaves(column, size: int):
         depth += 1
         if column.null_count or depth > MAX_NESTING:
             return None
+        if _types().is_fixed_size_list(column.type):  # every list of one length: nothing to count
+            per_row *= column.type.list_size
+            column = column.flatten()
+            continue
         lengths = pc.list_value_length(column)
         low, high = pc.min_max(lengths).values() if len(lengths) else (None, None)
         if low is None or low.as_py() != high.as_py():
@@ -74,6 +78,8 @@ def _numbers(leaves, dtype: str) -> Optional[np.ndarray]:
     would be refused or read otherwise."""
     t = leaves.type
     types = _types()
+    if (dtype == "float32" and types.is_float32(t)) or (dtype == "int64" and types.is_int64(t)):
+        return leaves.to_numpy(zero_copy_only=False)  # already the stored type: nothing to check
     if types.is_boolean(t):
         values = leaves.to_numpy(zero_copy_only=False).astype(np.int64)
     elif types.is_integer(t) or (dtype == "float32" and types.is_floating(t)):
