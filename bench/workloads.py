@@ -171,23 +171,33 @@ def ensure_tfrecords(workload: Workload, root: str, records: int, tag: str = "")
     from transforms.sources.framing import encode_record
 
     spec = spec_from_json(workload.feature_spec) if workload.feature_spec else None
-    directory = os.path.join(root, "data", f"{workload.name}{tag}-{records}-keyed")
+
+    def write(path, rng, part, count):
+        with open(path, "wb") as f:
+            for start in range(0, count, 10_000):
+                values = workload.make_values(rng, min(10_000, count - start))
+                f.write(b"".join(encode_record(make_example(dict(v, **{KEY_FEATURE: f"{part}-{start + i}"}),
+                                                            spec).SerializeToString())
+                                 for i, v in enumerate(values)))
+
+    return cached_files(os.path.join(root, "data", f"{workload.name}{tag}-{records}-keyed"), records,
+                        SHARD_RECORDS, "tfrecord", write)
+
+
+def cached_files(directory: str, records: int, per_file: int, suffix: str, write) -> str:
+    """The glob of records rows in files of per_file under directory, each written once by
+    write(path, rng, part, count) (a _SUCCESS file marks a complete set; the data depends on
+    records alone)."""
     done = os.path.join(directory, "_SUCCESS")
     if not os.path.exists(done):
         os.makedirs(directory, exist_ok=True)
         rng = np.random.default_rng(records)
-        shards = max(1, -(-records // SHARD_RECORDS))
-        for shard in range(shards):
-            count = min(SHARD_RECORDS, records - shard * SHARD_RECORDS)
-            path = os.path.join(directory, f"part-{shard:05d}-of-{shards:05d}.tfrecord")
-            with open(path, "wb") as f:
-                for start in range(0, count, 10_000):
-                    values = workload.make_values(rng, min(10_000, count - start))
-                    f.write(b"".join(encode_record(make_example(dict(v, **{KEY_FEATURE: f"{shard}-{start + i}"}),
-                                                                spec).SerializeToString())
-                                     for i, v in enumerate(values)))
+        files = max(1, -(-records // per_file))
+        for part in range(files):
+            write(os.path.join(directory, f"part-{part:05d}-of-{files:05d}.{suffix}"), rng, part,
+                  min(per_file, records - part * per_file))
         open(done, "w").close()
-    return os.path.join(directory, "part-*.tfrecord")
+    return os.path.join(directory, f"part-*.{suffix}")
 
 
 def parquet_table(values: List[dict], keys: List[str]):
@@ -208,21 +218,14 @@ def ensure_parquet(workload: Workload, root: str, records: int, tag: str = "") -
     root/data/<name><tag>-<records>-parquet/; returns the glob."""
     import pyarrow.parquet as pq
 
-    directory = os.path.join(root, "data", f"{workload.name}{tag}-{records}-parquet")
-    done = os.path.join(directory, "_SUCCESS")
-    if not os.path.exists(done):
-        os.makedirs(directory, exist_ok=True)
-        rng = np.random.default_rng(records)
-        files = max(1, -(-records // PARQUET_FILE_ROWS))
-        for part in range(files):
-            count = min(PARQUET_FILE_ROWS, records - part * PARQUET_FILE_ROWS)
-            path = os.path.join(directory, f"part-{part:05d}-of-{files:05d}.parquet")
-            writer = None
-            for start in range(0, count, PARQUET_ROW_GROUP_ROWS):
-                n = min(PARQUET_ROW_GROUP_ROWS, count - start)
-                table = parquet_table(workload.make_values(rng, n), [f"{part}-{start + i}" for i in range(n)])
-                writer = writer or pq.ParquetWriter(path, table.schema)
-                writer.write_table(table, row_group_size=PARQUET_ROW_GROUP_ROWS)
-            writer.close()
-        open(done, "w").close()
-    return os.path.join(directory, "part-*.parquet")
+    def write(path, rng, part, count):
+        writer = None
+        for start in range(0, count, PARQUET_ROW_GROUP_ROWS):
+            n = min(PARQUET_ROW_GROUP_ROWS, count - start)
+            table = parquet_table(workload.make_values(rng, n), [f"{part}-{start + i}" for i in range(n)])
+            writer = writer or pq.ParquetWriter(path, table.schema)
+            writer.write_table(table, row_group_size=PARQUET_ROW_GROUP_ROWS)
+        writer.close()
+
+    return cached_files(os.path.join(root, "data", f"{workload.name}{tag}-{records}-parquet"), records,
+                        PARQUET_FILE_ROWS, "parquet", write)

@@ -1,20 +1,23 @@
-"""Arrow record batches -> the model's feature arrays, a whole batch at a time. Pure.
+"""Runs of rows -> the model's feature arrays, a whole run at a time. Pure.
 
-The rows of a batch whose columns all fit the feature spec as they are become arrays in one
-step per column: exactly what converting each row (InstanceOptions.convert, the rules of
-transforms.sources.instances) and parsing its tf.Example by the spec would give, without a
-Python object per row. A batch is taken whole or not at all: where any row might convert
+Two kinds of run: an Arrow record batch (Parquet: clean_block) and decoded instances (JSON
+Lines objects, CSV rows, BigQuery rows: clean_instances, which builds one Arrow column per
+feature, typed by the spec). A run whose values all fit the feature spec as they are becomes
+arrays in one step per column: exactly what converting each row (InstanceOptions.convert, the
+rules of transforms.sources.instances) and parsing its tf.Example by the spec would give,
+without a tf.Example per row. A run is taken whole or not at all: where any row might convert
 otherwise (a null, a list of another length, a value the feature's dtype does not hold, a type
-these rules do not read in bulk: dates, decimals, nested structs...), column_arrays says None
-and the source converts the batch row by row, as for every row-shaped source, with a dead
-letter for each row that does not fit. So the bulk path never changes what a row becomes;
-it only skips the per-row work when nothing can go wrong.
+these rules do not read in bulk: dates, decimals, nested structs...), both say None and the
+source converts the run row by row, as for every row-shaped source, with a dead letter for each
+row that does not fit. So the bulk path never changes what a row becomes; it only skips the
+per-row work when nothing can go wrong (tests/test_column_arrays.py checks that on random runs).
 
-What the bulk path reads: for a float32 feature, integer, floating and bool columns (floats
-within float32's range); for int64, integer (within int64) and bool columns; for string,
-string and binary columns; for a raw-encoded feature, binary values of its byte size. A feature
-of n values takes (nested) list columns whose lists each hold n values (fixed-size or not); a
-one-value feature also a plain column. Variable-length features go row by row.
+What the bulk path reads: for a float32 feature, integer, floating and bool values (floats within
+float32's range); for int64, integers (within int64) and bools; for string, text and binary
+values; for a raw-encoded feature, binary values of its byte size. A feature of n values takes
+(nested) lists that each hold n values (fixed-size or not); a one-value feature also plain
+values. Variable-length, raw-encoded (from decoded instances) and preprocessed features go row
+by row.
 """
 
 import math
@@ -41,10 +44,6 @@ def _is_text(t) -> bool:
     types = _types()
     return (types.is_string(t) or types.is_large_string(t) or types.is_binary(t) or types.is_large_binary(t)
             or types.is_fixed_size_binary(t))
-
-
-def _is_int(t) -> bool:
-    return _types().is_integer(t) or _types().is_boolean(t)
 
 
 def _leaves(column, size: int):
