@@ -78,7 +78,7 @@ def test_the_table_shows_the_median_with_its_range():
                                    "modes": ["raw", "fast"], "summary": run.summarize(c, ("raw", "fast"), runs)}}}
     table = run.markdown(results)
     assert "| C: ResNet50 224x224, JPEG bytes in | fast | 100 | 14 (8-19) | 0.88 (0.80-0.95) | - |" in table
-    assert "- C fast: 0.88 of raw (target 0.95: not met)" in table
+    assert "- C fast: 0.88 (0.80-0.95) of raw (target 0.95: not met)" in table
 
 
 def test_a_count_other_than_the_input_fails_the_measurement():

@@ -66,12 +66,15 @@ def test_the_reader_hands_clean_rows_over_as_arrays_and_the_engine_builds_no_exa
     assert all(c.records._list is None for c in chunks)  # no tf.Example was built, logs included
 
 
-def test_a_keras_export_scored_from_parquet_to_parquet_gives_the_models_numbers(keras_dir, tmp_path):
+@pytest.mark.parametrize("redistribute", ["no", "yes"])  # yes: the chunks pickled through a shuffle
+def test_a_keras_export_scored_from_parquet_to_parquet_gives_the_models_numbers(keras_dir, tmp_path, redistribute):
     path = str(tmp_path / "in.parquet")
     pq.write_table(keras_table(), path, row_group_size=16)
     out = str(tmp_path / "out" / "p")
-    assert batch_infer.main(["--input", path, "--model", f"km={keras_dir}", "--key_feature", "id",
-                             "--output_format", "parquet", "--output", out]) == 0
+    counters = batch_infer.run(["--input", path, "--model", f"km={keras_dir}", "--key_feature", "id",
+                                "--output_format", "parquet", "--output", out, "--redistribute", redistribute],
+                               save_main_session=False)[1]
+    assert counters["records_read_as_arrays"] == N == counters["predictions_written"]
     table = pq.read_table(sorted(glob.glob(out + "-*.parquet"))).to_pandas()
     name, expected = keras_expected(keras_dir)
     assert sorted(table["key"]) == sorted(f"k{i}" for i in range(N))
