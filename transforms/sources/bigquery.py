@@ -96,7 +96,7 @@ class RowsToRecordsFn(AccountedDoFn):
 
     def process(self, rows: List[Dict[str, Any]]):
         self._accounting.read(len(rows))
-        clean = clean_instances(rows, self._options) if self._options.bulk_arrays else None
+        clean = clean_instances(rows, self._options) if self._options.bulk_arrays and self._options.key_field else None
         if clean is not None:  # the feature arrays cut in bulk; tf.Examples only if something asks
             keys, arrays = clean
             self._accounting.read_as_arrays(len(rows))
