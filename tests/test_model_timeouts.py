@@ -62,6 +62,13 @@ def wait_for_file(path: str, process, limit_s: float = 120) -> None:
     assert os.path.exists(path), f"the model call never began to hang ({process.poll()})"
 
 
+def ctrl_c_reaches_it() -> None:
+    """preexec_fn of a job the test stops with Ctrl-C: SIGINT as in a terminal's foreground job,
+    even where this test run inherited it ignored (a background shell without job control ignores
+    SIGINT in what it starts, and Python then installs no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_when_hung(job, marker: str, limit_s: float) -> float:
     """Ctrl-C (SIGINT) to a job once its model call hangs; the seconds it then took to exit (killed
     after limit_s, so no test leaves it running)."""
@@ -283,7 +290,8 @@ def stream_job(emulator, model_dir, subscription, log):
          f"slow={model_dir}", "--output_topic", predictions, "--errors_topic", errors,
          "--model_timeout_s", "300", "--max_batch_latency_ms", "50", "--project", emulator.project,
          "--pubsub_emulator", emulator.host, "--progress_every_s", "0"],
-        cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), stdout=log, stderr=subprocess.STDOUT, text=True)
+        cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), stdout=log, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=ctrl_c_reaches_it)
     job.outputs = (predictions, errors)
     return wait_for_output(job, log, "stream_infer: reading", "the stream")
 
@@ -322,7 +330,8 @@ def test_ctrl_c_during_a_hung_call_ends_a_batch_job_at_once(marked_model, tmp_pa
     job = subprocess.Popen(
         [sys.executable, "-m", "pipelines.batch_infer", "--input", path, "--model", model_dir,
          "--output", str(tmp_path / "out"), "--model_timeout_s", "300"],
-        cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), stdout=log, stderr=subprocess.STDOUT, text=True)
+        cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), stdout=log, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=ctrl_c_reaches_it)
     took = interrupt_when_hung(job, marker, HANG_CAP_S + 30)
     log.seek(0)
     print(f"batch job: Ctrl-C during a {HANG_CAP_S:g} s hung call, exited {job.returncode} after {took:.1f} s")
